@@ -1,0 +1,80 @@
+"""The interface every task type implements.
+
+A task type is one module in ``jobs/`` exporting one :class:`TaskType` subclass,
+registered by name in :mod:`jobs.registry`. The producer uses the cheap class-level
+parts (input roles, params model, output schema) at submit time; the worker calls
+:meth:`TaskType.load` once per process and then :meth:`Runner.run` per shard.
+Torch and transformers are imported only inside ``load`` so that submitting a job
+or reading its status never pays for them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+ProgressCallback = Callable[[int], None]
+"""Called with the number of rows just finished, so workers can report progress."""
+
+
+class TaskParams(BaseModel):
+    """Base of every task's ``params`` model: unknown parameters are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a worker should load a model; resolved from the job spec and settings."""
+
+    model: str
+    revision: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    batch_size: int = 64
+    max_batch_tokens: int | None = None
+
+
+class Runner(ABC):
+    """A loaded model ready to process rows. Built once per worker process."""
+
+    @abstractmethod
+    def run(
+        self, inputs: dict[str, list[Any]], progress: ProgressCallback | None = None
+    ) -> list[dict[str, Any]]:
+        """Return one result dict per input row, in input order.
+
+        ``inputs`` maps each input role (``text``, ``question`` ...) to its column.
+        Each result holds the task's output columns plus ``error`` (None on success).
+        A bad row must become an ``error``, never an exception.
+        """
+
+
+class TaskType(ABC):
+    """What a task is: its inputs, parameters, output schema and how to load it."""
+
+    name: ClassVar[str]
+    input_roles: ClassVar[tuple[str, ...]]
+    Params: ClassVar[type[TaskParams]]
+    default_model: ClassVar[str | None] = None
+
+    def __init__(self, params: TaskParams) -> None:
+        self.params = params
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "TaskType":
+        """Validate raw ``params`` from a spec (raises pydantic.ValidationError)."""
+        return cls(cls.Params(**params))
+
+    @abstractmethod
+    def output_schema(self) -> pa.Schema:
+        """Arrow schema of the result columns (without pass-through and ``error``)."""
+
+    @abstractmethod
+    def load(self, options: LoadOptions) -> Runner:
+        """Load model and tokenizer; called once per worker process."""

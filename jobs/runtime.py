@@ -1,0 +1,74 @@
+"""Device, dtype and model loading shared by the task types.
+
+Everything here imports torch/transformers lazily: the producer never needs them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from jobs.base import LoadOptions
+from jobs.errors import ModelLoadError, SpecError
+
+if TYPE_CHECKING:
+    import torch
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_device(device: str) -> "torch.device":
+    """``auto`` picks the first CUDA device when there is one, else the CPU."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but CUDA is not available on this worker")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: "torch.device") -> "torch.dtype":
+    """``auto`` is bfloat16 on a GPU that supports it, else float32."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise SpecError("dtype", f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    resolved: torch.dtype = getattr(torch, dtype)
+    return resolved
+
+
+def load_tokenizer(options: LoadOptions, **kwargs: Any) -> Any:
+    """Load a fast tokenizer, translating hub/file errors into ModelLoadError."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(
+            options.model,
+            revision=options.revision,
+            trust_remote_code=options.trust_remote_code,
+            **kwargs,
+        )
+    except Exception as exc:  # transformers raises OSError, ValueError, HF hub errors...
+        raise ModelLoadError(f"cannot load tokenizer {options.model!r}: {exc}") from exc
+
+
+def load_model(auto_class: Any, options: LoadOptions) -> tuple[Any, "torch.device"]:
+    """Load ``auto_class.from_pretrained`` onto the resolved device in eval mode."""
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.dtype, device)
+    try:
+        model = auto_class.from_pretrained(
+            options.model,
+            revision=options.revision,
+            trust_remote_code=options.trust_remote_code,
+            dtype=dtype,
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load model {options.model!r}: {exc}") from exc
+    model.to(device)
+    model.eval()
+    return model, device

@@ -1,0 +1,1 @@
+"""Plan inputs into shards, write the manifest, enqueue, and the CLI."""
