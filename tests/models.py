@@ -1,0 +1,21 @@
+"""Where the tests find their tiny models.
+
+The models are committed under ``tests/fixtures/models/<kind>`` (built by
+``python -m tests.fixtures.build_models``), so golden outputs made with
+transformers 4.57 and our outputs made with 5.x come from identical weights and
+vocabularies whatever library versions a machine has.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MODELS_DIR = Path(__file__).parent / "fixtures" / "models"
+
+
+def tiny_model_path(kind: str) -> Path:
+    """The committed tiny model ``kind``; fails with the command that builds it."""
+    path = MODELS_DIR / kind
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"tiny model {kind!r} missing: run `python -m tests.fixtures.build_models {kind}`")
+    return path
