@@ -106,3 +106,39 @@ def _sharpen(head, seed: int) -> None:  # type: ignore[no-untyped-def]
     with torch.no_grad():
         head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 2.0)
         head.bias.zero_()
+
+
+def build_distilbert_qa(directory: Path, seed: int = 0) -> None:
+    """A DistilBERT extractive QA model: like ``bert-qa`` but without token_type_ids.
+
+    DistilBERT's tokenizer does not return ``token_type_ids`` to the model, which
+    is the code path the QA task must get right for the default (DistilBERT) model.
+    """
+    import torch
+    from transformers import DistilBertConfig, DistilBertForQuestionAnswering, DistilBertTokenizerFast
+
+    wordpiece = train_wordpiece_tokenizer(model_max_length=128)
+    tokenizer = DistilBertTokenizerFast(
+        tokenizer_object=wordpiece.backend_tokenizer,
+        do_lower_case=False,
+        model_max_length=128,
+        model_input_names=["input_ids", "attention_mask"],
+        unk_token="[UNK]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        mask_token="[MASK]",
+    )
+    torch.manual_seed(seed)
+    config = DistilBertConfig(
+        vocab_size=len(tokenizer),
+        dim=32,
+        n_layers=2,
+        n_heads=2,
+        hidden_dim=64,
+        max_position_embeddings=256,
+    )
+    model = DistilBertForQuestionAnswering(config)
+    _sharpen(model.qa_outputs, seed)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)

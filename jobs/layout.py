@@ -1,0 +1,134 @@
+"""The output layout and its commit protocol.
+
+    OUTPUT/
+      part-00000.parquet           one per shard, visible only when complete
+      part-00001.parquet
+      _batchformers/
+        manifest.json              spec, shard plan, input fingerprint, versions
+        shards/00000.json          commit marker: rows, errors, seconds, worker
+        shards/00001.failed.json   why a shard failed for good
+        _SUCCESS                   written exactly once, when every shard committed
+        CANCELLED                  present while the job is cancelled
+
+A part is written under a hidden temporary name and renamed (local disks) or put
+as one object (object stores), then its commit marker is written. Readers that
+list ``*.parquet`` (pandas, polars, DuckDB, Spark, ``datasets``) never see a half
+part, and names starting with ``_`` or ``.`` are ignored by them. A shard whose
+marker exists is done; one whose part exists without a marker is simply
+rewritten, byte-identical in content, when it runs again.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import time
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs.errors import OutputError
+from jobs.manifest import Manifest
+from jobs.storage import Storage
+
+META_DIR = "_batchformers"
+SHARDS_DIR = f"{META_DIR}/shards"
+MANIFEST_FILE = f"{META_DIR}/manifest.json"
+SUCCESS_FILE = f"{META_DIR}/_SUCCESS"
+CANCELLED_FILE = f"{META_DIR}/CANCELLED"
+PARQUET_COMPRESSION = "zstd"
+
+
+def part_name(shard: int) -> str:
+    return f"part-{shard:05d}.parquet"
+
+
+class OutputLayout:
+    """Reads and writes one job's output location."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        self.storage = Storage.at(location)
+
+    # -- manifest ------------------------------------------------------------
+
+    def has_manifest(self) -> bool:
+        return self.storage.exists(MANIFEST_FILE)
+
+    def read_manifest(self) -> Manifest:
+        try:
+            return Manifest.from_json(self.storage.read_bytes(MANIFEST_FILE))
+        except FileNotFoundError:
+            raise OutputError(f"{self.location} holds no batchformers job (no {MANIFEST_FILE})") from None
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        self.storage.write_atomic(manifest.to_json(), MANIFEST_FILE)
+
+    def holds_other_data(self) -> bool:
+        """True when the location has files that are not a batchformers job's."""
+        return bool(self.storage.list()) and not self.has_manifest()
+
+    # -- shards --------------------------------------------------------------
+
+    def part_url(self, shard: int) -> str:
+        return self.storage.url(part_name(shard))
+
+    def is_committed(self, shard: int) -> bool:
+        return self.storage.exists(f"{SHARDS_DIR}/{shard:05d}.json")
+
+    def commit(self, shard: int, table: pa.Table, summary: dict[str, Any]) -> None:
+        """Publish the part, then its marker: the marker means the part is whole."""
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression=PARQUET_COMPRESSION)
+        self.storage.write_atomic(buffer.getvalue(), part_name(shard))
+        marker = {**summary, "shard": shard, "part": part_name(shard), "committed_at": time.time(),
+                  "worker": socket.gethostname()}
+        self.storage.write_atomic(json.dumps(marker).encode(), SHARDS_DIR, f"{shard:05d}.json")
+        self.storage.remove(SHARDS_DIR, f"{shard:05d}.failed.json")
+
+    def mark_failed(self, shard: int, error: str, attempts: int) -> None:
+        record = {"shard": shard, "error": error, "attempts": attempts, "failed_at": time.time(),
+                  "worker": socket.gethostname()}
+        self.storage.write_atomic(json.dumps(record).encode(), SHARDS_DIR, f"{shard:05d}.failed.json")
+
+    def clear_failed(self, shard: int) -> None:
+        self.storage.remove(SHARDS_DIR, f"{shard:05d}.failed.json")
+
+    def committed(self) -> dict[int, dict[str, Any]]:
+        return self._markers(lambda name: name.endswith(".json") and not name.endswith(".failed.json"))
+
+    def failed(self) -> dict[int, dict[str, Any]]:
+        return self._markers(lambda name: name.endswith(".failed.json"))
+
+    def _markers(self, wanted: Any) -> dict[int, dict[str, Any]]:
+        found: dict[int, dict[str, Any]] = {}
+        for name in self.storage.list(SHARDS_DIR):
+            if wanted(name):
+                found[int(name.split(".")[0])] = json.loads(self.storage.read_bytes(SHARDS_DIR, name))
+        return found
+
+    # -- job state -----------------------------------------------------------
+
+    def mark_complete(self, summary: dict[str, Any]) -> bool:
+        """Write _SUCCESS; True only for the one caller that wrote it."""
+        return self.storage.create_once(json.dumps(summary).encode(), SUCCESS_FILE)
+
+    def is_complete(self) -> bool:
+        return self.storage.exists(SUCCESS_FILE)
+
+    def completion(self) -> dict[str, Any] | None:
+        if not self.is_complete():
+            return None
+        loaded: dict[str, Any] = json.loads(self.storage.read_bytes(SUCCESS_FILE))
+        return loaded
+
+    def cancel(self) -> None:
+        self.storage.write_atomic(json.dumps({"cancelled_at": time.time()}).encode(), CANCELLED_FILE)
+
+    def uncancel(self) -> None:
+        self.storage.remove(CANCELLED_FILE)
+
+    def is_cancelled(self) -> bool:
+        return self.storage.exists(CANCELLED_FILE)

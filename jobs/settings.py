@@ -1,0 +1,38 @@
+"""Settings of workers and the producer, from ``BATCHFORMERS_*`` environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+DEFAULT_QUEUE = "batchformers"
+DEFAULT_SHARD_TIME_LIMIT = 3600.0
+DEFAULT_LEASE_SECONDS = 60.0
+
+
+class Settings(BaseSettings):
+    """One place for every knob; names map to ``BATCHFORMERS_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="BATCHFORMERS_", extra="ignore")
+
+    broker_url: str = Field(DEFAULT_BROKER_URL, description="Celery broker (redis:// or rediss://).")
+    result_backend: str | None = Field(None, description="Celery result backend; the broker URL when unset.")
+    queue: str = Field(DEFAULT_QUEUE, description="Queue the shard tasks go to.")
+    shard_time_limit: float = Field(
+        DEFAULT_SHARD_TIME_LIMIT, gt=0, description="Default hard limit (s) on one shard's run."
+    )
+    lease_seconds: float = Field(
+        DEFAULT_LEASE_SECONDS,
+        gt=0,
+        description="How long a dead worker's shard waits before another worker takes it over.",
+    )
+    allow_trust_remote_code: bool = Field(False, description="Let jobs that ask for it run hub model code.")
+    allowed_roots: str = Field("", description="Comma-separated input/output path prefixes; empty allows all.")
+    torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads per worker process.")
+
+    def backend_url(self) -> str:
+        return self.result_backend or self.broker_url
+
+    def roots(self) -> list[str]:
+        return [root.strip() for root in self.allowed_roots.split(",") if root.strip()]

@@ -1,0 +1,60 @@
+"""Run one shard: read its rows, run the task, build the output table. No Celery here."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pyarrow as pa
+
+from jobs.base import ProgressCallback, Runner, TaskType
+from jobs.manifest import Manifest, ShardPlan
+from jobs.sources import read_rows
+
+ROW_INDEX = "row_index"
+ERROR = "error"
+
+
+def output_schema(task: TaskType, kept: pa.Schema) -> pa.Schema:
+    """Kept input columns, ``row_index``, the task's columns, then ``error``."""
+    fields = list(kept) + [pa.field(ROW_INDEX, pa.int64())]
+    fields += list(task.output_schema()) + [pa.field(ERROR, pa.string())]
+    return pa.schema(fields)
+
+
+def first_row(manifest: Manifest, plan: ShardPlan) -> int:
+    """Global index of the shard's first row across all input files."""
+    return sum(source.num_rows for source in manifest.sources[: plan.source]) + plan.start
+
+
+def run_shard(
+    manifest: Manifest,
+    plan: ShardPlan,
+    task: TaskType,
+    runner: Runner,
+    progress: ProgressCallback | None = None,
+) -> tuple[pa.Table, dict[str, Any]]:
+    """The shard's output table and a summary (rows, errors, seconds)."""
+    started = time.monotonic()
+    spec = manifest.job_spec()
+    roles = spec.input_columns()
+    kept = spec.kept_columns()
+    wanted = list(dict.fromkeys(kept + list(roles.values())))
+    table = read_rows(manifest.sources[plan.source], plan.start, plan.stop, wanted)
+    inputs = {role: table.column(column).to_pylist() for role, column in roles.items()}
+    results = runner.run(inputs, progress)
+    produced = results if isinstance(results, pa.Table) else _from_rows(results, task)
+    base = first_row(manifest, plan)
+    kept_table = table.select(kept)
+    schema = output_schema(task, kept_table.schema)
+    columns = list(kept_table.columns) + [pa.array(range(base, base + table.num_rows), pa.int64())]
+    columns += [produced.column(name) for name in schema.names[len(kept) + 1 :]]
+    output = pa.Table.from_arrays(columns, schema=schema)
+    errors = table.num_rows - output.column(ERROR).null_count
+    summary = {"rows": table.num_rows, "errors": errors, "seconds": round(time.monotonic() - started, 3)}
+    return output, summary
+
+
+def _from_rows(rows: list[dict[str, Any]], task: TaskType) -> pa.Table:
+    schema = task.output_schema().append(pa.field(ERROR, pa.string()))
+    return pa.Table.from_pylist(rows, schema=schema)

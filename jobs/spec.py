@@ -1,0 +1,198 @@
+"""The job spec: what to run, on which input, where to write, with which model.
+
+Loaded from YAML or JSON and validated here; checks that need the input data
+(columns present, dataset not empty) are made by the producer at submit time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from jobs.base import LoadOptions, TaskType
+from jobs.errors import SpecError
+from jobs.registry import TASKS, get_task_class
+
+DEFAULT_SHARD_ROWS = 10_000
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_MAX_RETRIES = 3
+ID_ROLE = "id"
+
+InputFormat = Literal["auto", "parquet", "arrow", "datasets", "jsonl", "csv"]
+
+
+class JobSpec(BaseModel):
+    """A batch job. Field names are the YAML keys users write."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: str = Field(description=f"Task type: one of {', '.join(TASKS)}.")
+    model: str | None = Field(None, description="Hub id or local directory; the task's default when omitted.")
+    revision: str | None = Field(None, description="Model revision (branch, tag or commit) on the hub.")
+    input: str = Field(description="Parquet file/directory/glob, Arrow IPC file, or `datasets` save_to_disk directory.")
+    input_format: InputFormat = Field("auto", description="Input format; guessed from the path when `auto`.")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Task input roles (text, question, context) and `id` mapped to input column names; "
+        "a role left out reads the column of the same name.",
+    )
+    passthrough: list[str] = Field(default_factory=list, description="More input columns copied to the output.")
+    output: str = Field(description="Output directory for the Parquet parts and the manifest.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Task parameters, named as in transformers pipelines.")
+    shard_rows: int = Field(DEFAULT_SHARD_ROWS, gt=0, description="Rows per shard (one Celery task each).")
+    batch_size: int = Field(DEFAULT_BATCH_SIZE, gt=0, description="Rows per model batch.")
+    max_batch_tokens: int | None = Field(
+        None, gt=0, description="Optional padded-token budget per batch; long rows then share a batch with fewer rows."
+    )
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Model weights dtype.")
+    trust_remote_code: bool = Field(False, description="Run model code from the hub (the worker must allow it too).")
+    max_retries: int = Field(DEFAULT_MAX_RETRIES, ge=0, description="Deliveries of a failing shard before it is marked failed.")
+    shard_time_limit: float | None = Field(
+        None, gt=0, description="Seconds a shard may run before it is stopped and retried; default from settings."
+    )
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        if value not in TASKS:
+            raise ValueError(f"unknown task {value!r}; valid tasks: {', '.join(sorted(TASKS))}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda or cuda:N")
+
+    @model_validator(mode="after")
+    def _roles_known(self) -> JobSpec:
+        roles = set(get_task_class(self.task).input_roles) | {ID_ROLE}
+        unknown = sorted(set(self.columns) - roles)
+        if unknown:
+            raise ValueError(
+                f"columns: unknown role(s) {', '.join(unknown)} for task {self.task}; "
+                f"valid roles: {', '.join(sorted(roles))} (use `passthrough` to copy other columns)"
+            )
+        return self
+
+    # -- derived views -------------------------------------------------------
+
+    def task_type(self) -> TaskType:
+        """The validated task object; raises SpecError naming the bad parameter."""
+        cls = get_task_class(self.task)
+        try:
+            return cls.from_params(self.params)
+        except ValidationError as exc:
+            raise SpecError(_params_field(exc), _first_message(exc)) from None
+        except (ValueError, TypeError) as exc:
+            raise SpecError("params", str(exc)) from None
+
+    def input_columns(self) -> dict[str, str]:
+        """Role -> input column for every role the task reads."""
+        roles = get_task_class(self.task).input_roles
+        return {role: self.columns.get(role, role) for role in roles}
+
+    def id_column(self) -> str | None:
+        return self.columns.get(ID_ROLE)
+
+    def kept_columns(self) -> list[str]:
+        """Input columns copied to the output: the id column then `passthrough`."""
+        kept = [self.columns[ID_ROLE]] if ID_ROLE in self.columns else []
+        return kept + [c for c in self.passthrough if c not in kept]
+
+    def resolved_model(self) -> str:
+        if self.model:
+            return self.model
+        cls = get_task_class(self.task)
+        resolver = getattr(cls, "default_model_for", None)
+        model = resolver(self.params) if resolver else cls.default_model
+        if not model:
+            raise SpecError("model", f"task {self.task} has no default model: set `model`")
+        return str(model)
+
+    def load_options(self) -> LoadOptions:
+        return LoadOptions(
+            model=self.resolved_model(),
+            revision=self.revision,
+            device=self.device,
+            dtype=self.dtype,
+            trust_remote_code=self.trust_remote_code,
+            batch_size=self.batch_size,
+            max_batch_tokens=self.max_batch_tokens,
+        )
+
+    def fingerprint(self) -> str:
+        """Stable hash of what determines the output: a re-run with the same spec resumes."""
+        payload = self.model_dump(mode="json", exclude={"max_retries", "shard_time_limit"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_spec(source: str | Path | dict[str, Any], **overrides: Any) -> JobSpec:
+    """Read a spec from a YAML/JSON file or a dict; every problem is a SpecError."""
+    if isinstance(source, dict):
+        raw = dict(source)
+    else:
+        path = Path(source)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise SpecError("spec", f"cannot read job file {path}: {exc.strerror}") from None
+        try:
+            raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            raise SpecError("spec", f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+        if not isinstance(raw, dict):
+            raise SpecError("spec", f"{path} must hold a mapping of fields (task, model, input, ...)")
+        raw = _resolve_relative_paths(raw, path.parent)
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        spec = JobSpec(**raw)
+    except ValidationError as exc:
+        raise SpecError(_field_name(exc), _first_message(exc)) from None
+    spec.task_type()  # validates params now, not on a worker
+    return spec
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """The published JSON Schema of the job spec."""
+    return JobSpec.model_json_schema()
+
+
+def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Local `input`/`output` paths in a job file are relative to that file."""
+    resolved = dict(raw)
+    for key in ("input", "output"):
+        value = resolved.get(key)
+        if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
+            resolved[key] = str((base / value).resolve()) if not value.startswith("~") else value
+    model = resolved.get("model")
+    if isinstance(model, str) and model.startswith((".", "/")) and "://" not in model:
+        resolved["model"] = str((base / model).resolve())
+    return resolved
+
+
+def _field_name(exc: ValidationError) -> str:
+    loc = exc.errors()[0]["loc"]
+    return ".".join(str(part) for part in loc) or "spec"
+
+
+def _params_field(exc: ValidationError) -> str:
+    loc = exc.errors()[0]["loc"]
+    return ".".join(["params", *(str(part) for part in loc)])
+
+
+def _first_message(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    if error["type"] == "extra_forbidden":
+        return "unknown field; check the spelling against the documented fields"
+    if error["type"] == "missing":
+        return "this field is required"
+    message: str = error["msg"]
+    return message.removeprefix("Value error, ")

