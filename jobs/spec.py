@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from jobs.base import LoadOptions, TaskType
 from jobs.errors import SpecError
@@ -71,16 +71,20 @@ class JobSpec(BaseModel):
             return value
         raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda or cuda:N")
 
-    @model_validator(mode="after")
-    def _roles_known(self) -> JobSpec:
-        roles = set(get_task_class(self.task).input_roles) | {ID_ROLE}
-        unknown = sorted(set(self.columns) - roles)
+    @field_validator("columns")
+    @classmethod
+    def _roles_known(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        task = info.data.get("task")
+        if task is None:
+            return value
+        roles = set(get_task_class(task).input_roles) | {ID_ROLE}
+        unknown = sorted(set(value) - roles)
         if unknown:
             raise ValueError(
-                f"columns: unknown role(s) {', '.join(unknown)} for task {self.task}; "
+                f"unknown role(s) {', '.join(unknown)} for task {task}; "
                 f"valid roles: {', '.join(sorted(roles))} (use `passthrough` to copy other columns)"
             )
-        return self
+        return value
 
     # -- derived views -------------------------------------------------------
 

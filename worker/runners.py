@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import threading
 
 from jobs.base import Runner, TaskType
@@ -10,6 +12,7 @@ from jobs.errors import SpecError
 from jobs.settings import Settings
 from jobs.spec import JobSpec
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _cache: dict[str, tuple[TaskType, Runner]] = {}
 
@@ -29,6 +32,7 @@ def runner_for(spec: JobSpec, settings: Settings) -> tuple[TaskType, Runner]:
             _cache.clear()
             task = spec.task_type()
             _cache[key] = (task, task.load(options))
+            log.warning("batchformers: loaded %s model %s in process %s", spec.task, options.model, os.getpid())
         return _cache[key]
 
 

@@ -1,0 +1,88 @@
+"""Shared fixtures: a real Redis, real Celery worker processes, tiny models, input files."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import redis
+
+from jobs.settings import Settings
+from producer.embedded import EmbeddedRedis, LocalWorkers
+from tests.models import tiny_model_path
+
+NEWS = Path(__file__).resolve().parents[1] / "jobs" / "data" / "news_sentences.txt"
+LOCAL_REDIS = "redis://127.0.0.1:6379/15"
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """BATCHFORMERS_TEST_REDIS_URL, else the local server when it answers, else one we start."""
+    configured = os.environ.get("BATCHFORMERS_TEST_REDIS_URL")
+    if configured:
+        yield configured
+    elif _answers(LOCAL_REDIS):
+        yield LOCAL_REDIS
+    else:
+        with EmbeddedRedis() as server:
+            yield server.url
+
+
+@pytest.fixture
+def queue_name() -> str:
+    """A queue of this test's own, so tests never take each other's shards."""
+    return f"bf-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def settings(redis_url: str, queue_name: str) -> Settings:
+    return Settings(broker_url=redis_url, queue=queue_name, lease_seconds=10)
+
+
+@pytest.fixture
+def start_workers(settings: Settings, tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
+    """Call with a count to start real worker processes on this test's queue."""
+    started: list[LocalWorkers] = []
+
+    def start(count: int = 1, **env: str) -> LocalWorkers:
+        extra = {"BATCHFORMERS_LEASE_SECONDS": str(settings.lease_seconds), "BATCHFORMERS_TORCH_THREADS": "1", **env}
+        workers = LocalWorkers(settings.broker_url, count=count, queue=settings.queue,
+                               log_dir=str(tmp_path / f"logs-{len(started)}"), extra_env=extra).start()
+        started.append(workers)
+        return workers
+
+    yield start
+    for workers in started:
+        workers.stop()
+
+
+@pytest.fixture(scope="session")
+def news_texts() -> list[str]:
+    return [line for line in NEWS.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def news_parquet(tmp_path: Path, news_texts: list[str]) -> Path:
+    """The demo sentences as Parquet with a ``doc_id`` and a ``body`` column."""
+    path = tmp_path / "input" / "news.parquet"
+    path.parent.mkdir()
+    table = pa.table({"doc_id": [f"doc-{i}" for i in range(len(news_texts))], "body": news_texts})
+    pq.write_table(table, path, row_group_size=16)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ner_model() -> Path:
+    return tiny_model_path("bert-ner")
