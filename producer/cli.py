@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     retry.add_argument("--broker")
     retry.set_defaults(handler=_retry)
 
+    demo = commands.add_parser("demo", help="run the example NER job end to end and show its output")
+    demo.add_argument("--workdir", default=".demo", help="where the demo writes its model and output")
+    demo.add_argument("--workers", type=int, default=1)
+    demo.set_defaults(handler=_demo)
+
     schema = commands.add_parser("schema", help="print the JSON Schema of job specs")
     schema.set_defaults(handler=lambda args: _print_json(spec_json_schema()))
     return parser
@@ -86,6 +91,12 @@ def _run(args: argparse.Namespace) -> int:
     status = run(spec, broker_url=args.broker, workers=args.workers, progress=not args.no_progress)
     _print_summary(status)
     return 0 if status.state == "complete" else EXIT_FAILED_SHARDS
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from producer.demo import main as demo_main
+
+    return demo_main(args.workdir, args.workers)
 
 
 def _submit(args: argparse.Namespace) -> int:

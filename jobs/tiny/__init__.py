@@ -36,6 +36,9 @@ def build_tiny_model(kind: str, directory: str | Path, seed: int = 0) -> Path:
         raise ValueError(f"unknown tiny model {kind!r}; valid: {', '.join(sorted(BUILDERS))}") from None
     module_name, function_name = target.split(":")
     builder = getattr(importlib.import_module(module_name), function_name)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     directory.mkdir(parents=True, exist_ok=True)
     builder(directory, seed=seed)
     (directory / COMPLETE_MARKER).write_text(kind + "\n")
