@@ -20,8 +20,17 @@ from jobs.tiny.corpus import corpus_lines
 
 MODEL_MAX_LENGTH = 128
 WEIGHT_SCALE = 6.0
+EOS_SCALE = 2.0
 
-_LAYERS = {"d_model": 32, "layers": 2, "heads": 2, "ffn": 64}
+_BART_LAYERS: dict[str, Any] = {
+    "d_model": 32,
+    "encoder_layers": 2,
+    "decoder_layers": 2,
+    "encoder_attention_heads": 2,
+    "decoder_attention_heads": 2,
+    "encoder_ffn_dim": 64,
+    "decoder_ffn_dim": 64,
+}
 
 
 def build_bart(directory: Path, seed: int = 0) -> None:
@@ -37,23 +46,17 @@ def build_bart(directory: Path, seed: int = 0) -> None:
         "no_repeat_ngram_size": 3,
         "num_beams": 4,
     }
+    special: dict[str, Any] = {
+        "pad_token_id": 1,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+        "decoder_start_token_id": 2,
+        "forced_bos_token_id": 0,
+        "forced_eos_token_id": 2,
+        "task_specific_params": {"summarization": summarization},
+    }
     config = BartConfig(
-        vocab_size=len(tokenizer),
-        d_model=_LAYERS["d_model"],
-        encoder_layers=_LAYERS["layers"],
-        decoder_layers=_LAYERS["layers"],
-        encoder_attention_heads=_LAYERS["heads"],
-        decoder_attention_heads=_LAYERS["heads"],
-        encoder_ffn_dim=_LAYERS["ffn"],
-        decoder_ffn_dim=_LAYERS["ffn"],
-        max_position_embeddings=MODEL_MAX_LENGTH,
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-        decoder_start_token_id=2,
-        forced_bos_token_id=0,
-        forced_eos_token_id=2,
-        task_specific_params={"summarization": summarization},
+        vocab_size=len(tokenizer), max_position_embeddings=MODEL_MAX_LENGTH, **_BART_LAYERS, **special
     )
     generation = GenerationConfig(
         bos_token_id=0,
@@ -69,24 +72,14 @@ def build_bart(directory: Path, seed: int = 0) -> None:
 
 def build_t5(directory: Path, seed: int = 0) -> None:
     """A T5 with ``summarize:`` and ``translate English to German:`` task prefixes, like t5-small."""
-    from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration, T5TokenizerFast
+    from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration, T5Tokenizer
 
-    tokenizer = T5TokenizerFast(
-        tokenizer_object=_train_unigram(), extra_ids=0, model_max_length=MODEL_MAX_LENGTH
-    )
-    config = T5Config(
-        vocab_size=len(tokenizer),
-        d_model=_LAYERS["d_model"],
-        d_kv=16,
-        d_ff=_LAYERS["ffn"],
-        num_layers=_LAYERS["layers"],
-        num_decoder_layers=_LAYERS["layers"],
-        num_heads=_LAYERS["heads"],
-        relative_attention_num_buckets=8,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-        task_specific_params={
+    tokenizer = T5Tokenizer(tokenizer_object=_train_unigram(), extra_ids=0, model_max_length=MODEL_MAX_LENGTH)
+    special: dict[str, Any] = {
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0,
+        "task_specific_params": {
             "summarization": {
                 "early_stopping": True,
                 "length_penalty": 2.0,
@@ -103,6 +96,17 @@ def build_t5(directory: Path, seed: int = 0) -> None:
                 "prefix": "translate English to German: ",
             },
         },
+    }
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        d_kv=16,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=2,
+        relative_attention_num_buckets=8,
+        **special,
     )
     generation = GenerationConfig(decoder_start_token_id=0, eos_token_id=1, pad_token_id=0)
     _save(T5ForConditionalGeneration, config, generation, tokenizer, directory, seed)
@@ -124,14 +128,8 @@ def build_marian(directory: Path, seed: int = 0) -> None:
     pad = tokenizer.pad_token_id
     config = MarianConfig(
         vocab_size=len(tokenizer),
-        d_model=_LAYERS["d_model"],
-        encoder_layers=_LAYERS["layers"],
-        decoder_layers=_LAYERS["layers"],
-        encoder_attention_heads=_LAYERS["heads"],
-        decoder_attention_heads=_LAYERS["heads"],
-        encoder_ffn_dim=_LAYERS["ffn"],
-        decoder_ffn_dim=_LAYERS["ffn"],
         max_position_embeddings=MODEL_MAX_LENGTH,
+        **_BART_LAYERS,
         pad_token_id=pad,
         eos_token_id=0,
         decoder_start_token_id=pad,
@@ -160,14 +158,8 @@ def build_multilingual(directory: Path, seed: int = 0) -> None:
     tokenizer = NllbTokenizer(vocab=vocab, merges=merges, model_max_length=MODEL_MAX_LENGTH)
     config = M2M100Config(
         vocab_size=len(tokenizer),
-        d_model=_LAYERS["d_model"],
-        encoder_layers=_LAYERS["layers"],
-        decoder_layers=_LAYERS["layers"],
-        encoder_attention_heads=_LAYERS["heads"],
-        decoder_attention_heads=_LAYERS["heads"],
-        encoder_ffn_dim=_LAYERS["ffn"],
-        decoder_ffn_dim=_LAYERS["ffn"],
         max_position_embeddings=MODEL_MAX_LENGTH,
+        **_BART_LAYERS,
         scale_embedding=True,
         pad_token_id=1,
         bos_token_id=0,
@@ -186,9 +178,26 @@ def _save(model_class: Any, config: Any, generation: Any, tokenizer: Any, direct
     torch.manual_seed(seed)
     model = model_class(config)
     _scale_weights(model, seed)
+    _boost_eos(model, config.eos_token_id)
     model.generation_config = generation
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    _make_tokenizer_config_portable(directory / "tokenizer_config.json")
+
+
+def _make_tokenizer_config_portable(path: Path) -> None:
+    """Let transformers 4.57 load what 5.x saved (the golden outputs are made with 4.57).
+
+    5.x writes ``extra_special_tokens`` as a list, which 4.57 reads as a dict and
+    fails on; both versions accept the older ``additional_special_tokens`` key.
+    """
+    config = json.loads(path.read_text())
+    extra = config.pop("extra_special_tokens", None)
+    if extra:
+        config["additional_special_tokens"] = extra
+    if config.get("tokenizer_class") == "RobertaTokenizer":
+        config["tokenizer_class"] = "BartTokenizer"  # 5.x aliases BART's tokenizer to RoBERTa's
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 def _scale_weights(model: Any, seed: int) -> None:
@@ -207,6 +216,19 @@ def _scale_weights(model: Any, seed: int) -> None:
                 fan_in = parameter.shape[1]
                 std = WEIGHT_SCALE / fan_in**0.5 if "embed" not in name and "shared" not in name else 1.0
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+
+
+def _boost_eos(model: Any, eos_token_id: int) -> None:
+    """Lengthen the end-of-sequence embedding (tied to the output layer) so generations end on their own.
+
+    Otherwise a random model almost never picks ``</s>`` and every output runs to
+    the length limit, 256 new tokens for T5: slow, and nothing would test rows of
+    a batch finishing at different steps.
+    """
+    import torch
+
+    with torch.no_grad():
+        model.get_input_embeddings().weight[eos_token_id] *= EOS_SCALE
 
 
 def _train_byte_level_bpe(vocab_size: int = 600) -> Any:
@@ -229,25 +251,50 @@ def _train_byte_level_bpe(vocab_size: int = 600) -> Any:
 
 
 def _train_unigram(vocab_size: int = 600) -> Any:
-    """A T5-style sentencepiece Unigram: ``<pad> </s> <unk>`` first, ``</s>`` appended to every input."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    """A T5-style sentencepiece Unigram: ``<pad> </s> <unk>`` first, ``</s>`` appended to every input.
 
-    tokenizer = Tokenizer(models.Unigram())
+    Trained by sentencepiece (as T5's was) rather than ``tokenizers``, whose
+    Unigram trainer breaks ties differently from run to run.
+    """
+    import sentencepiece as spm
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    processor = spm.SentencePieceProcessor(
+        model_proto=_train_sentencepiece(vocab_size, pad_id=0, eos_id=1, unk_id=2, bos_id=-1)
+    )
+    pieces = [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")]
     )
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
-    )
-    tokenizer.train_from_iterator(corpus_lines(), trainer=trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
     )
     return tokenizer
 
 
-def _train_metaspace_bpe(vocab_size: int = 600) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def _train_sentencepiece(vocab_size: int, **special_ids: int) -> bytes:
+    """A serialized sentencepiece Unigram model of the corpus; single-threaded, so reproducible."""
+    import sentencepiece as spm
+
+    buffer = io.BytesIO()
+    options: dict[str, Any] = {
+        "sentence_iterator": iter(corpus_lines()),
+        "model_writer": buffer,
+        "vocab_size": vocab_size,
+        "model_type": "unigram",
+        "character_coverage": 1.0,
+        "normalization_rule_name": "identity",
+        "num_threads": 1,
+        "minloglevel": 2,
+        **special_ids,
+    }
+    spm.SentencePieceTrainer.train(**options)
+    return buffer.getvalue()
+
+
+def _train_metaspace_bpe(vocab_size: int = 600) -> tuple[dict[str, int], list[Any]]:
     """Vocabulary and merges of an NLLB-style sentencepiece BPE (``<s> <pad> </s> <unk>`` first)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
@@ -258,7 +305,9 @@ def _train_metaspace_bpe(vocab_size: int = 600) -> tuple[dict[str, int], list[tu
     )
     tokenizer.train_from_iterator(corpus_lines(), trainer=trainer)
     state = json.loads(tokenizer.to_str())["model"]
-    merges = [tuple(merge.split(" ")) if isinstance(merge, str) else tuple(merge) for merge in state["merges"]]
+    merges = [
+        tuple(merge.split(" ")) if isinstance(merge, str) else tuple(merge) for merge in state["merges"]
+    ]
     return state["vocab"], merges
 
 
@@ -269,24 +318,11 @@ def _write_marian_vocab(directory: Path, vocab_size: int = 600) -> None:
     """
     import sentencepiece as spm
 
-    buffer = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus_lines()),
-        model_writer=buffer,
-        vocab_size=vocab_size,
-        model_type="unigram",
-        character_coverage=1.0,
-        num_threads=1,
-        minloglevel=2,
-        unk_id=0,
-        bos_id=-1,
-        eos_id=1,
-        pad_id=-1,
-    )
+    model = _train_sentencepiece(vocab_size, unk_id=0, eos_id=1, bos_id=-1, pad_id=-1)
     directory.mkdir(parents=True, exist_ok=True)
     for name in ("source.spm", "target.spm"):
-        (directory / name).write_bytes(buffer.getvalue())
-    processor = spm.SentencePieceProcessor(model_proto=buffer.getvalue())
+        (directory / name).write_bytes(model)
+    processor = spm.SentencePieceProcessor(model_proto=model)
     pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
     vocab = {"</s>": 0, "<unk>": 1}
     for piece in pieces:

@@ -1,0 +1,443 @@
+"""Encoder-decoder generation shared by summarization and translation, as transformers 4.57 ran it.
+
+The 4.57 ``summarization`` / ``translation`` pipelines (removed in 5.x) built a
+generation config in a particular order: pipeline defaults, then the model's own
+generation config only where the pipeline kept a global default, then the
+``max_length`` rule, then ``task_specific_params``; ``generate`` filled defaults
+from the model once more and applied the call's keyword arguments. transformers
+5.x fills unset fields differently, so :func:`resolve_generation` replays 4.57's
+order in plain Python and the runner passes every setting explicitly.
+
+Rows are tokenized together, length-sorted into padded batches, generated under
+``torch.inference_mode`` and written back in input order. Inputs longer than the
+model accepts are cut (``truncated`` says so) or, with ``truncation: false``,
+become row errors; a bad row never fails the shard.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from jobs.base import LoadOptions, ProgressCallback, Runner, TaskParams
+from jobs.batching import length_sorted_batches, text_error
+from jobs.errors import SpecError
+from jobs.runtime import load_model, load_tokenizer
+
+PIPELINE_DEFAULTS: dict[str, Any] = {"max_new_tokens": 256, "num_beams": 4}
+"""``Text2TextGenerationPipeline._default_generation_config`` in 4.57."""
+
+GLOBAL_DEFAULTS: dict[str, Any] = {
+    "max_length": 20,
+    "min_length": 0,
+    "early_stopping": False,
+    "do_sample": False,
+    "num_beams": 1,
+    "num_beam_groups": 1,
+    "diversity_penalty": 0.0,
+    "use_cache": True,
+    "temperature": 1.0,
+    "top_k": 50,
+    "top_p": 1.0,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0,
+    "length_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "renormalize_logits": False,
+    "remove_invalid_values": False,
+    "token_healing": False,
+    "num_return_sequences": 1,
+    "output_attentions": False,
+    "output_hidden_states": False,
+    "output_scores": False,
+    "return_dict_in_generate": False,
+    "is_assistant": False,
+    "num_assistant_tokens": 20,
+    "num_assistant_tokens_schedule": "constant",
+    "assistant_confidence_threshold": 0.4,
+    "assistant_lookbehind": 10,
+    "target_lookbehind": 10,
+    "disable_compile": False,
+}
+"""The non-None fields of 4.57's ``GenerationConfig()``; every other field defaulted to None."""
+
+MODEL_DEFAULTS_SINCE = (4, 50)
+"""4.57's ``generate`` re-filled defaults from models whose generation config was saved by >= 4.50."""
+
+DECODER_PROMPT_LENGTH = 1
+"""Decoding starts from ``decoder_start_token_id`` alone; ``max_new_tokens`` counts after it."""
+
+GENERATION_PARAMS = (
+    "max_length",
+    "min_length",
+    "max_new_tokens",
+    "num_beams",
+    "length_penalty",
+    "no_repeat_ngram_size",
+    "early_stopping",
+    "num_return_sequences",
+)
+
+
+class GenerationParams(TaskParams):
+    """Generation settings a job may override; unset ones follow the model, as in the 4.57 pipelines."""
+
+    max_length: int | None = Field(
+        None, ge=1, description="Longest output in tokens (ignored while max_new_tokens applies, as in 4.57)."
+    )
+    min_length: int | None = Field(None, ge=0, description="Shortest output in tokens.")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Most tokens to generate; takes precedence over max_length."
+    )
+    num_beams: int | None = Field(None, ge=1, description="Beam width (the pipelines default to 4).")
+    length_penalty: float | None = Field(None, description="Exponent on length in beam scores.")
+    no_repeat_ngram_size: int | None = Field(None, ge=0, description="Forbid repeating n-grams of this size.")
+    early_stopping: bool | Literal["never"] | None = Field(None, description="Beam search stopping rule.")
+    num_return_sequences: int | None = Field(
+        None, ge=1, description="Outputs per row; more than 1 gives a list."
+    )
+    truncation: bool = Field(
+        True, description="Cut inputs longer than the model accepts (false: such rows error)."
+    )
+
+    @model_validator(mode="after")
+    def _returns_within_beams(self) -> GenerationParams:
+        if self.num_beams is not None and self.returns > self.num_beams:
+            raise ValueError(
+                f"num_return_sequences ({self.returns}) must not exceed num_beams ({self.num_beams})"
+            )
+        return self
+
+    @property
+    def returns(self) -> int:
+        """How many outputs each row gets."""
+        return self.num_return_sequences or 1
+
+    def overrides(self) -> dict[str, Any]:
+        """The generation settings the job set, as call keyword arguments to 4.57's pipeline."""
+        return {name: getattr(self, name) for name in GENERATION_PARAMS if getattr(self, name) is not None}
+
+
+def output_schema(text_column: str, params: GenerationParams) -> pa.Schema:
+    """``<task>_text`` (a list when several sequences are returned) and ``truncated``."""
+    text_type = pa.list_(pa.string()) if params.returns > 1 else pa.string()
+    return pa.schema([pa.field(text_column, text_type), pa.field("truncated", pa.bool_())])
+
+
+def pipeline_generation_config(
+    model_generation: dict[str, Any], task_params: dict[str, Any] | None, pad_token_id: int | None
+) -> tuple[dict[str, Any], str | None]:
+    """The generation config and prefix a 4.57 pipeline built at construction (``Pipeline.__init__``).
+
+    ``model_generation`` holds only the fields the model's generation config sets.
+    Returns the config and the ``prefix`` popped from the task's parameters (or None).
+    """
+    config = {**GLOBAL_DEFAULTS, **PIPELINE_DEFAULTS}
+    _fill_from_model(config, model_generation)
+    if config["max_new_tokens"] == PIPELINE_DEFAULTS["max_new_tokens"] and config["max_length"] not in (
+        None,
+        GLOBAL_DEFAULTS["max_length"],
+    ):
+        config["max_new_tokens"] = None  # the model's own max_length wins over the pipeline's length default
+    task = dict(task_params or {})
+    prefix = task.pop("prefix", None)
+    config.update(task)
+    if config.get("pad_token_id") is None and pad_token_id is not None:
+        config["pad_token_id"] = pad_token_id
+    return config, prefix
+
+
+def generate_config(
+    pipeline_config: dict[str, Any],
+    model_generation: dict[str, Any],
+    overrides: dict[str, Any],
+    *,
+    refill_from_model: bool = True,
+    max_positions: int | None = None,
+) -> dict[str, Any]:
+    """What 4.57's ``generate`` ran with, given the pipeline's config and the call's keyword arguments.
+
+    ``max_length`` comes back as the total decoder length and ``max_new_tokens`` as None.
+    """
+    config = dict(pipeline_config)
+    if refill_from_model:
+        _fill_from_model(config, model_generation)
+    config.update(overrides)
+    config["max_length"] = _total_length(config, "max_length" in overrides, max_positions)
+    config["max_new_tokens"] = None
+    return config
+
+
+def _fill_from_model(config: dict[str, Any], model_generation: dict[str, Any]) -> None:
+    """Take the model's value wherever ``config`` still holds the global default (4.57 ``use_model_defaults``)."""
+    for key, value in model_generation.items():
+        if key.startswith("_") or key == "transformers_version":
+            continue
+        if key == "cache_implementation" and value == "hybrid":
+            continue
+        default = GLOBAL_DEFAULTS.get(key)
+        if config.get(key) == default and value != default:
+            config[key] = value
+    if config.get("temperature") == 0.0:
+        config["do_sample"] = False
+
+
+def _total_length(config: dict[str, Any], max_length_passed: bool, max_positions: int | None) -> int:
+    """4.57's ``_prepare_generated_length`` for an encoder-decoder: the decoder's total length limit."""
+    if config.get("max_new_tokens") is not None:
+        return int(config["max_new_tokens"]) + DECODER_PROMPT_LENGTH
+    max_length = int(config["max_length"])
+    if not max_length_passed and max_length == GLOBAL_DEFAULTS["max_length"]:
+        max_length += DECODER_PROMPT_LENGTH
+        if max_positions is not None:
+            max_length = min(max_length, max_positions)
+    return max_length
+
+
+@dataclass(frozen=True)
+class Seq2SeqSettings:
+    """Everything a runner needs besides the model: resolved generation, input preparation, output shape."""
+
+    generation: dict[str, Any]
+    text_column: str
+    returns: int
+    truncation: bool
+    prefix: str = ""
+    languages: tuple[str, str] | None = None
+    """(src_lang, tgt_lang) for tokenizers with ``_build_translation_inputs`` (mBART, NLLB, M2M100)."""
+
+
+def load_seq2seq(options: LoadOptions) -> tuple[Any, Any, Any]:
+    """Tokenizer, ``AutoModelForSeq2SeqLM`` and device for ``options``."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    with warnings.catch_warnings():
+        # MarianTokenizer warns on every load that sacremoses is missing; 4.57 ran without it too.
+        warnings.filterwarnings("ignore", message="Recommended: pip install sacremoses")
+        tokenizer = load_tokenizer(options)
+    model, device = load_model(AutoModelForSeq2SeqLM, options)
+    return tokenizer, model, device
+
+
+def resolve_generation(
+    model: Any, tokenizer: Any, task: str, params: GenerationParams, extra: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], str]:
+    """4.57's generation settings and input prefix for ``pipeline(task, model)(text, **params)``.
+
+    ``extra`` holds keyword arguments the pipeline passed to ``generate`` itself
+    (``forced_bos_token_id`` for multilingual translation).
+    """
+    model_generation = _set_fields(model.generation_config)
+    task_params = (getattr(model.config, "task_specific_params", None) or {}).get(task)
+    pipeline_config, task_prefix = pipeline_generation_config(
+        model_generation, task_params, tokenizer.pad_token_id
+    )
+    prefix = task_prefix if task_prefix is not None else getattr(model.config, "prefix", None)
+    config = generate_config(
+        pipeline_config,
+        model_generation,
+        {**params.overrides(), **(extra or {})},
+        refill_from_model=_saved_since(model, MODEL_DEFAULTS_SINCE),
+        max_positions=getattr(model.config, "max_position_embeddings", None),
+    )
+    if config.get("num_return_sequences", 1) != params.returns:
+        raise SpecError(
+            "params.num_return_sequences",
+            f"the model's generation config returns {config['num_return_sequences']} sequences; "
+            "set num_return_sequences explicitly",
+        )
+    if params.returns > config["num_beams"]:
+        raise SpecError(
+            "params.num_return_sequences",
+            f"{params.returns} sequences need num_beams >= {params.returns} (this model uses {config['num_beams']})",
+        )
+    return config, prefix or ""
+
+
+def _set_fields(generation_config: Any) -> dict[str, Any]:
+    """The fields a loaded (5.x) generation config sets: 5.x leaves unset fields None."""
+    return {key: value for key, value in generation_config.to_dict().items() if value is not None}
+
+
+def _saved_since(model: Any, minimum: tuple[int, int]) -> bool:
+    """Whether the model's generation config was written by transformers >= ``minimum``."""
+    from packaging.version import Version
+
+    generation = model.generation_config
+    saved = generation.transformers_version
+    if getattr(generation, "_from_model_config", False):
+        saved = getattr(model.config, "transformers_version", None) or saved
+    if not saved:
+        return True
+    return Version(Version(saved).base_version).release[:2] >= minimum
+
+
+def input_limit(tokenizer: Any, model_config: Any) -> int | None:
+    """Longest input the model accepts: the tokenizer's ``model_max_length`` and position table, if any."""
+    limits = [getattr(model_config, "max_position_embeddings", None)]
+    if tokenizer.model_max_length < 1_000_000:  # VERY_LARGE_INTEGER means "not set"
+        limits.append(tokenizer.model_max_length)
+    known = [limit for limit in limits if limit]
+    return min(known) if known else None
+
+
+@dataclass
+class _Row:
+    ids: list[int]
+    truncated: bool = False
+    error: str | None = None
+    outputs: list[str] = field(default_factory=list)
+
+
+class Seq2SeqRunner(Runner):
+    """Generates one output column from a ``text`` column with an encoder-decoder model."""
+
+    def __init__(
+        self, model: Any, tokenizer: Any, device: Any, options: LoadOptions, settings: Seq2SeqSettings
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.options = options
+        self.settings = settings
+        self.limit = input_limit(tokenizer, model.config)
+        self.generation_config = _generation_config(settings.generation, model.generation_config)
+
+    def run(
+        self, inputs: dict[str, list[Any]], progress: ProgressCallback | None = None
+    ) -> list[dict[str, Any]]:
+        texts = inputs["text"]
+        errors = [text_error(text) for text in texts]
+        todo = [i for i, error in enumerate(errors) if error is None]
+        rows = dict(zip(todo, self._prepare([texts[i] for i in todo]), strict=True)) if todo else {}
+        ready = [i for i in todo if rows[i].error is None]
+        for batch in length_sorted_batches(
+            [len(rows[i].ids) for i in ready], self.options.batch_size, self.options.max_batch_tokens
+        ):
+            self._generate([rows[ready[position]] for position in batch])
+            if progress:
+                progress(len(batch))
+        if progress and len(ready) < len(texts):
+            progress(len(texts) - len(ready))
+        return [self._result(rows.get(i), errors[i]) for i in range(len(texts))]
+
+    def _result(self, row: _Row | None, error: str | None) -> dict[str, Any]:
+        column = self.settings.text_column
+        if row is None or row.error is not None:
+            return {column: None, "truncated": None, "error": error or (row.error if row else None)}
+        text: str | list[str] = row.outputs if self.settings.returns > 1 else row.outputs[0]
+        return {column: text, "truncated": row.truncated, "error": None}
+
+    def _prepare(self, texts: list[str]) -> list[_Row]:
+        """Token ids of every text, cut to the model's limit (or marked as errors) where too long."""
+        rows = [_Row(ids) for ids in self._encode(texts, None)]
+        if self.limit is None:
+            return rows
+        too_long = [i for i, row in enumerate(rows) if len(row.ids) > self.limit]
+        if not self.settings.truncation:
+            for i in too_long:
+                rows[i].error = (
+                    f"input is {len(rows[i].ids)} tokens, the model accepts at most {self.limit}; "
+                    "set params.truncation to true to cut it"
+                )
+        elif too_long:
+            cut = self._encode([texts[i] for i in too_long], self.limit)
+            for i, ids in zip(too_long, cut, strict=True):
+                rows[i] = _Row(ids, truncated=True)
+        return rows
+
+    def _encode(self, texts: list[str], max_length: int | None) -> list[list[int]]:
+        """Token ids as 4.57's ``preprocess`` made them, for many texts in one tokenizer call."""
+        kwargs = {"truncation": max_length is not None, "max_length": max_length, "verbose": False}
+        if self.settings.languages is not None:
+            src_lang, tgt_lang = self.settings.languages
+            encoded = self.tokenizer._build_translation_inputs(
+                texts, return_tensors=None, src_lang=src_lang, tgt_lang=tgt_lang, **kwargs
+            )
+        else:
+            encoded = self.tokenizer([self.settings.prefix + text for text in texts], **kwargs)
+        ids: list[list[int]] = encoded["input_ids"]
+        return ids
+
+    def _generate(self, rows: Sequence[_Row]) -> None:
+        """Generate for one length-sorted batch; a batch that fails is retried row by row."""
+        try:
+            outputs = self._generate_batch([row.ids for row in rows])
+        except Exception as exc:
+            if _out_of_memory(exc):
+                raise
+            if len(rows) == 1:
+                rows[0].error = f"generation failed: {exc}"
+                return
+            for row in rows:
+                self._generate([row])
+            return
+        for row, texts in zip(rows, outputs, strict=True):
+            row.outputs = texts
+
+    def _generate_batch(self, batch: list[list[int]]) -> list[list[str]]:
+        import torch
+
+        input_ids, attention_mask = self._pad(batch)
+        with torch.inference_mode(), warnings.catch_warnings():
+            # Advice about parameter combinations (e.g. length_penalty with greedy search) is not a row error.
+            warnings.simplefilter("ignore", UserWarning)
+            sequences = self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention_mask.to(self.device),
+                generation_config=self.generation_config,
+            )
+        texts = self.tokenizer.batch_decode(
+            sequences.cpu(), skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        per_row = self.settings.returns
+        return [texts[i * per_row : (i + 1) * per_row] for i in range(len(batch))]
+
+    def _pad(self, batch: list[list[int]]) -> tuple[Any, Any]:
+        """Pad to the longest row on the tokenizer's padding side, as ``tokenizer.pad`` would."""
+        import torch
+
+        longest = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), longest), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        left = self.tokenizer.padding_side == "left"
+        for row, ids in enumerate(batch):
+            span = slice(longest - len(ids), longest) if left else slice(0, len(ids))
+            input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, span] = 1
+        return input_ids, attention_mask
+
+
+def _generation_config(settings: dict[str, Any], model_generation: Any) -> Any:
+    """A 5.x GenerationConfig with every resolved setting set, so ``generate`` fills nothing from the model.
+
+    5.x fills only fields left None. ``max_new_tokens`` is None after resolution,
+    so when the model itself sets one, the resolved total length is expressed as
+    ``max_new_tokens`` instead of ``max_length`` (5.x would otherwise take the model's).
+    """
+    from transformers import GenerationConfig
+
+    values = {key: value for key, value in settings.items() if value is not None}
+    if model_generation.max_new_tokens is not None:
+        values["max_new_tokens"] = values.pop("max_length") - DECODER_PROMPT_LENGTH
+    config = GenerationConfig()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for key, value in values.items():
+            if hasattr(config, key):
+                setattr(config, key, value)
+    return config
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Out-of-memory must reach the worker (it can retry smaller), not become row errors."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
