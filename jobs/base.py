@@ -71,6 +71,11 @@ class TaskType(ABC):
         """Validate raw ``params`` from a spec (raises pydantic.ValidationError)."""
         return cls(cls.Params(**params))
 
+    @classmethod
+    def default_model_for(cls, params: dict[str, Any]) -> str | None:
+        """The model used when the spec names none (translation derives it from languages)."""
+        return cls.default_model
+
     @abstractmethod
     def output_schema(self) -> pa.Schema:
         """Arrow schema of the result columns (without pass-through and ``error``)."""

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from jobs.base import LoadOptions, TaskType
 from jobs.errors import SpecError
 from jobs.registry import TASKS, get_task_class
+from jobs.sources import datasets_loader
 
 DEFAULT_SHARD_ROWS = 10_000
 DEFAULT_BATCH_SIZE = 64
@@ -24,6 +25,16 @@ DEFAULT_MAX_RETRIES = 3
 ID_ROLE = "id"
 
 InputFormat = Literal["auto", "parquet", "arrow", "datasets", "jsonl", "csv"]
+
+
+class DatasetOptions(BaseModel):
+    """``datasets.load_dataset`` arguments, for inputs read through it (hub datasets, JSON Lines, CSV)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config: str | None = Field(None, description="Dataset configuration (load_dataset's `name`).")
+    split: str = Field("train", description="Split to read; slices work too (`test`, `train[:1000]`).")
+    revision: str | None = Field(None, description="Dataset revision on the hub (branch, tag or commit).")
 
 
 class JobSpec(BaseModel):
@@ -34,8 +45,15 @@ class JobSpec(BaseModel):
     task: str = Field(description=f"Task type: one of {', '.join(TASKS)}.")
     model: str | None = Field(None, description="Hub id or local directory; the task's default when omitted.")
     revision: str | None = Field(None, description="Model revision (branch, tag or commit) on the hub.")
-    input: str = Field(description="Parquet file/directory/glob, Arrow IPC file, or `datasets` save_to_disk directory.")
+    input: str = Field(
+        description="Parquet file/directory/glob, Arrow IPC file, `datasets` save_to_disk directory, JSON Lines "
+        "or CSV file/glob, or a hub dataset `hf://datasets/NAME` (read with datasets.load_dataset). Local path "
+        "or any fsspec URL (s3://, gs://, ...)."
+    )
     input_format: InputFormat = Field("auto", description="Input format; guessed from the path when `auto`.")
+    dataset: DatasetOptions | None = Field(
+        None, description="Config, split and revision for inputs read with datasets.load_dataset."
+    )
     columns: dict[str, str] = Field(
         default_factory=dict,
         description="Task input roles (text, question, context) and `id` mapped to input column names; "
@@ -62,6 +80,17 @@ class JobSpec(BaseModel):
     def _known_task(cls, value: str) -> str:
         if value not in TASKS:
             raise ValueError(f"unknown task {value!r}; valid tasks: {', '.join(sorted(TASKS))}")
+        return value
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_options_apply(cls, value: DatasetOptions | None, info: ValidationInfo) -> DatasetOptions | None:
+        location = info.data.get("input")
+        if value is not None and location and datasets_loader(location, info.data.get("input_format", "auto")) is None:
+            raise ValueError(
+                "applies only to inputs read with datasets.load_dataset: a hub dataset `hf://datasets/NAME` "
+                "or JSON Lines/CSV files"
+            )
         return value
 
     @field_validator("device")
@@ -114,9 +143,7 @@ class JobSpec(BaseModel):
     def resolved_model(self) -> str:
         if self.model:
             return self.model
-        cls = get_task_class(self.task)
-        resolver = getattr(cls, "default_model_for", None)
-        model = resolver(self.params) if resolver else cls.default_model
+        model = get_task_class(self.task).default_model_for(self.params)
         if not model:
             raise SpecError("model", f"task {self.task} has no default model: set `model`")
         return str(model)
