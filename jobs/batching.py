@@ -1,9 +1,13 @@
-"""Row validation and length-sorted batching shared by every task type."""
+"""Row validation, length-sorted batching and out-of-memory splitting shared by every task type."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 DEFAULT_BATCH_SIZE = 64
 
@@ -37,9 +41,102 @@ def length_sorted_batches(
         grown = max(longest, length)
         too_many_tokens = max_batch_tokens is not None and grown * (len(batch) + 1) > max_batch_tokens
         if batch and (len(batch) >= batch_size or too_many_tokens):
-            yield batch
+            yield from _observed(batch, lengths)
             batch, grown = [], length
         batch.append(index)
         longest = grown
     if batch:
+        yield from _observed(batch, lengths)
+
+
+BatchObserver = Callable[[int, int, int, float], None]
+"""Told after each batch: its rows, real tokens, padded tokens (rows x longest) and seconds."""
+_observers: list[BatchObserver] = []
+
+
+def observe_batches(observer: BatchObserver) -> None:
+    """Call ``observer`` after every batch of :func:`length_sorted_batches` (worker metrics use it).
+
+    A batch's time runs from its yield until the caller asks for the next one: the caller's work on it.
+    """
+    if observer not in _observers:
+        _observers.append(observer)
+
+
+def _observed(batch: list[int], lengths: Sequence[int]) -> Iterator[list[int]]:
+    if not _observers:
         yield batch
+        return
+    started = time.perf_counter()
+    yield batch
+    seconds = time.perf_counter() - started
+    sizes = [max(1, lengths[i]) for i in batch]
+    for observer in _observers:
+        observer(len(batch), sum(sizes), max(sizes) * len(batch), seconds)
+
+
+# -- out of memory ---------------------------------------------------------------
+
+OOM_TEST_ENV = "BATCHFORMERS_TEST_OOM_ABOVE"
+"""Fault-injection hook for tests only: when set to N, every batch of more than N
+rows given to :func:`run_splitting_on_oom` fails as if the GPU ran out of memory."""
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class RowOutOfMemory:
+    """Stands in for the result of a row that ran out of memory even alone."""
+
+    message: str
+
+
+class InjectedOutOfMemory(RuntimeError):
+    """Raised by the ``BATCHFORMERS_TEST_OOM_ABOVE`` hook in place of a real CUDA OOM."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for torch's CUDA/MPS out-of-memory errors and the injected one."""
+    if isinstance(exc, InjectedOutOfMemory) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def run_splitting_on_oom(
+    fn: Callable[[list[int]], Sequence[R]], indices: Sequence[int]
+) -> list[R | RowOutOfMemory]:
+    """``fn(indices)``, one result per index; on out-of-memory, split the batch in halves.
+
+    Each half is retried the same way, down to single rows; only a row that runs
+    out of memory alone gets a :class:`RowOutOfMemory` in place of its result.
+    Other exceptions propagate. Results come back in the order of ``indices``.
+    """
+    batch = list(indices)
+    try:
+        _maybe_inject_oom(len(batch))
+        results: list[R | RowOutOfMemory] = list(fn(batch))
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        # Split below, outside this block, so that the traceback and its tensors are freed first.
+    else:
+        if len(results) != len(batch):
+            raise ValueError(f"batch function returned {len(results)} results for {len(batch)} rows")
+        return results
+    _free_cached_memory()
+    if len(batch) == 1:
+        return [RowOutOfMemory("out of memory even for this row alone; lower max_length or use a larger GPU")]
+    half = len(batch) // 2
+    return run_splitting_on_oom(fn, batch[:half]) + run_splitting_on_oom(fn, batch[half:])
+
+
+def _maybe_inject_oom(rows: int) -> None:
+    limit = os.environ.get(OOM_TEST_ENV)
+    if limit is not None and rows > int(limit):
+        raise InjectedOutOfMemory(f"CUDA out of memory (injected by {OOM_TEST_ENV}={limit} for {rows} rows)")
+
+
+def _free_cached_memory() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

@@ -1,0 +1,507 @@
+"""Extractive question answering, as transformers 4.57 ``pipeline("question-answering")`` gives it.
+
+transformers 5 no longer ships that pipeline, so its behaviour is re-implemented
+here (see PIPELINE_SEMANTICS.md): long contexts are cut into overlapping chunks,
+every chunk proposes spans scored ``p_start * p_end``, and the chunks' answers are
+merged per row. Faster than 4.57 because a batch of rows is tokenized in one call,
+chunks run length-sorted in padded model batches, and span scoring is one tensor
+operation per model batch instead of a numpy outer product per chunk.
+
+``batch_size`` counts chunks (model rows); one tokenizer call covers ``batch_size``
+rows of the shard.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from jobs.base import LoadOptions, ProgressCallback, Runner, TaskParams, TaskType
+from jobs.batching import RowOutOfMemory, length_sorted_batches, run_splitting_on_oom, text_error
+from jobs.errors import ModelLoadError, SpecError
+from jobs.runtime import load_model, load_tokenizer
+
+if TYPE_CHECKING:
+    import torch
+
+MASKED_LOGIT = -10000.0
+"""What 4.57 writes over the logits of tokens that cannot be part of an answer."""
+NULL_SCORE_START = 1000000
+"""4.57's initial ``min_null_score`` ("large and positive")."""
+DEFAULT_MAX_SEQ_LEN = 384
+ANSWER_FIELDS = ("answer", "score", "start", "end")
+
+
+class QuestionAnsweringParams(TaskParams):
+    top_k: int = Field(1, ge=1, description="Answers per row, best first.")
+    doc_stride: int | None = Field(
+        None, ge=0, description="Overlap in tokens between chunks; default min(max_seq_len // 2, 128)."
+    )
+    max_seq_len: int | None = Field(
+        None, ge=1, description="Tokens per chunk (question included); default min(model_max_length, 384)."
+    )
+    max_answer_len: int = Field(15, ge=1, description="Longest answer, in tokens.")
+    handle_impossible_answer: bool = Field(
+        False, description="Allow the empty answer (score of the CLS span)."
+    )
+    align_to_words: bool = Field(True, description="Widen answers to whole words.")
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> QuestionAnsweringParams:
+        if (
+            self.doc_stride is not None
+            and self.max_seq_len is not None
+            and self.doc_stride > self.max_seq_len
+        ):
+            raise ValueError(
+                f"doc_stride ({self.doc_stride}) is larger than max_seq_len ({self.max_seq_len})"
+            )
+        return self
+
+
+class QuestionAnsweringTask(TaskType):
+    name = "qa"
+    input_roles = ("question", "context")
+    Params = QuestionAnsweringParams
+    default_model = "distilbert/distilbert-base-cased-distilled-squad"
+    params: QuestionAnsweringParams
+
+    def output_schema(self) -> pa.Schema:
+        if self.params.top_k == 1:
+            return pa.schema(list(answer_struct()))
+        return pa.schema([pa.field("answers", pa.list_(answer_struct()))])
+
+    def load(self, options: LoadOptions) -> Runner:
+        from transformers import AutoModelForQuestionAnswering
+
+        tokenizer = load_tokenizer(options)
+        if not tokenizer.is_fast:
+            raise ModelLoadError(
+                f"{options.model}: question answering needs a fast tokenizer (offsets, words)"
+            )
+        settings = resolve_settings(self.params, tokenizer)
+        model, device = load_model(AutoModelForQuestionAnswering, options)
+        return QuestionAnsweringRunner(settings, model, tokenizer, device, options)
+
+
+def answer_struct() -> pa.StructType:
+    return pa.struct(
+        [
+            pa.field("answer", pa.string()),
+            pa.field("score", pa.float64()),
+            pa.field("start", pa.int64()),
+            pa.field("end", pa.int64()),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class QaSettings:
+    """The parameters with the tokenizer-dependent defaults filled in."""
+
+    top_k: int
+    doc_stride: int
+    max_seq_len: int
+    max_answer_len: int
+    handle_impossible_answer: bool
+    align_to_words: bool
+    question_first: bool
+
+    @property
+    def candidates(self) -> int:
+        """Spans kept per chunk before filtering: extra ones when word alignment may merge some."""
+        return self.top_k * 2 + 10 if self.align_to_words else self.top_k
+
+
+def resolve_settings(params: QuestionAnsweringParams, tokenizer: Any) -> QaSettings:
+    max_seq_len = params.max_seq_len or min(tokenizer.model_max_length, DEFAULT_MAX_SEQ_LEN)
+    doc_stride = params.doc_stride if params.doc_stride is not None else min(max_seq_len // 2, 128)
+    special = tokenizer.num_special_tokens_to_add(pair=True)
+    if max_seq_len <= special:
+        raise SpecError(
+            "params.max_seq_len", f"max_seq_len ({max_seq_len}) leaves no room for the question and context"
+        )
+    room = max_seq_len - tokenizer.num_special_tokens_to_add(pair=False)
+    if doc_stride > room:  # the tokenizer refuses such a stride for every row
+        raise SpecError(
+            "params.doc_stride",
+            f"doc_stride ({doc_stride}) must not exceed max_seq_len ({max_seq_len}) minus the "
+            f"{max_seq_len - room} special tokens the tokenizer adds; lower doc_stride or raise max_seq_len",
+        )
+    return QaSettings(
+        top_k=params.top_k,
+        doc_stride=doc_stride,
+        max_seq_len=max_seq_len,
+        max_answer_len=params.max_answer_len,
+        handle_impossible_answer=params.handle_impossible_answer,
+        align_to_words=params.align_to_words,
+        # Left-padding tokenizers put the context first and truncate it as the first sequence.
+        question_first=tokenizer.padding_side == "right",
+    )
+
+
+def pair_error(question: Any, context: Any) -> str | None:
+    """Why a row cannot be answered (4.57 raises for these), or None."""
+    for role, value in (("question", question), ("context", context)):
+        error = text_error(value, role)
+        if error is None and not value:
+            error = f"{role} cannot be empty"
+        if error:
+            return error
+    return None
+
+
+@dataclass
+class Chunk:
+    """One model row: a window of a row's context plus the question."""
+
+    row: int
+    encoding: Any  # tokenizers.Encoding
+    ids: list[int]
+    type_ids: list[int]
+    keep: np.ndarray  # bool per token: may be part of an answer (4.57's ``1 - p_mask``)
+
+
+@dataclass
+class Spans:
+    """A chunk's candidate spans, best first, and its null (CLS) score."""
+
+    starts: list[int]
+    ends: list[int]
+    scores: list[float]
+    null_score: float
+
+
+class QuestionAnsweringRunner(Runner):
+    def __init__(
+        self, settings: QaSettings, model: Any, tokenizer: Any, device: Any, options: LoadOptions
+    ) -> None:
+        self.settings = settings
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.options = options
+        self.model_inputs = set(tokenizer.model_input_names)
+        self.no_cache = "use_cache" in inspect.signature(model.forward).parameters
+
+    def run(
+        self, inputs: dict[str, list[Any]], progress: ProgressCallback | None = None
+    ) -> list[dict[str, Any]]:
+        questions, contexts = inputs["question"], inputs["context"]
+        errors = [pair_error(q, c) for q, c in zip(questions, contexts, strict=True)]
+        todo = [i for i, error in enumerate(errors) if error is None]
+        errors = self._too_long_errors(questions, contexts, todo, errors)
+        results = [self._result([], error) for error in errors]
+        todo = [i for i in todo if errors[i] is None]
+        if progress and len(todo) < len(questions):
+            progress(len(questions) - len(todo))
+        lengths = [len(questions[i]) + len(contexts[i]) for i in todo]
+        for batch in length_sorted_batches(lengths, self.options.batch_size):
+            rows = [todo[i] for i in batch]
+            answers = self._answer([questions[i] for i in rows], [contexts[i] for i in rows])
+            for row, row_answers in zip(rows, answers, strict=True):
+                if isinstance(row_answers, RowOutOfMemory):
+                    results[row] = self._result([], row_answers.message)
+                else:
+                    results[row] = self._result(row_answers, None)
+            if progress:
+                progress(len(rows))
+        return results
+
+    def _result(self, answers: list[dict[str, Any]], error: str | None) -> dict[str, Any]:
+        """Output columns of one row; with top_k 1 a row without any answer gets nulls."""
+        if self.settings.top_k > 1:
+            return {"answers": None if error else answers, "error": error}
+        best = answers[0] if answers else {}
+        return {**{name: best.get(name) for name in ANSWER_FIELDS}, "error": error}
+
+    def _too_long_errors(
+        self, questions: list[Any], contexts: list[Any], todo: list[int], errors: list[str | None]
+    ) -> list[str | None]:
+        """Flag rows whose question leaves no room for a context chunk longer than the stride.
+
+        The tokenizer fails (or panics, a BaseException) on them and would take the
+        whole batch down; 4.57 raised for such a row too.
+        """
+        s = self.settings
+        if not todo:
+            return errors
+        special = self.tokenizer.num_special_tokens_to_add(pair=True)
+        q_lengths = self._token_counts([questions[i] for i in todo])
+        risky = [
+            (i, n)
+            for i, n in zip(todo, q_lengths, strict=True)
+            if s.max_seq_len - n - special <= s.doc_stride
+        ]
+        if not risky:
+            return errors
+        c_lengths = self._token_counts([contexts[i] for i, _ in risky])
+        errors = list(errors)
+        for (i, q_len), c_len in zip(risky, c_lengths, strict=True):
+            if q_len + c_len + special > s.max_seq_len:
+                errors[i] = (
+                    f"question is too long ({q_len} tokens): with max_seq_len={s.max_seq_len} and "
+                    f"doc_stride={s.doc_stride} no context fits in a chunk; "
+                    "raise max_seq_len or lower doc_stride"
+                )
+        return errors
+
+    def _token_counts(self, texts: list[str]) -> list[int]:
+        encoded = self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def _answer(
+        self, questions: list[str], contexts: list[str]
+    ) -> list[list[dict[str, Any]] | RowOutOfMemory]:
+        """Answers of each row: tokenize together, score chunks, merge each row's chunks."""
+        chunks = self._chunks(questions, contexts)
+        spans, failed = self._score_all(chunks)
+        chunks_of: list[list[int]] = [[] for _ in questions]
+        for index, chunk in enumerate(chunks):
+            chunks_of[chunk.row].append(index)
+        return [
+            failed[row]
+            if row in failed
+            else self._merge(contexts[row], [chunks[i] for i in indices], [spans[i] for i in indices])
+            for row, indices in enumerate(chunks_of)
+        ]
+
+    def _score_all(self, chunks: list[Chunk]) -> tuple[dict[int, Spans], dict[int, RowOutOfMemory]]:
+        """Spans of each chunk, run in length-sorted model batches.
+
+        A batch that runs out of GPU memory is split and run again; a row with a chunk
+        that does not fit even alone gets a RowOutOfMemory (by row) instead.
+        """
+        import torch
+
+        spans: dict[int, Spans] = {}
+        failed: dict[int, RowOutOfMemory] = {}
+        lengths = [len(chunk.ids) for chunk in chunks]
+        with torch.inference_mode():
+            for batch in length_sorted_batches(
+                lengths, self.options.batch_size, self.options.max_batch_tokens
+            ):
+                scored = run_splitting_on_oom(
+                    lambda indices: self._score([chunks[i] for i in indices]), batch
+                )
+                for index, result in zip(batch, scored, strict=True):
+                    if isinstance(result, RowOutOfMemory):
+                        failed[chunks[index].row] = result
+                    else:
+                        spans[index] = result
+        return spans, failed
+
+    def _chunks(self, questions: list[str], contexts: list[str]) -> list[Chunk]:
+        """One tokenizer call for the batch; each overflow window becomes a chunk."""
+        s = self.settings
+        first, second = (questions, contexts) if s.question_first else (contexts, questions)
+        encoded = self.tokenizer(
+            first,
+            second,
+            truncation="only_second" if s.question_first else "only_first",
+            max_length=s.max_seq_len,
+            stride=s.doc_stride,
+            return_token_type_ids=True,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+        )
+        rows = encoded.get("overflow_to_sample_mapping") or list(range(len(questions)))
+        cls_id = self.tokenizer.cls_token_id
+        chunks = []
+        for index, (row, encoding) in enumerate(zip(rows, encoded.encodings, strict=True)):
+            ids = encoded["input_ids"][index]
+            if s.question_first:
+                sequence = np.array(encoding.sequence_ids, dtype=float)  # None -> nan
+                keep = (sequence == 1) | (np.array(ids) == cls_id)
+            else:
+                keep = np.ones(len(ids), dtype=bool)  # 4.57 masks nothing then
+            chunks.append(Chunk(row, encoding, ids, encoded["token_type_ids"][index], keep))
+        return chunks
+
+    def _score(self, chunks: list[Chunk]) -> list[Spans]:
+        """Run one padded model batch and pick each chunk's candidate spans."""
+        import torch
+
+        pad_id = self.tokenizer.pad_token_id or 0
+        arrays = {
+            "input_ids": padded([chunk.ids for chunk in chunks], pad_id, np.int64),
+            "token_type_ids": padded([chunk.type_ids for chunk in chunks], 0, np.int64),
+            "attention_mask": padded([[1] * len(chunk.ids) for chunk in chunks], 0, np.int64),
+        }
+        model_inputs: dict[str, Any] = {
+            name: torch.from_numpy(array).to(self.device)
+            for name, array in arrays.items()
+            if name in self.model_inputs
+        }
+        if self.no_cache:
+            model_inputs["use_cache"] = False
+        output = self.model(**model_inputs)
+        attention = torch.from_numpy(arrays["attention_mask"]).bool().to(self.device)
+        keep = torch.from_numpy(padded([chunk.keep for chunk in chunks], False, np.bool_)).to(self.device)
+        return select_spans(
+            output.start_logits.float(),
+            output.end_logits.float(),
+            keep,
+            attention,
+            self.settings.candidates,
+            self.settings.max_answer_len,
+        )
+
+    def _merge(self, context: str, chunks: list[Chunk], spans: list[Spans]) -> list[dict[str, Any]]:
+        """4.57's post-processing: spans to text, same-text answers add up, best ``top_k`` kept."""
+        s = self.settings
+        answers: list[dict[str, Any]] = []
+        by_text: dict[str, dict[str, Any]] = {}
+        min_null_score: float = NULL_SCORE_START
+        for chunk, chunk_spans in zip(chunks, spans, strict=True):
+            min_null_score = min(min_null_score, chunk_spans.null_score)
+            offset = self._left_pad_offset(chunk)
+            for start_token, end_token, score in zip(
+                chunk_spans.starts, chunk_spans.ends, chunk_spans.scores, strict=True
+            ):
+                start, end = char_span(
+                    chunk.encoding,
+                    start_token - offset,
+                    end_token - offset,
+                    s.question_first,
+                    s.align_to_words,
+                )
+                text = context[start:end]
+                known = by_text.get(text.lower())
+                if known is not None:
+                    known["score"] += score
+                else:
+                    answer = {"answer": text, "score": score, "start": start, "end": end}
+                    by_text[text.lower()] = answer
+                    answers.append(answer)
+        if s.handle_impossible_answer:
+            answers.append({"answer": "", "score": min_null_score, "start": 0, "end": 0})
+        return sorted(answers, key=lambda answer: answer["score"], reverse=True)[: s.top_k]
+
+    def _left_pad_offset(self, chunk: Chunk) -> int:
+        """4.57 shifts token indices by the pad tokens in a left-padded chunk; unpadded, that
+        counts literal pad tokens in the text. Kept for parity; zero for right padding."""
+        if self.settings.question_first or self.tokenizer.pad_token_id is None:
+            return 0
+        return chunk.ids.count(self.tokenizer.pad_token_id)
+
+
+def padded(rows: list[Any], fill: Any, dtype: Any) -> np.ndarray:
+    """Rows of unequal length as one right-padded array."""
+    array = np.full((len(rows), max(len(row) for row in rows)), fill, dtype=dtype)
+    for index, row in enumerate(rows):
+        array[index, : len(row)] = row
+    return array
+
+
+def char_span(
+    encoding: Any, start: int, end: int, question_first: bool, align_to_words: bool
+) -> tuple[int, int]:
+    """Character span of tokens ``start..end`` in the context, widened to whole words if asked."""
+    if align_to_words:
+        sequence = 1 if question_first else 0
+        try:
+            return (
+                encoding.word_to_chars(encoding.token_to_word(start), sequence_index=sequence)[0],
+                encoding.word_to_chars(encoding.token_to_word(end), sequence_index=sequence)[1],
+            )
+        except Exception:  # special tokens have no word; 4.57 falls back to the token offsets
+            pass
+    return encoding.offsets[start][0], encoding.offsets[end][1]
+
+
+def select_spans(
+    start: torch.Tensor,
+    end: torch.Tensor,
+    keep: torch.Tensor,
+    attention: torch.Tensor,
+    candidates: int,
+    max_answer_len: int,
+) -> list[Spans]:
+    """Each chunk's best ``candidates`` spans by ``p_start * p_end``, as 4.57's ``select_starts_ends``.
+
+    ``start``/``end`` are float32 logits ``(chunks, tokens)`` of a right-padded batch.
+    Only spans with ``0 <= end - start < max_answer_len`` count; the scores are laid out
+    as a band ``(chunks, tokens, max_answer_len)`` rather than a full outer product.
+    """
+    import torch
+
+    p_start, p_end = _probabilities(start, keep, attention), _probabilities(end, keep, attention)
+    null_scores = (p_start[:, 0] * p_end[:, 0]).tolist()
+    p_start[:, 0] = 0.0
+    p_end[:, 0] = 0.0
+    width = min(max_answer_len, p_start.shape[1])
+    # windows[c, s, d] = p_end[c, s + d], zero past the end of the chunk
+    windows = torch.nn.functional.pad(p_end, (0, width - 1)).unfold(1, width, 1)
+    band = (p_start.unsqueeze(-1) * windows).flatten(1)
+    k = min(candidates, band.shape[1])
+    # For one candidate take the first maximum, as np.argmax does.
+    flat = band.argmax(dim=1, keepdim=True) if k == 1 else band.topk(k, dim=1).indices
+    scores = band.gather(1, flat)
+    starts = torch.div(flat, width, rounding_mode="floor")
+    ends = (starts + flat % width).clamp(max=p_start.shape[1] - 1)  # spans past the end score 0 anyway
+    allowed = _allowed(keep & attention)
+    passes = allowed.gather(1, starts) & allowed.gather(1, ends)
+    positives = (band > 0).sum(dim=1).tolist()
+    result = []
+    for c, null_score in enumerate(null_scores):
+        if positives[c] < candidates:
+            n = int(attention[c].sum())
+            chunk = (p_start[c, :n], p_end[c, :n], keep[c, :n])
+            result.append(_decode_with_numpy(*chunk, candidates, max_answer_len, null_score))
+            continue
+        ok = passes[c]
+        result.append(Spans(starts[c][ok].tolist(), ends[c][ok].tolist(), scores[c][ok].tolist(), null_score))
+    return result
+
+
+def _probabilities(logits: torch.Tensor, keep: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    """Softmax over a chunk's tokens with non-answer tokens at -10000 (4.57) and padding left out."""
+    import torch
+
+    masked = logits.masked_fill(~(keep & attention), MASKED_LOGIT).masked_fill(~attention, float("-inf"))
+    return torch.softmax(masked, dim=-1)
+
+
+def _allowed(keep: torch.Tensor) -> torch.Tensor:
+    """Token positions a span may start or end on; 4.57's ``np.isin(x, mask.nonzero())`` on a
+    2-D mask also lets index 0 through (the row indices), whenever any token is allowed."""
+    allowed = keep.clone()
+    allowed[:, 0] |= keep.any(dim=1)
+    return allowed
+
+
+def _decode_with_numpy(
+    p_start: torch.Tensor,
+    p_end: torch.Tensor,
+    keep: torch.Tensor,
+    candidates: int,
+    max_answer_len: int,
+    null_score: float,
+) -> Spans:
+    """4.57's ``decode_spans`` itself, for a chunk with fewer positive spans than ``candidates``.
+
+    Then zero-score spans are among those kept, and which ones depends on numpy's
+    tie order in ``argpartition``/``argsort``; only numpy reproduces it.
+    """
+    start, end = p_start.cpu().numpy()[None], p_end.cpu().numpy()[None]
+    outer = np.matmul(np.expand_dims(start, -1), np.expand_dims(end, 1))
+    band = np.tril(np.triu(outer), max_answer_len - 1)
+    flat = band.flatten()
+    if candidates == 1:
+        order = np.array([np.argmax(flat)])
+    elif len(flat) < candidates:
+        order = np.argsort(-flat)
+    else:
+        order = np.argpartition(-flat, candidates)[0:candidates]
+        order = order[np.argsort(-flat[order])]
+    starts, ends = np.unravel_index(order, band.shape)[1:]
+    allowed = _allowed(keep[None])[0].cpu().numpy()
+    ok = allowed[starts] & allowed[ends]
+    starts, ends = starts[ok], ends[ok]
+    return Spans(starts.tolist(), ends.tolist(), band[0, starts, ends].tolist(), null_score)
