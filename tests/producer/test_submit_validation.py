@@ -107,3 +107,11 @@ def test_json_schema_is_published() -> None:
     schema = spec_json_schema()
     assert {"task", "input", "output"} <= set(schema["required"])
     assert "params" in schema["properties"] and schema["additionalProperties"] is False
+
+
+@pytest.mark.parametrize("name", ["ner", "tokenize", "qa", "summarization", "translation"])
+def test_example_jobs_are_valid(name: str) -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    spec = load_spec(examples / f"{name}.yaml")
+    assert spec.task == name and spec.resolved_model()
+    assert Path(spec.input).exists()
