@@ -1,25 +1,29 @@
 """Named-entity recognition (token classification), as ``pipeline("token-classification")`` gives it.
 
-Tokenization is one batched fast-tokenizer call per batch of rows, chunks are
-length-sorted into padded model batches, and the entities are then built by the
-transformers pipeline's own post-processing (``gather_pre_entities``,
-``aggregate``, overlap resolution), so they are exactly the pipeline's.
+Tokenization is one batched fast-tokenizer call per ``TOKENIZE_ROWS`` rows; the
+chunks of the whole shard are length-sorted into padded model batches (within
+``batch_size`` rows and ``max_batch_tokens``), and each text's entities are built,
+as soon as its last chunk is through the model, by the transformers pipeline's own
+post-processing (``gather_pre_entities``, ``aggregate``, overlap resolution), so
+they are exactly the pipeline's.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import Field, model_validator
 
 from jobs.base import LoadOptions, ProgressCallback, Runner, TaskParams, TaskType
-from jobs.batching import length_sorted_batches, text_error
+from jobs.batching import RowOutOfMemory, length_sorted_batches, run_splitting_on_oom, text_error
 from jobs.errors import ModelLoadError
 from jobs.runtime import load_model, load_tokenizer
 
 AggregationName = Literal["none", "simple", "first", "average", "max"]
-TOKENIZE_ROWS = 256
+TOKENIZE_ROWS = 1024
+"""Rows per tokenizer call; the chunks of the whole shard are then length-sorted together."""
 
 
 class NerParams(TaskParams):
@@ -86,72 +90,118 @@ class NerRunner(Runner):
         # Only its post-processing is used: it is the reference behaviour.
         self.postprocessor = TokenClassificationPipeline(model=model, tokenizer=tokenizer, device=device)
         self.strategy = AggregationStrategy[params.aggregation_strategy.upper()]
+        self.pad_id = tokenizer.pad_token_id or 0
+        self.with_types = "token_type_ids" in tokenizer.model_input_names
 
     def run(self, inputs: dict[str, list[Any]], progress: ProgressCallback | None = None) -> list[dict[str, Any]]:
+        """Tokenize every row, run all chunks of the shard length-sorted, post-process each row
+        as soon as its last chunk is through the model.
+
+        A batch that runs out of GPU memory is split and run again; a text with a
+        chunk that does not fit even alone gets an error instead of entities.
+        """
+        import torch
+
         texts = inputs["text"]
         results: list[dict[str, Any]] = [{"entities": None, "error": text_error(t)} for t in texts]
         todo = [i for i, text in enumerate(texts) if results[i]["error"] is None]
-        for start in range(0, len(todo), TOKENIZE_ROWS):
-            rows = todo[start : start + TOKENIZE_ROWS]
-            for row, entities in zip(rows, self._entities([texts[i] for i in rows]), strict=True):
-                results[row]["entities"] = entities
-            if progress:
-                progress(len(rows))
         if progress and len(todo) < len(texts):
             progress(len(texts) - len(todo))
-        return results
-
-    def _entities(self, texts: list[str]) -> list[list[dict[str, Any]]]:
-        """Entities of each text: tokenize together, run length-sorted, post-process per text."""
-        import torch
-
-        encoded = self._tokenize(texts)
-        chunk_rows = encoded.get("overflow_to_sample_mapping") or list(range(len(texts)))
-        lengths = [len(ids) for ids in encoded["input_ids"]]
-        logits: list[Any] = [None] * len(lengths)
-        pad_id = self.tokenizer.pad_token_id or 0
+        chunks = self._chunks([texts[i] for i in todo])
+        lengths = [len(chunk.ids) for chunk in chunks]
+        waiting = [0] * len(todo)
+        for chunk in chunks:
+            waiting[chunk.row] += 1
+        chunks_of: list[list[_Chunk]] = [[] for _ in todo]
         with torch.inference_mode():
             for batch in length_sorted_batches(lengths, self.options.batch_size, self.options.max_batch_tokens):
-                longest = max(lengths[i] for i in batch)
-                ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), longest), dtype=torch.long)
-                for row, chunk in enumerate(batch):
-                    ids[row, : lengths[chunk]] = torch.tensor(encoded["input_ids"][chunk])
-                    mask[row, : lengths[chunk]] = 1
-                model_inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
-                if "token_type_ids" in encoded and "token_type_ids" in self.tokenizer.model_input_names:
-                    types = torch.zeros((len(batch), longest), dtype=torch.long)
-                    for row, chunk in enumerate(batch):
-                        types[row, : lengths[chunk]] = torch.tensor(encoded["token_type_ids"][chunk])
-                    model_inputs["token_type_ids"] = types.to(self.device)
-                output = self.model(**model_inputs).logits.float().cpu()
-                for row, chunk in enumerate(batch):
-                    logits[chunk] = output[row, : lengths[chunk]]
-        chunks_of: list[list[int]] = [[] for _ in texts]
-        for chunk, row in enumerate(chunk_rows):
-            chunks_of[row].append(chunk)
-        return [self._postprocess(texts[row], chunks, encoded, logits) for row, chunks in enumerate(chunks_of)]
+                finished = []
+                for index, logits in zip(batch, run_splitting_on_oom(self._forward(chunks, lengths), batch),
+                                         strict=True):
+                    chunk = chunks[index]
+                    chunk.logits = logits
+                    chunks_of[chunk.row].append(chunk)
+                    waiting[chunk.row] -= 1
+                    if waiting[chunk.row] == 0:
+                        finished.append(chunk.row)
+                for position in finished:
+                    row = todo[position]
+                    own = sorted(chunks_of[position], key=lambda c: c.order)
+                    chunks_of[position] = []
+                    failed = next((c.logits for c in own if isinstance(c.logits, RowOutOfMemory)), None)
+                    if failed is not None:
+                        results[row]["error"] = failed.message
+                    else:
+                        results[row]["entities"] = self._postprocess(texts[row], own)
+                if progress and finished:
+                    progress(len(finished))
+        return results
 
-    def _tokenize(self, texts: list[str]) -> Any:
+    def _chunks(self, texts: list[str]) -> list[_Chunk]:
+        """Tokenize ``TOKENIZE_ROWS`` texts per call; each chunk (overflow window) of each text."""
         max_length = self.tokenizer.model_max_length
         kwargs: dict[str, Any] = {
             "truncation": bool(max_length and max_length > 0),
             "return_special_tokens_mask": True,
             "return_offsets_mapping": True,
+            "return_attention_mask": False,
+            "return_token_type_ids": self.with_types,
         }
         if self.params.stride is not None:
             kwargs.update(return_overflowing_tokens=True, stride=self.params.stride)
-        return self.tokenizer(texts, **kwargs)
+        chunks: list[_Chunk] = []
+        for first in range(0, len(texts), TOKENIZE_ROWS):
+            encoded = self.tokenizer(texts[first : first + TOKENIZE_ROWS], **kwargs)
+            owners = encoded.get("overflow_to_sample_mapping") or range(len(encoded["input_ids"]))
+            types = encoded.get("token_type_ids")
+            for index, owner in enumerate(owners):
+                chunks.append(_Chunk(
+                    row=first + owner,
+                    order=len(chunks),
+                    ids=encoded["input_ids"][index],
+                    type_ids=types[index] if types is not None else None,
+                    offsets=encoded["offset_mapping"][index],
+                    special=encoded["special_tokens_mask"][index],
+                ))
+        return chunks
 
-    def _postprocess(self, text: str, chunks: list[int], encoded: Any, logits: list[Any]) -> list[dict[str, Any]]:
+    def _forward(self, chunks: list[_Chunk], lengths: list[int]) -> Any:
+        """A function running one batch of chunks, padded, and returning each chunk's float32 logits."""
+        import numpy as np
+        import torch
+
+        def forward(batch: list[int]) -> list[Any]:
+            longest = max(lengths[i] for i in batch)
+            ids = np.full((len(batch), longest), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(batch), longest), dtype=np.int64)
+            types = np.zeros((len(batch), longest), dtype=np.int64) if self.with_types else None
+            for row, index in enumerate(batch):
+                n = lengths[index]
+                ids[row, :n] = chunks[index].ids
+                mask[row, :n] = 1
+                type_ids = chunks[index].type_ids
+                if types is not None and type_ids is not None:
+                    types[row, :n] = type_ids
+            model_inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+            if types is not None:
+                model_inputs["token_type_ids"] = torch.from_numpy(types)
+            model_inputs = {name: tensor.to(self.device) for name, tensor in model_inputs.items()}
+            output = self.model(**model_inputs).logits.float().cpu()
+            return [output[row, : lengths[index]] for row, index in enumerate(batch)]
+
+        return forward
+
+    def _postprocess(self, text: str, chunks: list[_Chunk]) -> list[dict[str, Any]]:
+        """The pipeline's own post-processing. Ids and offsets go in as Python lists, which it
+        reads token by token far faster than tensors; the values are the same."""
         import torch
 
         outputs = [
             {
-                "logits": logits[chunk].unsqueeze(0),
-                "input_ids": torch.tensor([encoded["input_ids"][chunk]]),
-                "offset_mapping": torch.tensor([encoded["offset_mapping"][chunk]]),
-                "special_tokens_mask": torch.tensor([encoded["special_tokens_mask"][chunk]]),
+                "logits": chunk.logits.unsqueeze(0),
+                "input_ids": [chunk.ids],
+                "offset_mapping": [chunk.offsets],
+                "special_tokens_mask": torch.tensor([chunk.special]),
                 "sentence": text if n == 0 else None,
                 "is_last": n == len(chunks) - 1,
             }
@@ -161,6 +211,19 @@ class NerRunner(Runner):
             outputs, aggregation_strategy=self.strategy, ignore_labels=self.params.ignore_labels
         )
         return [_plain(entity) for entity in entities]
+
+
+@dataclass
+class _Chunk:
+    """One model row: a text, or one overflow window of a long text with ``stride``."""
+
+    row: int  # position of its text in the runner's valid rows
+    order: int  # position among all chunks: a text's chunks in reading order
+    ids: list[int]
+    type_ids: list[int] | None
+    offsets: list[tuple[int, int]]
+    special: list[int]
+    logits: Any = None  # float32 tensor (tokens, labels) once through the model, or RowOutOfMemory
 
 
 def _plain(entity: dict[str, Any]) -> dict[str, Any]:

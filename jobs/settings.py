@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -9,6 +11,7 @@ DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 DEFAULT_QUEUE = "batchformers"
 DEFAULT_SHARD_TIME_LIMIT = 3600.0
 DEFAULT_LEASE_SECONDS = 60.0
+DEFAULT_FLOWER_PORT = 5555
 
 
 class Settings(BaseSettings):
@@ -16,8 +19,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="BATCHFORMERS_", extra="ignore")
 
-    broker_url: str = Field(DEFAULT_BROKER_URL, description="Celery broker (redis:// or rediss://).")
-    result_backend: str | None = Field(None, description="Celery result backend; the broker URL when unset.")
+    # repr=False: the URLs may hold a password, and settings objects end up in logs and tracebacks.
+    broker_url: str = Field(DEFAULT_BROKER_URL, repr=False, description="Celery broker (redis:// or rediss://).")
+    result_backend: str | None = Field(
+        None, repr=False, description="Celery result backend; the broker URL when unset."
+    )
     queue: str = Field(DEFAULT_QUEUE, description="Queue the shard tasks go to.")
     shard_time_limit: float = Field(
         DEFAULT_SHARD_TIME_LIMIT, gt=0, description="Default hard limit (s) on one shard's run."
@@ -30,9 +36,33 @@ class Settings(BaseSettings):
     allow_trust_remote_code: bool = Field(False, description="Let jobs that ask for it run hub model code.")
     allowed_roots: str = Field("", description="Comma-separated input/output path prefixes; empty allows all.")
     torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads per worker process.")
+    metrics_port: int | None = Field(
+        None, gt=0, lt=65536, description="Port a worker serves Prometheus metrics on (/metrics); off when unset."
+    )
+    flower_port: int = Field(DEFAULT_FLOWER_PORT, gt=0, lt=65536, description="Port `batchformers flower` listens on.")
+    flower_basic_auth: str | None = Field(
+        None, description="`user:password` (comma-separated for several) Flower asks for; no login when unset."
+    )
 
     def backend_url(self) -> str:
         return self.result_backend or self.broker_url
 
     def roots(self) -> list[str]:
         return [root.strip() for root in self.allowed_roots.split(",") if root.strip()]
+
+    def allows(self, location: str) -> bool:
+        """True when ``location`` lies under one of the allowed roots (always, when none are set)."""
+        roots = self.roots()
+        return not roots or any(_under(location, root) for root in roots)
+
+
+def _under(location: str, root: str) -> bool:
+    """Local paths are compared resolved (``..`` and symlinks followed); URLs by path segments."""
+    if "://" in location.removeprefix("file://") or "://" in root.removeprefix("file://"):
+        if ".." in location.split("/"):
+            return False
+        root = root.rstrip("/")
+        return location == root or location.startswith(root + "/")
+    path = os.path.realpath(os.path.expanduser(location.removeprefix("file://")))
+    base = os.path.realpath(os.path.expanduser(root.removeprefix("file://")))
+    return os.path.commonpath([path, base]) == base

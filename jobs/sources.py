@@ -4,14 +4,27 @@ Planning needs only file metadata (row counts, schemas), never the text; a
 worker then reads just its rows and columns. Supported: Parquet files,
 directories and globs; Arrow IPC files (Feather v2) and streams; and directories
 written by ``datasets.Dataset.save_to_disk`` (Arrow streams listed in state.json).
+
+Inputs that need a loader go through ``datasets.load_dataset`` on the producer: a
+hub dataset ``hf://datasets/NAME`` (with the spec's ``dataset`` config, split and
+revision) and JSON Lines / CSV files. Their rows are then read from the Arrow
+files in the ``datasets`` cache (or, for a slice of a split or an in-memory
+dataset, from one Parquet copy written there once), so workers must see the
+producer's ``HF_HOME`` / ``HF_DATASETS_CACHE``: the same machine, or a shared
+volume as in the docker-compose file. Anywhere else, save the dataset to shared
+storage (``save_to_disk`` or Parquet) and point ``input`` there.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -20,9 +33,16 @@ import pyarrow.parquet as pq
 from jobs.errors import InputError
 from jobs.storage import Storage
 
+if TYPE_CHECKING:
+    from jobs.spec import DatasetOptions
+
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
 ARROW_FILE_MAGIC = b"ARROW1"
+HUB_DATASETS = "hf://datasets/"
+LOADER_SUFFIXES = {".jsonl": "json", ".ndjson": "json", ".json": "json", ".csv": "csv"}
+LOADER_FORMATS = {"jsonl": "json", "csv": "csv"}
+MATERIALIZED_DIR = "batchformers"
 
 
 @dataclass(frozen=True)
@@ -39,8 +59,11 @@ class SourceFile:
         return f"{self.url}|{self.size}|{self.modified}|{self.num_rows}"
 
 
-def discover(location: str, input_format: str = "auto") -> list[SourceFile]:
+def discover(location: str, input_format: str = "auto", dataset: DatasetOptions | None = None) -> list[SourceFile]:
     """Every input file under ``location`` in a stable order; InputError when none."""
+    loader = datasets_loader(location, input_format)
+    if loader is not None:
+        return _discover_loaded(*loader, dataset)
     storage = Storage.at(location)
     fs, root = storage.fs, storage.root
     if any(ch in root for ch in "*?["):
@@ -68,6 +91,81 @@ def describe(storage: Storage, path: str, input_format: str = "auto") -> SourceF
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"cannot read {url}: {exc}") from exc
     return SourceFile(url=url, format=fmt, num_rows=num_rows, size=int(info.get("size") or 0), modified=modified)
+
+
+def datasets_loader(location: str, input_format: str = "auto") -> tuple[str, dict[str, Any]] | None:
+    """``(path, arguments)`` for ``datasets.load_dataset`` when ``location`` is read through it, else None."""
+    hub = _hub_dataset(location)
+    if hub is not None:
+        return hub[0], {"revision": hub[1]}
+    builder = LOADER_FORMATS.get(input_format)
+    if builder is None and input_format == "auto":
+        builder = next((b for suffix, b in LOADER_SUFFIXES.items() if location.lower().endswith(suffix)), None)
+    return (builder, {"data_files": location}) if builder else None
+
+
+def _hub_dataset(location: str) -> tuple[str, str | None] | None:
+    """``hf://datasets/NAME[@REVISION]`` -> (NAME, REVISION); a path inside the repo is files, not a dataset."""
+    if not location.startswith(HUB_DATASETS):
+        return None
+    repo, at, tail = location[len(HUB_DATASETS):].strip("/").partition("@")
+    revision, _, inside = tail.partition("/")
+    if not repo or inside or any(ch in repo for ch in "*?[") or len(repo.split("/")) > 2:
+        return None
+    return repo, (revision or None) if at else None
+
+
+def _discover_loaded(path: str, arguments: dict[str, Any], options: DatasetOptions | None) -> list[SourceFile]:
+    """Load with ``datasets.load_dataset`` and describe the Arrow (or Parquet) files holding its rows."""
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - a dependency of batchformers
+        raise InputError("Please install `datasets` to read this input (`pip install datasets`)") from None
+    if "data_files" in arguments:
+        arguments = {**arguments, "data_files": _data_files(arguments["data_files"], path)}
+    if options is not None:
+        arguments = {**arguments, "name": options.config, "split": options.split,
+                     "revision": options.revision or arguments.get("revision")}
+    arguments = {"split": "train", **{k: v for k, v in arguments.items() if v is not None}}
+    call = ", ".join([repr(path)] + [f"{k}={v!r}" for k, v in arguments.items()])
+    try:
+        loaded = datasets.load_dataset(path, **arguments)
+    except Exception as exc:  # hub, network, file and format errors all surface here
+        raise InputError(f"datasets.load_dataset({call}) failed: {exc}") from exc
+    if not isinstance(loaded, datasets.Dataset):
+        raise InputError(f"datasets.load_dataset({call}) gave a {type(loaded).__name__}, not one split; "
+                         "set dataset.split")
+    files = [entry["filename"] for entry in loaded.cache_files]
+    sources = [describe(Storage.at(name), Storage.at(name).root, "datasets") for name in files]
+    if loaded._indices is None and sources and sum(s.num_rows for s in sources) == loaded.num_rows:
+        return sources
+    return [_materialized(loaded, datasets.config.HF_DATASETS_CACHE)]
+
+
+def _data_files(location: str, builder: str) -> str | list[str]:
+    """A directory of JSON Lines/CSV files becomes globs of its matching files."""
+    storage = Storage.at(location)
+    if not storage.fs.isdir(storage.root):
+        return location
+    suffixes = [suffix for suffix, b in LOADER_SUFFIXES.items() if b == builder]
+    patterns = [f"{location.rstrip('/')}/*{suffix}" for suffix in suffixes
+                if storage.fs.glob(posixpath.join(storage.root, f"*{suffix}"))]
+    if not patterns:
+        raise InputError(f"input {location!r} holds no {'/'.join(suffixes)} files")
+    return patterns
+
+
+def _materialized(loaded: Any, cache: str | os.PathLike[str]) -> SourceFile:
+    """One Parquet copy of a dataset whose rows are not its cache files 1:1, written once per fingerprint."""
+    folder = Path(cache) / MATERIALIZED_DIR
+    target = folder / f"{loaded._fingerprint}.parquet"
+    if not target.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        temporary = folder / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        loaded.to_parquet(str(temporary))
+        os.replace(temporary, target)
+    storage = Storage.at(str(target))
+    return describe(storage, storage.root, "parquet")
 
 
 def fingerprint(files: list[SourceFile]) -> str:

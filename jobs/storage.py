@@ -4,10 +4,21 @@ Local paths use the OS directly (rename is atomic there). URLs with a scheme
 (``s3://``, ``gs://``, ``memory://`` ...) go through fsspec, where one object put
 is atomic and a rename is not: the commit protocol therefore never relies on
 rename for visibility there (see :mod:`jobs.layout`).
+
+Credentials and endpoints come from each filesystem's own configuration, never
+from the job spec: for ``s3://`` the standard ``AWS_*`` variables (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` for MinIO/Ceph/moto, ``AWS_DEFAULT_REGION``)
+or ``~/.aws``; for any fsspec filesystem, ``FSSPEC_<PROTOCOL>_<OPTION>`` variables
+(e.g. ``FSSPEC_GCS_PROJECT``) or ``FSSPEC_<PROTOCOL>='{json}'``.
+
+Object stores answer listings from a client-side cache (s3fs, gcsfs); every
+existence check and listing here drops that cache first, because the files that
+matter (commit markers) are written by other processes.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import posixpath
 import uuid
@@ -51,7 +62,9 @@ class Storage:
         return f"{_protocols(self.fs)[0]}://{path}"
 
     def exists(self, *parts: str) -> bool:
-        return bool(self.fs.exists(self.path(*parts)))
+        target = self.path(*parts)
+        self._forget(target)
+        return bool(self.fs.exists(target))
 
     def read_bytes(self, *parts: str) -> bytes:
         data: bytes = self.fs.cat_file(self.path(*parts))
@@ -64,6 +77,7 @@ class Storage:
     def list(self, *parts: str) -> list[str]:
         """Names (not paths) directly under a folder; empty when it does not exist."""
         folder = self.path(*parts)
+        self._forget(folder)
         if not self.fs.exists(folder):
             return []
         return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(folder, detail=False))
@@ -91,7 +105,15 @@ class Storage:
         """Write only when absent; True for the one caller that created it."""
         target = self.path(*parts)
         if self.remote:
-            if self.fs.exists(target):
+            if _exclusive_put(self.fs):
+                try:
+                    self.fs.pipe_file(target, data, mode="create")  # a conditional put (If-None-Match)
+                    return True
+                except FileExistsError:
+                    return False
+                except OSError:  # a store without conditional puts: fall through to check-then-put
+                    pass
+            if self.exists(*parts):  # a small race there, harmless for _SUCCESS
                 return False
             self.fs.pipe_file(target, data)
             return True
@@ -104,9 +126,19 @@ class Storage:
         return True
 
     def remove(self, *parts: str) -> None:
-        target = self.path(*parts)
-        if self.fs.exists(target):
-            self.fs.rm(target)
+        if self.exists(*parts):
+            self.fs.rm(self.path(*parts))
+
+    def _forget(self, path: str) -> None:
+        """Drop cached listings of ``path`` (and its parent) so that other writers' files show."""
+        if self.remote:
+            self.fs.invalidate_cache(path)
+
+
+def _exclusive_put(fs: Any) -> bool:
+    """Whether ``fs.pipe_file`` can refuse to overwrite (``mode="create"``, s3fs >= 2024.12)."""
+    method = getattr(fs, "_pipe_file", None) or fs.pipe_file
+    return "mode" in inspect.signature(method).parameters and "s3" in _protocols(fs)
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ EXIT_USAGE = 2
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USAGE
@@ -29,6 +29,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse; ``worker`` and ``flower`` pass options they do not know on to Celery / Flower."""
+    args, unknown = parser.parse_known_args(argv)
+    passthrough = getattr(args, "passthrough", None)
+    if unknown and passthrough is None:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if passthrough is not None:
+        setattr(args, passthrough, [*unknown, *getattr(args, passthrough)])
+    return args
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,12 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show a job's progress")
     status.add_argument("job", help="job id or output directory")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--watch", action="store_true", help="redraw until the job finishes (Ctrl-C stops)")
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between redraws with --watch")
     status.add_argument("--broker")
     status.set_defaults(handler=_status)
 
     worker = commands.add_parser("worker", help="start a worker (defaults for one GPU)")
     worker.add_argument("celery_args", nargs=argparse.REMAINDER, help="extra celery worker arguments")
-    worker.set_defaults(handler=_worker)
+    worker.set_defaults(handler=_worker, passthrough="celery_args")
 
     cancel = commands.add_parser("cancel", help="stop starting new shards of a job")
     cancel.add_argument("job")
@@ -73,6 +86,21 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default=".demo", help="where the demo writes its model and output")
     demo.add_argument("--workers", type=int, default=1)
     demo.set_defaults(handler=_demo)
+
+    flower = commands.add_parser("flower", help="start the Flower dashboard against the broker")
+    flower.add_argument("--port", type=int, help="default: BATCHFORMERS_FLOWER_PORT (5555)")
+    flower.add_argument("--address", default="127.0.0.1", help="listen address (0.0.0.0 in a container)")
+    flower.add_argument("--basic-auth", metavar="USER:PASS",
+                        help="ask for a login; default: BATCHFORMERS_FLOWER_BASIC_AUTH")
+    flower.add_argument("--broker")
+    flower.add_argument("flower_args", nargs=argparse.REMAINDER, help="extra Flower options")
+    flower.set_defaults(handler=_flower, passthrough="flower_args")
+
+    inspect = commands.add_parser("inspect", help="show a job output's schema, counts and first rows")
+    inspect.add_argument("output", help="output directory or URL (s3://...)")
+    inspect.add_argument("--rows", type=int, default=5, help="how many rows to show")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.set_defaults(handler=_inspect)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of job specs")
     schema.set_defaults(handler=lambda args: _print_json(spec_json_schema()))
@@ -111,13 +139,42 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from producer.job_index import resolve
-    from producer.status import job_status
+    from rich.console import Console
 
-    status = job_status(resolve(_settings(args), args.job))
+    from producer.status import follow, render, status, watch
+
+    settings = _settings(args)
+    if args.watch and args.json:  # one JSON object per line, per refresh
+        for current in follow(args.job, settings, interval=args.interval):
+            print(json.dumps(current.to_dict(), default=str), flush=True)
+        return 0
+    if args.watch:
+        watch(args.job, settings, interval=args.interval)
+        return 0
+    current = status(args.job, settings)
     if args.json:
-        return _print_json(status.to_dict())
-    _print_summary(status)
+        return _print_json(current.to_dict())
+    Console().print(render(current))
+    return 0
+
+
+def _flower(args: argparse.Namespace) -> int:
+    from producer.flower import exec_flower
+
+    exec_flower(_settings(args), port=args.port, address=args.address, basic_auth=args.basic_auth,
+                extra=args.flower_args)
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from producer.inspect import describe, render
+
+    described = describe(args.output, rows=args.rows)
+    if args.json:
+        return _print_json(described.to_dict())
+    Console().print(render(described))
     return 0
 
 
@@ -140,18 +197,12 @@ def _cancel(args: argparse.Namespace) -> int:
 def _retry(args: argparse.Namespace) -> int:
     from jobs.layout import OutputLayout
     from producer.job_index import resolve
-    from producer.submit import enqueue, messages_for
+    from producer.submit import retry_failed
 
     settings = _settings(args)
     layout = OutputLayout(resolve(settings, args.job))
-    failed = set(layout.failed())
-    manifest = layout.read_manifest()
-    for shard in failed:
-        layout.clear_failed(shard)
-    layout.uncancel()
-    messages = messages_for(manifest, layout, only=failed)
-    enqueue(messages, settings)
-    print(f"re-enqueued {len(messages)} failed shard(s) of {manifest.job_id}")
+    messages = retry_failed(layout, settings)
+    print(f"re-enqueued {len(messages)} failed shard(s) of {layout.read_manifest().job_id}")
     return 0
 
 

@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 import redis
 
@@ -41,24 +42,33 @@ def free_port() -> int:
 class EmbeddedRedis:
     """A real Redis server on a free loopback port, stopped on exit.
 
-    ``appendonly`` keeps the queue across a restart of this server, which the
-    broker-restart tests rely on.
+    ``appendonly`` keeps the queue across a restart of this server (``stop(keep_data=True)``
+    then ``start()`` on the same port), which the broker-restart tests rely on. With
+    ``password`` the server requires it (``requirepass``) and ``url`` carries it.
     """
 
-    def __init__(self, port: int | None = None, persist: bool = True) -> None:
+    def __init__(self, port: int | None = None, persist: bool = True, password: str | None = None) -> None:
         self.port = port or free_port()
         self.persist = persist
+        self.password = password
         self.directory = tempfile.mkdtemp(prefix="batchformers-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> EmbeddedRedis:
         command = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                    "--dir", self.directory, "--save", "", "--appendonly", "yes" if self.persist else "no"]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if self.password:  # given on stdin ("-" config file), so that `ps` never shows it
+            command.insert(1, "-")
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE if self.password else None,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if self.password and self.process.stdin:
+            self.process.stdin.write(f'requirepass "{self.password}"\n'.encode())
+            self.process.stdin.close()
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             try:

@@ -28,7 +28,7 @@ def plan_shards(sources: list[SourceFile], shard_rows: int) -> list[ShardPlan]:
 def build_manifest(spec: JobSpec) -> Manifest:
     """Everything a worker needs, from file metadata only; SpecError names what is wrong."""
     try:
-        sources = discover(spec.input, spec.input_format)
+        sources = discover(spec.input, spec.input_format, spec.dataset)
     except InputError as exc:
         raise SpecError("input", f"{exc}; check the path (Parquet, Arrow IPC or a datasets directory)") from None
     kept_schema = _check_columns(spec, sources)

@@ -1,16 +1,33 @@
-"""A job's state, read from its output location alone (works from any machine)."""
+"""A job's state, from its output location and, when reachable, the broker.
+
+Committed and failed shards come from the markers in the output location, so
+``status`` works from any machine that can read the output. Which shards are
+running right now is known only to the broker: workers hold a lease key
+``batchformers:lease:<job_id>:<shard>`` in Redis while a shard runs. When the
+broker cannot be reached the status says so, and ``running`` is unknown
+(``None``) rather than wrong.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from jobs.layout import OutputLayout
+from jobs.settings import Settings
+from worker.lease import KEY_PREFIX as LEASE_PREFIX
+
+BROKER_TIMEOUT = 3.0
+DEFAULT_WATCH_INTERVAL = 2.0
+ERROR_WIDTH = 200
 
 
 @dataclass(frozen=True)
 class JobStatus:
+    """One look at a job. ``running`` is None when the broker was not asked or not reachable."""
+
     job_id: str
     output: str
     state: str  # running | complete | failed | cancelled
@@ -24,6 +41,11 @@ class JobStatus:
     rows_per_second: float | None
     eta_seconds: float | None
     failures: dict[int, str] = field(default_factory=dict)
+    running: int | None = None
+    running_shards: list[int] = field(default_factory=list)
+    broker: str = "not asked"  # not asked | reachable | unreachable: <why>
+    elapsed_seconds: float = 0.0
+    task: str = ""
 
     @property
     def finished(self) -> bool:
@@ -33,7 +55,16 @@ class JobStatus:
         return asdict(self)
 
 
-def job_status(output: str) -> JobStatus:
+def status(job: str, settings: Settings | None = None) -> JobStatus:
+    """The status of a job given its id (looked up on the broker) or its output location."""
+    from producer.job_index import resolve
+
+    settings = settings or Settings()
+    return job_status(resolve(settings, job), settings)
+
+
+def job_status(output: str, settings: Settings | None = None) -> JobStatus:
+    """Read the job at ``output``; with ``settings``, also count its running shards on the broker."""
     layout = OutputLayout(output)
     manifest = layout.read_manifest()
     committed = layout.committed()
@@ -49,6 +80,19 @@ def job_status(output: str) -> JobStatus:
         state = "failed"
     else:
         state = "running"
+    running: list[int] | None = None
+    broker = "not asked"
+    if settings is not None and state in ("running", "cancelled"):
+        try:
+            leased = running_shards(settings, manifest.job_id)
+            running = sorted(leased - set(committed) - set(failed))
+            broker = "reachable"
+        except OSError as exc:
+            broker = f"unreachable: {exc}"
+    elif settings is not None:
+        running, broker = [], "not needed"
+    pending = len(manifest.shards) - len(committed) - len(failed) - len(running or [])
+    finished_at = max((m["committed_at"] for m in committed.values()), default=time.time())
     return JobStatus(
         job_id=manifest.job_id,
         output=output,
@@ -56,14 +100,40 @@ def job_status(output: str) -> JobStatus:
         shards=len(manifest.shards),
         committed=len(committed),
         failed=len(failed),
-        pending=len(manifest.shards) - len(committed) - len(failed),
+        pending=pending,
         rows=manifest.total_rows,
         rows_done=rows_done,
         row_errors=sum(m["errors"] for m in committed.values()),
         rows_per_second=rate,
         eta_seconds=remaining / rate if rate and remaining > 0 and state == "running" else None,
         failures={k: v["error"] for k, v in failed.items()},
+        running=None if running is None else len(running),
+        running_shards=running or [],
+        broker=broker,
+        elapsed_seconds=round((finished_at if state == "complete" else time.time()) - manifest.created_at, 3),
+        task=str(manifest.spec.get("task", "")),
     )
+
+
+def running_shards(settings: Settings, job_id: str) -> set[int]:
+    """Shards of ``job_id`` whose lease is held on the broker; OSError when it cannot be reached."""
+    import redis
+
+    client = redis.Redis.from_url(settings.broker_url, socket_timeout=BROKER_TIMEOUT,
+                                  socket_connect_timeout=BROKER_TIMEOUT)
+    prefix = f"{LEASE_PREFIX}{job_id}:"
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+    except redis.RedisError as exc:
+        raise OSError(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        client.close()
+    shards = set()
+    for key in keys:
+        suffix = (key.decode() if isinstance(key, bytes) else key).removeprefix(prefix)
+        if suffix.isdigit():
+            shards.add(int(suffix))
+    return shards
 
 
 def _rate(committed: dict[int, dict[str, Any]], created_at: float) -> float | None:
@@ -88,3 +158,84 @@ def wait(output: str, poll: float = 0.5, timeout: float | None = None, on_update
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"job {status.job_id} not finished after {timeout}s: {status}")
         time.sleep(poll)
+
+
+# -- on the terminal ----------------------------------------------------------
+
+
+def render(status: JobStatus) -> Any:
+    """A rich renderable: shard counts, rows, speed, ETA, then the failed shards."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    colour = {"complete": "green", "failed": "red", "cancelled": "yellow"}.get(status.state, "cyan")
+    title = Text.assemble(("job ", "bold"), (status.job_id, "bold"), "  ", (status.state, f"bold {colour}"))
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for name in ("pending", "running", "committed", "failed", "shards"):
+        table.add_column(name, justify="right")
+    running = "?" if status.running is None else str(status.running)
+    table.add_row(str(status.pending), running, str(status.committed),
+                  Text(str(status.failed), style="red" if status.failed else ""), str(status.shards))
+    rows = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for name in ("rows done", "of", "row errors", "rows/s", "elapsed", "ETA"):
+        rows.add_column(name, justify="right")
+    rate = f"{status.rows_per_second:,.1f}" if status.rows_per_second else "-"
+    eta = _duration(status.eta_seconds) if status.eta_seconds else "-"
+    rows.add_row(f"{status.rows_done:,}", f"{status.rows:,}", f"{status.row_errors:,}", rate,
+                 _duration(status.elapsed_seconds), eta)
+    parts: list[Any] = [title, table, rows]
+    if status.running_shards:
+        parts.append(Text(f"running shards: {_ranges(status.running_shards)}"))
+    if status.broker.startswith("unreachable"):
+        parts.append(Text(f"broker {status.broker} (running shards unknown; counted as pending)", style="yellow"))
+    if status.failures:
+        failures = Table("shard", "error", title="failed shards", title_justify="left", box=None,
+                         header_style="bold")
+        for shard, error in sorted(status.failures.items()):
+            failures.add_row(str(shard), Text(error[:ERROR_WIDTH], style="red"))
+        parts.append(failures)
+    parts.append(Text(f"output: {status.output}", style="dim"))
+    return Group(*parts)
+
+
+def follow(job: str, settings: Settings, interval: float = DEFAULT_WATCH_INTERVAL) -> Iterator[JobStatus]:
+    """Yield the status now and every ``interval`` seconds, the last one when the job has finished."""
+    current = status(job, settings)
+    yield current
+    while not current.finished:
+        time.sleep(interval)
+        current = job_status(current.output, settings)
+        yield current
+
+
+def watch(job: str, settings: Settings, interval: float = DEFAULT_WATCH_INTERVAL, console: Any = None) -> JobStatus:
+    """Redraw the status table until the job finishes (or Ctrl-C)."""
+    from rich.live import Live
+
+    updates = follow(job, settings, interval)
+    current = next(updates)
+    with Live(render(current), console=console, auto_refresh=False) as live:
+        for current in updates:
+            live.update(render(current), refresh=True)
+    return current
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``1-3, 7``."""
+    spans: list[list[int]] = []
+    for number in sorted(numbers):
+        if spans and spans[-1][1] == number - 1:
+            spans[-1][1] = number
+        else:
+            spans.append([number, number])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)

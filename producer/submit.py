@@ -1,7 +1,13 @@
 """Submit a job: validate, write the manifest, enqueue one task per shard not yet done.
 
 Submitting the same spec over the same input again resumes it: committed shards
-are skipped, so a finished job enqueues nothing and does no model work.
+are skipped, so a finished job enqueues nothing and does no model work. A resubmit
+(or ``retry``) also clears the shards' failure markers and delivery counts, so that
+failed shards get their full number of attempts again.
+
+Each task carries its time limits: ``soft_time_limit`` is the spec's
+``shard_time_limit`` (else the settings'), ``time_limit`` that plus a grace period
+in which the shard can record its failure (see :mod:`worker.lease`).
 """
 
 from __future__ import annotations
@@ -9,14 +15,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
 from jobs.errors import BrokerUnavailable, OutputError, SpecError
 from jobs.layout import OutputLayout
 from jobs.manifest import Manifest
 from jobs.message import TASK_NAME, ShardMessage
 from jobs.settings import Settings
 from jobs.spec import JobSpec
-from producer.job_index import remember
+from producer.job_index import remember, safe_url
 from producer.plan import build_manifest
+
+# The hard time limit leaves the shard this long after the soft one to record its failure.
+GRACE_FRACTION = 0.1
+MIN_GRACE = 5.0
+MAX_GRACE = 300.0
 
 
 @dataclass(frozen=True)
@@ -29,9 +42,33 @@ class Submission:
     already_committed: int
 
 
-def prepare(spec: JobSpec) -> tuple[Manifest, OutputLayout]:
+def time_limits(spec: JobSpec, settings: Settings) -> tuple[float, float]:
+    """(soft, hard) seconds one shard of ``spec`` may run."""
+    soft = spec.shard_time_limit or settings.shard_time_limit
+    return soft, soft + min(MAX_GRACE, max(MIN_GRACE, soft * GRACE_FRACTION))
+
+
+def check_allowed(spec: JobSpec, manifest: Manifest, settings: Settings) -> None:
+    """Input and output must lie under BATCHFORMERS_ALLOWED_ROOTS when the operator set it."""
+    wanted = [("output", spec.output), ("input", spec.input)] + [("input", s.url) for s in manifest.sources]
+    for field, location in wanted:
+        if not settings.allows(location):
+            raise SpecError(
+                field,
+                f"{location} is outside the allowed roots ({', '.join(settings.roots())}); "
+                "use a location under one of them, or ask the operator to allow it in BATCHFORMERS_ALLOWED_ROOTS",
+            )
+
+
+def prepare(spec: JobSpec, settings: Settings | None = None) -> tuple[Manifest, OutputLayout]:
     """Validate against the data and the output location; write the manifest if new."""
+    settings = settings or Settings()
+    if not settings.allows(spec.output):
+        raise SpecError("output", f"{spec.output} is outside the allowed roots ({', '.join(settings.roots())}); "
+                        "use a location under one of them, or ask the operator to allow it in "
+                        "BATCHFORMERS_ALLOWED_ROOTS")
     manifest = build_manifest(spec)
+    check_allowed(spec, manifest, settings)
     layout = OutputLayout(spec.output)
     if layout.has_manifest():
         existing = layout.read_manifest()
@@ -75,10 +112,17 @@ def messages_for(manifest: Manifest, layout: OutputLayout, only: set[int] | None
     ]
 
 
-def enqueue(messages: list[ShardMessage], settings: Settings, app: Any = None) -> None:
+def enqueue(messages: list[ShardMessage], settings: Settings, app: Any = None,
+            limits: tuple[float, float] | None = None) -> None:
+    """Send one task per message; ``limits`` are the (soft, hard) time limits of each."""
+    from kombu.exceptions import OperationalError
+
     from worker.app import make_app
 
     app = app or make_app(settings)
+    options: dict[str, Any] = {}
+    if limits:
+        options = {"soft_time_limit": limits[0], "time_limit": limits[1]}
     try:
         with app.producer_or_acquire() as producer:
             for message in messages:
@@ -88,21 +132,34 @@ def enqueue(messages: list[ShardMessage], settings: Settings, app: Any = None) -
                     queue=settings.queue,
                     producer=producer,
                     argsrepr=f"job={message.job_id} shard={message.shard} rows={message.rows}",
+                    **options,
                 )
-    except OSError as exc:
-        raise BrokerUnavailable(f"cannot reach the broker: {exc}") from exc
+    except (OSError, OperationalError) as exc:
+        raise BrokerUnavailable(f"cannot reach the broker at {safe_url(settings.broker_url)}: {exc}") from exc
+
+
+def give_fresh_attempts(manifest: Manifest, layout: OutputLayout, settings: Settings,
+                        shards: set[int]) -> None:
+    """Forget the failures and delivery counts of ``shards`` before they are enqueued again."""
+    from worker.deliveries import reset
+
+    for shard in set(layout.failed()) & shards:
+        layout.clear_failed(shard)
+    try:
+        reset(redis.Redis.from_url(settings.broker_url, socket_timeout=10), manifest.job_id, shards)
+    except redis.RedisError as exc:
+        raise BrokerUnavailable(f"cannot reach the broker at {safe_url(settings.broker_url)}: {exc}") from exc
 
 
 def submit(spec: JobSpec, settings: Settings | None = None) -> Submission:
     settings = settings or Settings()
-    manifest, layout = prepare(spec)
+    manifest, layout = prepare(spec, settings)
     layout.uncancel()
-    for shard in layout.failed():
-        layout.clear_failed(shard)
     messages = messages_for(manifest, layout)
+    give_fresh_attempts(manifest, layout, settings, {m.shard for m in messages})
     remember(settings, manifest.job_id, layout.location)
     if messages:
-        enqueue(messages, settings)
+        enqueue(messages, settings, limits=time_limits(spec, settings))
     return Submission(
         job_id=manifest.job_id,
         output=layout.location,
@@ -111,3 +168,15 @@ def submit(spec: JobSpec, settings: Settings | None = None) -> Submission:
         enqueued=len(messages),
         already_committed=len(manifest.shards) - len(messages),
     )
+
+
+def retry_failed(layout: OutputLayout, settings: Settings) -> list[ShardMessage]:
+    """Re-enqueue only the failed shards of the job at ``layout`` (and lift a cancel)."""
+    manifest = layout.read_manifest()
+    failed = set(layout.failed()) - set(layout.committed())
+    layout.uncancel()
+    messages = messages_for(manifest, layout, only=failed)
+    give_fresh_attempts(manifest, layout, settings, failed)
+    if messages:
+        enqueue(messages, settings, limits=time_limits(manifest.job_spec(), settings))
+    return messages

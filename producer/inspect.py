@@ -1,0 +1,133 @@
+"""``batchformers inspect OUTPUT``: what a job's output holds, for the person about to read it.
+
+The schema comes from the Parquet parts themselves (checked against the
+manifest), the counts from the commit markers, and the first rows from the first
+part; nothing reads more than that.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from jobs.layout import OutputLayout, part_name
+
+CELL_WIDTH = 60
+
+
+@dataclass(frozen=True)
+class OutputDescription:
+    output: str
+    job_id: str
+    task: str
+    model: str
+    revision: str | None
+    state: str  # complete | incomplete
+    shards: int
+    parts: int
+    rows: int
+    rows_expected: int
+    row_errors: int
+    failed_shards: int
+    schema: list[dict[str, str]]
+    schema_matches_manifest: bool
+    versions: dict[str, str]
+    created_at: float
+    completed_at: float | None
+    shard_seconds: float
+    head: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def describe(output: str, rows: int = 5) -> OutputDescription:
+    """Describe the job output at ``output``; OutputError when it holds no batchformers job."""
+    layout = OutputLayout(output)
+    manifest = layout.read_manifest()
+    spec = manifest.job_spec()
+    committed = layout.committed()
+    completion = layout.completion()
+    schema = manifest.output_schema
+    head: list[dict[str, Any]] = []
+    if committed:
+        first = min(committed)
+        with layout.storage.open(part_name(first)) as handle:
+            parquet = pq.ParquetFile(handle)
+            schema = [{"name": f.name, "type": str(f.type)} for f in parquet.schema_arrow]
+            if rows > 0:
+                batch = next(parquet.iter_batches(batch_size=rows), None)
+                head = batch.to_pylist() if batch is not None else []
+    return OutputDescription(
+        output=output,
+        job_id=manifest.job_id,
+        task=spec.task,
+        model=spec.resolved_model(),
+        revision=spec.revision,
+        state="complete" if completion else "incomplete",
+        shards=len(manifest.shards),
+        parts=len(committed),
+        rows=sum(m["rows"] for m in committed.values()),
+        rows_expected=manifest.total_rows,
+        row_errors=sum(m["errors"] for m in committed.values()),
+        failed_shards=len(set(layout.failed()) - set(committed)),
+        schema=schema,
+        schema_matches_manifest=_normalised(schema) == _normalised(manifest.output_schema),
+        versions=manifest.versions,
+        created_at=manifest.created_at,
+        completed_at=completion.get("completed_at") if completion else None,
+        shard_seconds=round(sum(m["seconds"] for m in committed.values()), 3),
+        head=head,
+    )
+
+
+def render(described: OutputDescription) -> Any:
+    """A rich renderable: the job, its counts, its schema and its first rows."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    d = described
+    title = Text.assemble(("output ", "bold"), (d.output, "bold"), "  ", (d.state, "green" if
+                                                                          d.state == "complete" else "yellow"))
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    wall = f"{d.completed_at - d.created_at:,.1f}s" if d.completed_at else "-"
+    for name, value in [
+        ("job", f"{d.job_id} (task {d.task})"),
+        ("model", d.model + (f" @ {d.revision}" if d.revision else "")),
+        ("rows", f"{d.rows:,} of {d.rows_expected:,} in {d.parts} of {d.shards} parts; {d.row_errors:,} row errors"
+                 + (f"; {d.failed_shards} shards failed" if d.failed_shards else "")),
+        ("time", f"submitted {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(d.created_at))}, "
+                 f"{wall} to complete, {d.shard_seconds:,.1f}s in shards"),
+        ("versions", ", ".join(f"{k} {v}" for k, v in d.versions.items())),
+        ("read with", f"duckdb: SELECT * FROM '{d.output.rstrip('/')}/*.parquet'"),
+    ]:
+        facts.add_row(name, value)
+    schema = Table("column", "type", title="schema" + ("" if d.schema_matches_manifest else
+                                                        " (differs from the manifest!)"),
+                   title_justify="left", header_style="bold", box=None)
+    for column in d.schema:
+        schema.add_row(column["name"], column["type"])
+    parts: list[Any] = [title, facts, schema]
+    if d.head:
+        rows = Table(*d.head[0].keys(), title=f"first {len(d.head)} rows", title_justify="left",
+                     header_style="bold", show_lines=False)
+        for row in d.head:
+            rows.add_row(*(_cell(value) for value in row.values()))
+        parts.append(rows)
+    return Group(*parts)
+
+
+def _normalised(schema: list[dict[str, str]]) -> list[tuple[str, str]]:
+    """Parquet names a list's items ``element`` where Arrow says ``item``: the same type."""
+    return [(column["name"], column["type"].replace("list<element: ", "list<item: ")) for column in schema]
+
+
+def _cell(value: Any) -> str:
+    text = "null" if value is None else str(value)
+    return text if len(text) <= CELL_WIDTH else text[: CELL_WIDTH - 1] + "…"

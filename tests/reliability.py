@@ -1,0 +1,84 @@
+"""Helpers of the fault tests (issue 4): small inputs, reading every part back, waiting on Redis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import redis
+
+from jobs.layout import OutputLayout
+from jobs.spec import JobSpec, load_spec
+from tests.models import tiny_model_path
+from worker.lease import KEY_PREFIX as LEASE_PREFIX
+
+
+def write_rows(path: Path, count: int, first: int = 0) -> list[str]:
+    """A Parquet file of ``count`` short sentences with ids ``r<first>`` ...; returns the ids."""
+    ids = [f"r{i}" for i in range(first, first + count)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"id": ids, "text": [f"John Smith visited Paris on day {i}." for i in
+                                                  range(first, first + count)]}), path)
+    return ids
+
+
+def tokenize_spec(source: Path | str, output: Path | str, **fields: Any) -> JobSpec:
+    raw = {"task": "tokenize", "model": str(tiny_model_path("bert-ner")), "input": str(source),
+           "columns": {"id": "id"}, "output": str(output), "shard_rows": 5, **fields}
+    return load_spec(raw)
+
+
+def read_back(output: Path | str) -> pa.Table:
+    """Every row of every visible part, as a reader (pyarrow.dataset) sees them."""
+    return ds.dataset(str(output), format="parquet").to_table()
+
+
+def assert_exactly_once(output: Path | str, ids: list[str]) -> pa.Table:
+    """Each input id once, row_index 0..n-1 once each, nothing else: no row lost, none twice."""
+    table = read_back(output)
+    got = table.column("id").to_pylist()
+    lost = set(ids) - set(got)
+    twice = len(got) - len(set(got))
+    assert not lost and twice == 0, f"{len(lost)} rows lost, {twice} duplicated"
+    assert sorted(got) == sorted(ids)
+    assert sorted(table.column("row_index").to_pylist()) == list(range(len(ids)))
+    return table
+
+
+def committed_markers(output: Path | str) -> dict[int, dict[str, Any]]:
+    return OutputLayout(str(output)).committed()
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, poll: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def lease_holders(redis_url: str, job_id: str) -> dict[int, str]:
+    """Shard -> holder of every live lease of the job."""
+    client = redis.Redis.from_url(redis_url)
+    holders = {}
+    for key in client.scan_iter(f"{LEASE_PREFIX}{job_id}:*"):
+        value = client.get(key)
+        if value:
+            holders[int(key.decode().rsplit(":", 1)[1])] = value.decode()
+    return holders
+
+
+def worker_logs(log_dir: Path) -> str:
+    return "".join(path.read_text(errors="replace") for path in sorted(Path(log_dir).glob("*.log")))
+
+
+def completions_logged(log_dir: Path, job_id: str) -> int:
+    """How many workers wrote the job's _SUCCESS marker (each logs it once)."""
+    return worker_logs(log_dir).count(f"batchformers: job {job_id} complete")

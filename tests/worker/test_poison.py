@@ -1,0 +1,117 @@
+"""Poison shards (always crash or fail their worker) and shards past their time limit:
+retried a bounded number of times, then marked failed with their last error; the rest completes."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from jobs.errors import InputError, ModelLoadError, OutputError, RetryableError, SpecError
+from jobs.layout import OutputLayout
+from jobs.settings import Settings
+from producer.status import wait
+from producer.submit import submit, time_limits
+from tests.reliability import committed_markers, read_back, tokenize_spec, write_rows
+from worker.deliveries import KEY_PREFIX as DELIVERIES_PREFIX
+from worker.faults import FAULTS_ENV
+from worker.tasks import is_permanent
+
+pytestmark = pytest.mark.slow
+
+
+def test_poison_shards_are_marked_failed_and_the_rest_completes(tmp_path: Path, settings: Settings,
+                                                                 start_workers: Any) -> None:
+    ids = write_rows(tmp_path / "in.parquet", 20)
+    # Shard 1 SIGKILLs the process running it, shard 2 raises, every shard takes a second.
+    start_workers(2, BATCHFORMERS_LEASE_SECONDS="2", **{FAULTS_ENV: "sleep=1,kill=1,raise=2"})
+    poisoned = submit(tokenize_spec(tmp_path / "in.parquet", tmp_path / "out", max_retries=1), settings)
+    # A second job on the same workers, whose only shard overruns its 0.5 s time limit.
+    slow = submit(tokenize_spec(tmp_path / "in.parquet", tmp_path / "slow", shard_rows=20, max_retries=0,
+                                shard_time_limit=0.5), settings)
+
+    status = wait(poisoned.output, timeout=120)
+    assert status.state == "failed" and status.committed == 2 and status.failed == 2, status
+    assert status.failures[1].startswith("gave up after 2 attempts; last: the worker running this shard "
+                                         "was lost (killed, out of memory or crashed)")
+    assert status.failures[2] == (
+        f"gave up after 2 attempts; last: InjectedFault: injected failure of shard 2 ({FAULTS_ENV})")
+    failed = OutputLayout(poisoned.output).failed()
+    assert failed[1]["attempts"] == 2 and failed[2]["attempts"] == 2
+    # The healthy shards are complete, once each; the poison shards wrote nothing visible.
+    table = read_back(poisoned.output)
+    assert sorted(table.column("id").to_pylist()) == sorted(ids[0:5] + ids[15:20])
+    assert set(committed_markers(poisoned.output)) == {0, 3}
+    # No endless redelivery: the crashing shard's count stops growing (2 runs, then the deliveries
+    # that gave up), and nothing of the job is left in the queue.
+    client = redis.Redis.from_url(settings.broker_url)
+    key = f"{DELIVERIES_PREFIX}{poisoned.job_id}:1"
+    time.sleep(2 * 2)  # a visibility timeout: any copy still around would have come back
+    count = int(client.get(key) or 0)
+    time.sleep(2)
+    assert 3 <= count == int(client.get(key) or 0)
+    assert client.llen(settings.queue) == 0
+
+    status = wait(slow.output, timeout=60)
+    assert status.state == "failed"
+    assert status.failures[0] == ("gave up after 1 attempt; last: the shard ran past its time limit; "
+                                  "raise shard_time_limit or lower shard_rows")
+    assert OutputLayout(slow.output).failed()[0]["attempts"] == 1
+
+
+def test_a_shard_past_its_hard_time_limit_is_requeued_and_counted(tmp_path: Path, settings: Settings,
+                                                                  start_workers: Any) -> None:
+    """A shard deaf to the soft limit is killed at the hard one; its message is not dropped (the job
+    would hang) but requeued, and the delivery count ends it like any crash."""
+    write_rows(tmp_path / "in.parquet", 5)
+    start_workers(1, BATCHFORMERS_LEASE_SECONDS="2", **{FAULTS_ENV: "hang=0"})
+    spec = tokenize_spec(tmp_path / "in.parquet", tmp_path / "out", max_retries=0, shard_time_limit=0.5)
+    assert time_limits(spec, settings) == (0.5, 5.5)
+    submission = submit(spec, settings)
+    status = wait(submission.output, timeout=60)
+    assert status.state == "failed"
+    assert status.failures[0].startswith("gave up after 1 attempt; last: the worker running this shard was lost")
+
+
+def _caused_by(error: Exception, cause: BaseException) -> Exception:
+    try:
+        raise error from cause
+    except Exception as raised:
+        return raised
+
+
+@pytest.mark.parametrize(
+    ("error", "permanent"),
+    [
+        (SpecError("trust_remote_code", "not allowed"), True),
+        (_caused_by(InputError("cannot read rows 0-5 of x.parquet"), FileNotFoundError("x.parquet")), True),
+        (_caused_by(InputError("cannot read rows 0-5 of s3://b/x.parquet"), ConnectionResetError()), False),
+        (_caused_by(ModelLoadError("cannot load model 'x'"), OSError("x is not a model identifier")), True),
+        (_caused_by(ModelLoadError("cannot load model 'x'"), TimeoutError("hub")), False),
+        (OutputError("no manifest"), True),
+        (RetryableError("flaky"), False),
+        (RuntimeError("CUDA error: unspecified launch failure"), False),
+    ],
+)
+def test_permanent_and_transient_errors(error: Exception, permanent: bool) -> None:
+    """Permanent errors fail a shard at its first attempt; transient ones are retried."""
+    assert is_permanent(error) is permanent
+
+
+def test_tasks_carry_their_time_limits(tmp_path: Path, settings: Settings) -> None:
+    write_rows(tmp_path / "in.parquet", 10)
+    spec = tokenize_spec(tmp_path / "in.parquet", tmp_path / "out", shard_time_limit=100)
+    submit(spec, settings)
+    client = redis.Redis.from_url(settings.broker_url)
+    messages = [json.loads(raw) for raw in client.lrange(settings.queue, 0, -1)]
+    client.delete(settings.queue)
+    assert len(messages) == 2
+    soft, hard = time_limits(spec, settings)
+    assert (soft, hard) == (100, 110)
+    assert all(message["headers"]["timelimit"] == [hard, soft] for message in messages)
+    default = tokenize_spec(tmp_path / "in.parquet", tmp_path / "out")
+    assert time_limits(default, Settings(shard_time_limit=600))[0] == 600

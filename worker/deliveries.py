@@ -1,0 +1,53 @@
+"""How many times each shard was started, counted in Redis (Redis itself does not count deliveries).
+
+A shard that kills its worker (a segfault, the OOM killer) raises no exception anywhere:
+its message is simply delivered again. Counting starts at the beginning of each run is
+what bounds such a poison shard: after ``1 + max_retries`` starts it is marked failed with
+its last error, instead of killing workers forever. Before running, a worker records
+"the worker was lost" as the shard's last error; an exception caught later replaces it,
+so whatever ended the last run is what ``status`` shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import redis
+
+KEY_PREFIX = "batchformers:deliveries:"
+ERROR_PREFIX = "batchformers:last-error:"
+KEEP_SECONDS = 14 * 24 * 3600  # counters of abandoned jobs expire on their own
+
+
+class DeliveryCount:
+    """The delivery counter and last error of one shard."""
+
+    def __init__(self, client: redis.Redis, job_id: str, shard: int) -> None:
+        self.client = client
+        self.key = f"{KEY_PREFIX}{job_id}:{shard}"
+        self.error_key = f"{ERROR_PREFIX}{job_id}:{shard}"
+
+    def increment(self) -> int:
+        """Count one more start of the shard; returns the count, 1 for the first."""
+        pipe = self.client.pipeline()
+        pipe.incr(self.key)
+        pipe.expire(self.key, KEEP_SECONDS)
+        count, _ = pipe.execute()
+        return int(count)
+
+    def record_error(self, error: str) -> None:
+        self.client.set(self.error_key, error, ex=KEEP_SECONDS)
+
+    def last_error(self) -> str | None:
+        value = self.client.get(self.error_key)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def clear(self) -> None:
+        self.client.delete(self.key, self.error_key)
+
+
+def reset(client: redis.Redis, job_id: str, shards: Iterable[int]) -> None:
+    """Forget the counts of ``shards`` (a resubmit or ``retry`` gives them fresh attempts)."""
+    keys = [f"{prefix}{job_id}:{shard}" for shard in shards for prefix in (KEY_PREFIX, ERROR_PREFIX)]
+    for start in range(0, len(keys), 1000):
+        client.delete(*keys[start : start + 1000])
