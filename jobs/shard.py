@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from jobs.base import ProgressCallback, Runner, TaskType
@@ -47,7 +48,7 @@ def run_shard(
     base = first_row(manifest, plan)
     kept_table = table.select(kept)
     schema = output_schema(task, kept_table.schema)
-    columns = list(kept_table.columns) + [pa.array(range(base, base + table.num_rows), pa.int64())]
+    columns = list(kept_table.columns) + [pa.array(np.arange(base, base + table.num_rows, dtype=np.int64))]
     columns += [produced.column(name) for name in schema.names[len(kept) + 1 :]]
     output = pa.Table.from_arrays(columns, schema=schema)
     errors = table.num_rows - output.column(ERROR).null_count

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -56,7 +57,9 @@ class TokenizeRunner(Runner):
         texts = inputs["text"]
         errors = [text_error(t) for t in texts]
         valid = [i for i, error in enumerate(errors) if error is None]
-        encodings: list[Any] = [None] * len(texts)
+        ids: list[list[int]] = []
+        offsets: list[list[tuple[int, int]]] = []
+        word_ids: list[list[int | None]] = []
         for start in range(0, len(valid), TOKENIZE_BATCH_ROWS):
             rows = valid[start : start + TOKENIZE_BATCH_ROWS]
             batch = self.tokenizer(
@@ -65,38 +68,43 @@ class TokenizeRunner(Runner):
                 truncation=self.task.params.truncation,
                 max_length=self.task.params.max_length,
                 stride=self.task.params.stride,
+                return_attention_mask=False,  # all ones without padding: built below as one array
+                return_token_type_ids=False,
             )
-            for row, encoding in zip(rows, batch.encodings, strict=True):
-                encodings[row] = encoding
+            ids.extend(batch["input_ids"])
+            for encoding in batch.encodings:
+                offsets.append(encoding.offsets)
+                word_ids.append(encoding.word_ids)
             if progress:
                 progress(len(rows))
         if progress and len(valid) < len(texts):
             progress(len(texts) - len(valid))
-        return self._table(encodings, errors)
+        return self._table(valid, ids, offsets, word_ids, errors)
 
-    def _table(self, encodings: list[Any], errors: list[str | None]) -> pa.Table:
-        present = [e for e in encodings if e is not None]
-        counts = np.array([len(e.ids) if e is not None else 0 for e in encodings], dtype=np.int32)
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-        nulls = pa.array([e is None for e in encodings])
-        ids = _flat([e.ids for e in present], np.int32)
-        mask = _flat([e.attention_mask for e in present], np.int8)
-        word_ids = pa.array([w for e in present for w in e.word_ids], type=pa.int32())
-        spans = _flat([e.offsets for e in present], np.int32).reshape(-1)
+    def _table(
+        self,
+        valid: list[int],
+        ids: list[list[int]],
+        offsets: list[list[tuple[int, int]]],
+        word_ids: list[list[int | None]],
+        errors: list[str | None],
+    ) -> pa.Table:
+        """Arrow columns from the flattened token lists, with no Python loop over tokens."""
+        counts = np.zeros(len(errors), dtype=np.int32)
+        counts[valid] = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
+        total = int(counts.sum())
+        list_offsets = pa.array(np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int32))
+        nulls = pa.array([error is not None for error in errors])
+        flat_ids = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=total)
+        spans = np.fromiter(chain.from_iterable(chain.from_iterable(offsets)), dtype=np.int32, count=2 * total)
         pairs = pa.FixedSizeListArray.from_arrays(pa.array(spans, type=pa.int32()), 2)
-        offsets_array = pa.array(offsets)
+        words = pa.array(list(chain.from_iterable(word_ids)), type=pa.int32())  # None (special tokens) -> null
         columns = [
-            pa.ListArray.from_arrays(offsets_array, pa.array(ids), mask=nulls),
-            pa.ListArray.from_arrays(offsets_array, pa.array(mask), mask=nulls),
-            pa.ListArray.from_arrays(offsets_array, pairs, mask=nulls),
-            pa.ListArray.from_arrays(offsets_array, word_ids, mask=nulls),
+            pa.ListArray.from_arrays(list_offsets, pa.array(flat_ids), mask=nulls),
+            pa.ListArray.from_arrays(list_offsets, pa.array(np.ones(total, dtype=np.int8)), mask=nulls),
+            pa.ListArray.from_arrays(list_offsets, pairs, mask=nulls),
+            pa.ListArray.from_arrays(list_offsets, words, mask=nulls),
             pa.array(counts, mask=np.asarray(nulls)),
             pa.array(errors, type=pa.string()),
         ]
         return pa.Table.from_arrays(columns, schema=self.schema)
-
-
-def _flat(rows: list[Any], dtype: Any) -> np.ndarray:
-    if not rows:
-        return np.zeros(0, dtype=dtype)
-    return np.concatenate([np.asarray(r, dtype=dtype) for r in rows]) if rows else np.zeros(0, dtype=dtype)

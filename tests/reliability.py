@@ -39,7 +39,10 @@ def read_back(output: Path | str) -> pa.Table:
 
 
 def assert_exactly_once(output: Path | str, ids: list[str]) -> pa.Table:
-    """Each input id once, row_index 0..n-1 once each, nothing else: no row lost, none twice."""
+    """Each input id once, row_index 0..n-1 once each, nothing else: no row lost, none twice;
+    and the only parts a reader can see are those of committed shards."""
+    visible = {path.name for path in Path(output).glob("*.parquet")}
+    assert visible == {marker["part"] for marker in committed_markers(output).values()}
     table = read_back(output)
     got = table.column("id").to_pylist()
     lost = set(ids) - set(got)

@@ -23,7 +23,8 @@ and a shard time limit T (the spec's ``shard_time_limit``, else ``BATCHFORMERS_S
   backoff, then marked failed); at T + grace the worker kills the process and requeues the
   message, which the delivery count (:mod:`worker.deliveries`) then bounds. T bounds how long
   a hung shard holds a worker; it is independent of L, which only bounds how long a dead
-  worker's shard waits.
+  worker's shard waits. T counts from the task's start, so on a worker's first shard it
+  includes loading the model: leave room for that.
 
 Recovery therefore takes at most about L after a worker process dies and 2L + L/2 after a whole
 worker or machine is gone (plus the new worker's model load), and never a Redis-default hour.

@@ -40,6 +40,7 @@ PROGRESS_STATE = "PROGRESS"
 PROGRESS_INTERVAL = 1.0
 RETRY_BACKOFF = 2.0
 MAX_RETRY_DELAY = 60.0
+OUTPUT_RETRIES = 10  # times a shard waits for an unreadable output location before it is dropped
 BROKER_PAUSE = 5.0  # seconds to wait before giving a shard back when the broker is unreachable
 WORKER_LOST = "the worker running this shard was lost (killed, out of memory or crashed) on {holder}"
 # Causes that make an otherwise permanent error worth retrying: the network, not the data.
@@ -92,7 +93,7 @@ def run_shard_task(self: ShardTask, message: dict[str, Any]) -> dict[str, Any]:
         return {"shard": shard.shard, "skipped": str(exc)}
     except OSError as exc:  # the output storage is unreachable for now
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries + 1, settings.lease_seconds),
-                         max_retries=None) from exc
+                         max_retries=OUTPUT_RETRIES) from exc
     if not 0 <= shard.shard < len(manifest.shards):
         log.error("dropping shard %s of job %s: the job has %s shards", shard.shard, shard.job_id,
                   len(manifest.shards))

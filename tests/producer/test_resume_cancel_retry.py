@@ -15,7 +15,14 @@ from jobs.settings import Settings
 from producer.cli import main
 from producer.status import wait
 from tests.models import tiny_model_path
-from tests.reliability import assert_exactly_once, committed_markers, lease_holders, wait_until, write_rows
+from tests.reliability import (
+    assert_exactly_once,
+    committed_markers,
+    completions_logged,
+    lease_holders,
+    wait_until,
+    write_rows,
+)
 from worker.faults import FAULTS_ENV
 
 pytestmark = pytest.mark.slow
@@ -59,7 +66,7 @@ def _part_times(output: Path) -> dict[str, int]:
 def test_cancel_stops_new_shards_and_submit_resumes(tmp_path: Path, cli_env: Settings, start_workers: Any,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     job, ids, output = _job_file(tmp_path, 30)  # 6 shards
-    start_workers(1, **{FAULTS_ENV: "sleep=1"})
+    workers = start_workers(1, **{FAULTS_ENV: "sleep=1"})
     code, out, err = _cli(capsys, "submit", str(job))
     assert code == 0 and "6 of 6 shards enqueued" in err
     job_id = out.strip()
@@ -90,6 +97,7 @@ def test_cancel_stops_new_shards_and_submit_resumes(tmp_path: Path, cli_env: Set
     assert_exactly_once(output, ids)
     after = _part_times(output)
     assert all(after[name] == mtime for name, mtime in before.items())  # done shards were not redone
+    assert completions_logged(workers.log_dir, job_id) == 1
 
 
 def test_retry_reruns_only_failed_shards(tmp_path: Path, cli_env: Settings, start_workers: Any,
@@ -107,7 +115,7 @@ def test_retry_reruns_only_failed_shards(tmp_path: Path, cli_env: Settings, star
     before = _part_times(output)
 
     broken.stop()
-    start_workers(1)  # the fault is gone
+    fixed = start_workers(1)  # the fault is gone
     code, out, _ = _cli(capsys, "retry", job_id)
     assert code == 0 and "re-enqueued 1 failed shard(s)" in out
     assert wait(str(output), timeout=60).state == "complete"
@@ -116,6 +124,7 @@ def test_retry_reruns_only_failed_shards(tmp_path: Path, cli_env: Settings, star
     after = _part_times(output)
     assert all(after[name] == mtime for name, mtime in before.items())  # only shard 2 ran again
     assert set(after) - set(before) == {"part-00002.parquet"}
+    assert completions_logged(broken.log_dir, job_id) == 0 and completions_logged(fixed.log_dir, job_id) == 1
 
     code, _, err = _cli(capsys, "submit", str(job))  # and running the job again does nothing
     assert code == 0 and "0 of 4 shards enqueued" in err

@@ -106,6 +106,7 @@ def test_shard_longer_than_visibility_timeout_runs_once(tmp_path: Path, settings
     assert committed_markers(submission.output)[0]["attempt"] == 1  # started once: never ran twice
     logs = worker_logs(workers.log_dir)
     assert "shard 0 of job" in logs and "is running on" in logs  # the redelivered copy saw the lease
+    assert "attempt 2" not in logs  # ... and did not start the shard a second time
 
 
 def test_success_marker_is_written_once_by_concurrent_finishers(tmp_path: Path) -> None:

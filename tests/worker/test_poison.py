@@ -67,14 +67,15 @@ def test_a_shard_past_its_hard_time_limit_is_requeued_and_counted(tmp_path: Path
                                                                   start_workers: Any) -> None:
     """A shard deaf to the soft limit is killed at the hard one; its message is not dropped (the job
     would hang) but requeued, and the delivery count ends it like any crash."""
-    write_rows(tmp_path / "in.parquet", 5)
-    start_workers(1, BATCHFORMERS_LEASE_SECONDS="2", **{FAULTS_ENV: "hang=0"})
+    write_rows(tmp_path / "in.parquet", 10)
+    start_workers(1, BATCHFORMERS_LEASE_SECONDS="2", **{FAULTS_ENV: "hang=1"})
+    warm_up = submit(tokenize_spec(tmp_path / "in.parquet", tmp_path / "warm", shard_rows=10), settings)
+    assert wait(warm_up.output, timeout=60).state == "complete"  # the model is loaded: limits count from here
     spec = tokenize_spec(tmp_path / "in.parquet", tmp_path / "out", max_retries=0, shard_time_limit=0.5)
     assert time_limits(spec, settings) == (0.5, 5.5)
-    submission = submit(spec, settings)
-    status = wait(submission.output, timeout=60)
-    assert status.state == "failed"
-    assert status.failures[0].startswith("gave up after 1 attempt; last: the worker running this shard was lost")
+    status = wait(submit(spec, settings).output, timeout=60)
+    assert status.state == "failed" and status.committed == 1
+    assert status.failures[1].startswith("gave up after 1 attempt; last: the worker running this shard was lost")
 
 
 def _caused_by(error: Exception, cause: BaseException) -> Exception:
