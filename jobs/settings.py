@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     )
     flower_port: int = Field(DEFAULT_FLOWER_PORT, gt=0, lt=65536, description="Port `batchformers flower` listens on.")
     flower_basic_auth: str | None = Field(
-        None, description="`user:password` (comma-separated for several) Flower asks for; no login when unset."
+        None, repr=False, description="`user:password` (comma-separated for several) Flower asks for; no login when unset."
     )
 
     def backend_url(self) -> str:

@@ -70,7 +70,7 @@ class JobSpec(BaseModel):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Model weights dtype.")
     trust_remote_code: bool = Field(False, description="Run model code from the hub (the worker must allow it too).")
-    max_retries: int = Field(DEFAULT_MAX_RETRIES, ge=0, description="Deliveries of a failing shard before it is marked failed.")
+    max_retries: int = Field(DEFAULT_MAX_RETRIES, ge=0, description="Retries of a failing shard (it runs at most 1 + max_retries times) before it is marked failed.")
     shard_time_limit: float | None = Field(
         None, gt=0, description="Seconds a shard may run before it is stopped and retried; default from settings."
     )

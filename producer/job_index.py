@@ -32,7 +32,7 @@ def resolve(settings: Settings, job_or_output: str) -> str:
             f"{job_or_output!r} is neither an output directory with a batchformers manifest nor a job id "
             f"known to the broker at {safe_url(settings.broker_url)}"
         )
-    return str(found.decode())
+    return found.decode() if isinstance(found, bytes) else str(found)
 
 
 def safe_url(url: str) -> str:

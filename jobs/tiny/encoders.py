@@ -17,7 +17,7 @@ def train_wordpiece_tokenizer(vocab_size: int = 700, model_max_length: int = 64)
     so that ordinary sentences exceed it and truncation/stride paths are exercised.
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizerFast  # type: ignore[attr-defined]
 
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False)
