@@ -11,8 +11,9 @@ or reading its status never pays for them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
@@ -67,7 +68,7 @@ class TaskType(ABC):
         self.params = params
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "TaskType":
+    def from_params(cls, params: dict[str, Any]) -> TaskType:
         """Validate raw ``params`` from a spec (raises pydantic.ValidationError)."""
         return cls(cls.Params(**params))
 

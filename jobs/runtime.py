@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def resolve_device(device: str) -> "torch.device":
+def resolve_device(device: str) -> torch.device:
     """``auto`` picks the first CUDA device when there is one, else the CPU."""
     import torch
 
@@ -27,7 +27,7 @@ def resolve_device(device: str) -> "torch.device":
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str, device: "torch.device") -> "torch.dtype":
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """``auto`` is bfloat16 on a GPU that supports it, else float32."""
     import torch
 
@@ -56,7 +56,7 @@ def load_tokenizer(options: LoadOptions, **kwargs: Any) -> Any:
         raise ModelLoadError(f"cannot load tokenizer {options.model!r}: {exc}") from exc
 
 
-def load_model(auto_class: Any, options: LoadOptions) -> tuple[Any, "torch.device"]:
+def load_model(auto_class: Any, options: LoadOptions) -> tuple[Any, torch.device]:
     """Load ``auto_class.from_pretrained`` onto the resolved device in eval mode."""
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)

@@ -13,7 +13,7 @@ from jobs.base import LoadOptions, ProgressCallback, Runner, TaskParams, TaskTyp
 from jobs.batching import text_error
 from jobs.runtime import load_tokenizer
 
-TOKENIZE_BATCH_ROWS = 1024
+TOKENIZE_BATCH_ROWS = 4096
 
 
 class TokenizeParams(TaskParams):
@@ -72,9 +72,8 @@ class TokenizeRunner(Runner):
                 return_token_type_ids=False,
             )
             ids.extend(batch["input_ids"])
-            for encoding in batch.encodings:
-                offsets.append(encoding.offsets)
-                word_ids.append(encoding.word_ids)
+            offsets.extend([encoding.offsets for encoding in batch.encodings])
+            word_ids.extend([encoding.word_ids for encoding in batch.encodings])
             if progress:
                 progress(len(rows))
         if progress and len(valid) < len(texts):

@@ -1,0 +1,65 @@
+"""``python -m bench``: run the benchmarks and write the report.
+
+    python -m bench --quick                       # tiny models, a few hundred rows (CI)
+    python -m bench --full                        # base-sized models; writes BENCHMARKS.md
+    python -m bench --quick --tasks ner,tokenize --no-scenarios
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench.report import markdown, write_json, write_markdown
+from bench.run import run_benchmarks
+from bench.tasks import BENCHES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_const", dest="mode", const="quick", help="tiny models (default)")
+    mode.add_argument("--full", action="store_const", dest="mode", const="full", help="base-sized models")
+    parser.add_argument("--tasks", default=",".join(BENCHES), help=f"comma-separated, from {', '.join(BENCHES)}")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="local worker processes for batchformers (default: one per core)")
+    parser.add_argument("--rows", type=int, help="override the rows of every task")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "out" / "bench", help="models, data and job outputs")
+    parser.add_argument("--markdown", type=Path, help="report file (default: BENCHMARKS.md for --full, "
+                                                      "WORKDIR/BENCHMARKS-quick.md for --quick)")
+    parser.add_argument("--json", type=Path, help="JSON results (default: bench/results/full.json for --full, "
+                                                  "else next to the Markdown)")
+    parser.add_argument("--no-scenarios", action="store_true", help="skip shard overhead and many workers")
+    parser.add_argument("--many-workers", type=int, default=16, help="workers in the many-workers scenario (0: skip)")
+    args = parser.parse_args(argv)
+    mode_name = args.mode or "quick"
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in BENCHES]
+    if unknown:
+        parser.error(f"unknown task(s) {', '.join(unknown)}; valid: {', '.join(BENCHES)}")
+    markdown_path = args.markdown or (ROOT / "BENCHMARKS.md" if mode_name == "full"
+                                      else args.workdir / "BENCHMARKS-quick.md")
+    json_path = args.json or (ROOT / "bench" / "results" / "full.json" if args.markdown is None and mode_name == "full"
+                              else markdown_path.with_suffix(".json"))
+
+    def log(message: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+    payload = run_benchmarks(mode_name, tasks, args.workdir, args.workers, args.rows,
+                             with_scenarios=not args.no_scenarios, many_workers=args.many_workers, log=log)
+    write_json(json_path, payload)
+    generated = markdown(payload)
+    write_markdown(markdown_path, generated)
+    print(generated)
+    log(f"wrote {markdown_path} and {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
