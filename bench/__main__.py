@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--quick", action="store_const", dest="mode", const="quick", help="tiny models (default)")
     mode.add_argument("--full", action="store_const", dest="mode", const="full", help="base-sized models")
     parser.add_argument("--tasks", default=",".join(BENCHES), help=f"comma-separated, from {', '.join(BENCHES)}")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="local worker processes for batchformers (default: one per core)")
+    parser.add_argument("--workers", type=int,
+                        help="local worker processes for batchformers (default: one per core; 1 with --quick)")
     parser.add_argument("--rows", type=int, help="override the rows of every task")
     parser.add_argument("--workdir", type=Path, default=ROOT / "out" / "bench", help="models, data and job outputs")
     parser.add_argument("--markdown", type=Path, help="report file (default: BENCHMARKS.md for --full, "
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
-    payload = run_benchmarks(mode_name, tasks, args.workdir, args.workers, args.rows,
+    workers = args.workers or (1 if mode_name == "quick" else os.cpu_count() or 1)
+    payload = run_benchmarks(mode_name, tasks, args.workdir, workers, args.rows,
                              with_scenarios=not args.no_scenarios, many_workers=args.many_workers, log=log)
     write_json(json_path, payload)
     generated = markdown(payload)
