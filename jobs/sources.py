@@ -80,17 +80,23 @@ def discover(location: str, input_format: str = "auto", dataset: DatasetOptions 
     return files
 
 
+def file_stamp(storage: Storage, path: str) -> tuple[int, str]:
+    """Size and modification stamp of a file: what the input fingerprint compares."""
+    info = storage.fs.info(path)
+    modified = str(info.get("mtime") or info.get("LastModified") or info.get("ETag") or "")
+    return int(info.get("size") or 0), modified
+
+
 def describe(storage: Storage, path: str, input_format: str = "auto") -> SourceFile:
     """Read the metadata of one file (row count, size, modification time)."""
     fmt = _format_of(storage, path, input_format)
-    info = storage.fs.info(path)
-    modified = str(info.get("mtime") or info.get("LastModified") or info.get("ETag") or "")
+    size, modified = file_stamp(storage, path)
     url = _url(storage, path)
     try:
         num_rows = _count_rows(storage, path, fmt)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"cannot read {url}: {exc}") from exc
-    return SourceFile(url=url, format=fmt, num_rows=num_rows, size=int(info.get("size") or 0), modified=modified)
+    return SourceFile(url=url, format=fmt, num_rows=num_rows, size=size, modified=modified)
 
 
 def datasets_loader(location: str, input_format: str = "auto") -> tuple[str, dict[str, Any]] | None:

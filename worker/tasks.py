@@ -26,7 +26,7 @@ from jobs.manifest import Manifest, ShardPlan
 from jobs.message import TASK_NAME, ShardMessage
 from jobs.settings import Settings
 from jobs.shard import run_shard
-from jobs.sources import SourceFile
+from jobs.sources import SourceFile, file_stamp
 from jobs.spec import JobSpec
 from jobs.storage import Storage
 from worker import faults, metrics
@@ -232,14 +232,12 @@ def _check_source(source: SourceFile, plan: ShardPlan, settings: Settings) -> No
     if storage.remote:
         storage.fs.invalidate_cache(storage.root)
     try:
-        info = storage.fs.info(storage.root)
+        size, modified = file_stamp(storage, storage.root)
     except FileNotFoundError:
         raise InputError(
             f"input file {source.url} (rows {plan.start}-{plan.stop}) is gone since the job was submitted; "
             "restore it, or resubmit the job with a new output"
         ) from None
-    size = int(info.get("size") or 0)
-    modified = str(info.get("mtime") or info.get("LastModified") or info.get("ETag") or "")
     if size != source.size or modified != source.modified:
         raise InputError(
             f"input file {source.url} changed since the job was submitted (size {source.size} -> {size}, "
