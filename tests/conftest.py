@@ -68,6 +68,17 @@ def start_workers(settings: Settings, tmp_path: Path) -> Iterator:  # type: igno
         workers.stop()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread; several only fight over the shared cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def news_texts() -> list[str]:
     return [line for line in NEWS.read_text().splitlines() if line.strip()]

@@ -8,7 +8,6 @@ case's texts run together as one shard, unbatched and batched with padding.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +26,7 @@ CASES = [case for case in json.loads(GOLDEN.read_text())["cases"] if case["task"
 LONG_TEXT = " ".join(["The committee met again on Tuesday to discuss the budget for next year."] * 20)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread; several only fight over the shared cores."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def load(params: dict[str, Any], kind: str = "bart", batch_size: int = 4) -> Runner:

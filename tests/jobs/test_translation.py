@@ -9,7 +9,6 @@ text at a time (``tests/golden/make_golden_seq2seq.py``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +27,7 @@ LONG_TEXT = " ".join(["The committee met again on Tuesday to discuss the budget 
 NLLB = {"src_lang": "eng_Latn", "tgt_lang": "deu_Latn"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread; several only fight over the shared cores."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def load(params: dict[str, Any], kind: str, batch_size: int = 4) -> Runner:
