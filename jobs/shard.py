@@ -14,6 +14,7 @@ from jobs.sources import read_rows
 
 ROW_INDEX = "row_index"
 ERROR = "error"
+TRUNCATED = "truncated"
 
 
 def output_schema(task: TaskType, kept: pa.Schema) -> pa.Schema:
@@ -53,7 +54,16 @@ def run_shard(
     output = pa.Table.from_arrays(columns, schema=schema)
     errors = table.num_rows - output.column(ERROR).null_count
     summary = {"rows": table.num_rows, "errors": errors, "seconds": round(time.monotonic() - started, 3)}
+    if TRUNCATED in output.schema.names:  # issue 12: rows cut to the model's length, counted for status
+        summary[TRUNCATED] = truncated_rows(output)
     return output, summary
+
+
+def truncated_rows(output: pa.Table) -> int:
+    """Rows whose ``truncated`` column is true (0 when the task has no such column)."""
+    if TRUNCATED not in output.schema.names:
+        return 0
+    return int(sum(1 for value in output.column(TRUNCATED).to_pylist() if value))
 
 
 def _from_rows(rows: list[dict[str, Any]], task: TaskType) -> pa.Table:

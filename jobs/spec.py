@@ -22,6 +22,9 @@ from jobs.sources import datasets_loader
 DEFAULT_SHARD_ROWS = 10_000
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_MAX_RETRIES = 3
+DEFAULT_MAX_ERROR_RATE = 0.5
+# Fields that do not change a job's output: changing them resumes the job instead of making a new one.
+NOT_FINGERPRINTED = {"max_retries", "shard_time_limit", "max_error_rate", "allow_untrained_head"}
 ID_ROLE = "id"
 
 InputFormat = Literal["auto", "parquet", "arrow", "datasets", "jsonl", "csv"]
@@ -73,6 +76,15 @@ class JobSpec(BaseModel):
     max_retries: int = Field(DEFAULT_MAX_RETRIES, ge=0, description="Retries of a failing shard (it runs at most 1 + max_retries times) before it is marked failed.")
     shard_time_limit: float | None = Field(
         None, gt=0, description="Seconds a shard may run before it is stopped and retried; default from settings."
+    )
+    max_error_rate: float = Field(
+        DEFAULT_MAX_ERROR_RATE, ge=0, le=1,
+        description="Fraction of rows that may end with an error; above it the finished job counts as failed "
+        "(1 never fails a job for its row errors).",
+    )
+    allow_untrained_head: bool = Field(
+        False, description="Run a model whose task head is not in its checkpoint (it would be newly "
+        "initialised, so its output is random); refused at submit unless true.",
     )
 
     @field_validator("task")
@@ -161,7 +173,7 @@ class JobSpec(BaseModel):
 
     def fingerprint(self) -> str:
         """Stable hash of what determines the output: a re-run with the same spec resumes."""
-        payload = self.model_dump(mode="json", exclude={"max_retries", "shard_time_limit"})
+        payload = self.model_dump(mode="json", exclude=NOT_FINGERPRINTED)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,9 +1,11 @@
-"""The ``batchformers`` command line."""
+"""The batchformers command line."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from typing import Any
 
@@ -13,6 +15,7 @@ from jobs.spec import load_spec, spec_json_schema
 
 EXIT_FAILED_SHARDS = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,11 +31,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `batchformers schema | head`: the reader has all it wanted
+        _silence_stdout()
+        return 0
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse; ``worker`` and ``flower`` pass options they do not know on to Celery / Flower."""
+    """Parse; ``worker`` and ``flower`` pass options they do not know on to the worker / Flower."""
     args, unknown = parser.parse_known_args(argv)
     passthrough = getattr(args, "passthrough", None)
     if unknown and passthrough is None:
@@ -42,49 +48,80 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> arg
     return args
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return f"batchformers {metadata.version('batchformers')}"
+    except metadata.PackageNotFoundError:
+        return "batchformers (not installed)"
+
+
+BROKER_HELP = "broker URL (redis://[:PASSWORD@]HOST:PORT/DB); default: BATCHFORMERS_BROKER_URL"
+JOB_HELP = "job id (as submit printed it) or output directory"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="batchformers", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="batchformers", description="Batch jobs for Hugging Face NLP models: plan a dataset into shards, "
+        "run them on Celery workers, write Parquet.",
+        epilog="`batchformers COMMAND --help` shows the options of one command.")
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(title="commands")
 
-    run = commands.add_parser("run", help="run a job to the end on this machine (or on --broker)")
+    run = commands.add_parser("run", help="run a job to the end on this machine (or on --broker)",
+                              description="Run a job to the end: with no broker, on an embedded Redis and local "
+                              "workers (stopped when the job ends or on Ctrl-C). Exit 0 when complete, 1 when the "
+                              "job failed, 130/143 when interrupted.")
     run.add_argument("job", help="job spec file (YAML or JSON)")
-    run.add_argument("--broker", help="broker URL; default: BATCHFORMERS_BROKER_URL, else an embedded Redis")
-    run.add_argument("--workers", type=int, default=1, help="local worker processes (embedded mode)")
+    run.add_argument("--broker", help="submit to this broker and wait, instead of an embedded Redis and local "
+                                      "workers; default: BATCHFORMERS_BROKER_URL when set")
+    run.add_argument("--workers", type=_positive_int, default=1,
+                     help="local worker processes, one model each (embedded mode; default 1)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    run.add_argument("--output", help="override the spec's output")
+    run.add_argument("--output", help="write to this output directory instead of the spec's output")
     run.set_defaults(handler=_run)
 
-    submit = commands.add_parser("submit", help="enqueue a job on the broker and return its id")
-    submit.add_argument("job")
-    submit.add_argument("--broker")
-    submit.add_argument("--output", help="override the spec's output")
+    submit = commands.add_parser("submit", help="enqueue a job on the broker and print its id")
+    submit.add_argument("job", help="job spec file (YAML or JSON)")
+    submit.add_argument("--broker", help=BROKER_HELP)
+    submit.add_argument("--output", help="write to this output directory instead of the spec's output")
     submit.set_defaults(handler=_submit)
 
     status = commands.add_parser("status", help="show a job's progress")
-    status.add_argument("job", help="job id or output directory")
+    status.add_argument("job", help=JOB_HELP)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--watch", action="store_true", help="redraw until the job finishes (Ctrl-C stops)")
     status.add_argument("--interval", type=float, default=2.0, help="seconds between redraws with --watch")
-    status.add_argument("--broker")
+    status.add_argument("--broker", help=BROKER_HELP + " (asked which shards are running)")
     status.set_defaults(handler=_status)
 
-    worker = commands.add_parser("worker", help="start a worker (defaults for one GPU)")
-    worker.add_argument("celery_args", nargs=argparse.REMAINDER, help="extra celery worker arguments")
-    worker.set_defaults(handler=_worker, passthrough="celery_args")
+    worker = commands.add_parser("worker", help="start a worker (defaults for one GPU)", add_help=False)
+    worker.set_defaults(handler=_worker, passthrough="worker_args", worker_args=[])
 
     cancel = commands.add_parser("cancel", help="stop starting new shards of a job")
-    cancel.add_argument("job")
-    cancel.add_argument("--broker")
+    cancel.add_argument("job", help=JOB_HELP)
+    cancel.add_argument("--broker", help=BROKER_HELP)
     cancel.set_defaults(handler=_cancel)
 
     retry = commands.add_parser("retry", help="re-enqueue only the failed shards of a job")
-    retry.add_argument("job")
-    retry.add_argument("--broker")
+    retry.add_argument("job", help=JOB_HELP)
+    retry.add_argument("--broker", help=BROKER_HELP)
     retry.set_defaults(handler=_retry)
 
     demo = commands.add_parser("demo", help="run the example NER job end to end and show its output")
     demo.add_argument("--workdir", default=".demo", help="where the demo writes its model and output")
-    demo.add_argument("--workers", type=int, default=1)
+    demo.add_argument("--workers", type=_positive_int, default=1, help="local worker processes (default 1)")
     demo.set_defaults(handler=_demo)
 
     flower = commands.add_parser("flower", help="start the Flower dashboard against the broker")
@@ -92,13 +129,13 @@ def _parser() -> argparse.ArgumentParser:
     flower.add_argument("--address", default="127.0.0.1", help="listen address (0.0.0.0 in a container)")
     flower.add_argument("--basic-auth", metavar="USER:PASS",
                         help="ask for a login; default: BATCHFORMERS_FLOWER_BASIC_AUTH")
-    flower.add_argument("--broker")
+    flower.add_argument("--broker", help=BROKER_HELP)
     flower.add_argument("flower_args", nargs=argparse.REMAINDER, help="extra Flower options")
     flower.set_defaults(handler=_flower, passthrough="flower_args")
 
     inspect = commands.add_parser("inspect", help="show a job output's schema, counts and first rows")
     inspect.add_argument("output", help="output directory or URL (s3://...)")
-    inspect.add_argument("--rows", type=int, default=5, help="how many rows to show")
+    inspect.add_argument("--rows", type=int, default=5, help="how many rows to show (default 5)")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.set_defaults(handler=_inspect)
 
@@ -113,12 +150,75 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from producer.run import run
+    import shutil
+    import tempfile
+
+    from producer.run import RunInterrupted, run
 
     spec = load_spec(args.job, output=args.output)
-    status = run(spec, broker_url=args.broker, workers=args.workers, progress=not args.no_progress)
-    _print_summary(status)
-    return 0 if status.state == "complete" else EXIT_FAILED_SHARDS
+    embedded = not (args.broker or os.environ.get("BATCHFORMERS_BROKER_URL"))
+    log_dir = tempfile.mkdtemp(prefix="batchformers-run-") if embedded else None
+
+    seen: list[Any] = []
+
+    def submitted(submission: Any) -> None:
+        seen.append(submission)
+        _print_warnings(submission)
+        if submission.already_complete:
+            print(f"job {submission.job_id} is already complete (every shard was committed before); nothing to do. "
+                  f"Its output: {submission.output}", file=sys.stderr)
+
+    def stopping(signum: int) -> None:
+        what = f"{args.workers} local worker(s) and the embedded Redis" if embedded else "watching"
+        print(f"\n{signal.Signals(signum).name}: stopping {what} (again to force) ...", file=sys.stderr, flush=True)
+
+    try:
+        status = run(spec, broker_url=args.broker, workers=args.workers, progress=not args.no_progress,
+                     log_dir=log_dir, on_submit=submitted, on_stopping=stopping)
+    except RunInterrupted as stopped:
+        _print_interrupted(stopped, args.job, log_dir)
+        return stopped.exit_code
+    except BaseException:
+        if log_dir and seen:  # the workers had a job: their logs may say why it went wrong
+            _print_logs(log_dir)
+        elif log_dir:
+            shutil.rmtree(log_dir, ignore_errors=True)
+        raise
+    if not (seen and seen[0].already_complete and status.state == "complete"):
+        _print_summary(status)
+    if status.state == "complete":
+        if log_dir:
+            shutil.rmtree(log_dir, ignore_errors=True)
+        return 0
+    if log_dir:
+        _print_logs(log_dir)
+    return EXIT_FAILED_SHARDS
+
+
+def _print_interrupted(stopped: Any, job_file: str, log_dir: str | None) -> None:
+    status = stopped.status
+    if not stopped.embedded:
+        print("stopped watching; the job goes on on the broker's workers. Follow it with "
+              f"`batchformers status {status.job_id if status else job_file} --watch`", file=sys.stderr)
+        return
+    if status is None:
+        print("stopped before the job was submitted; nothing was written.", file=sys.stderr)
+    else:
+        print(f"job {status.job_id}: interrupted; the workers and the embedded Redis are stopped, no process is "
+              f"left.\n  {status.committed} of {status.shards} shards committed ({status.rows_done:,} of "
+              f"{status.rows:,} rows) and kept in {status.output}\n  resume: batchformers run {job_file} "
+              "(committed shards are skipped)", file=sys.stderr)
+    if log_dir:
+        print(f"  worker logs: {log_dir}", file=sys.stderr)
+
+
+def _print_logs(log_dir: str) -> None:
+    print(f"worker logs: {log_dir}", file=sys.stderr)
+
+
+def _print_warnings(submission: Any) -> None:
+    for warning in submission.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -132,9 +232,14 @@ def _submit(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.job, output=args.output)
     submission = submit(spec, _settings(args))
+    _print_warnings(submission)
     print(submission.job_id)
-    print(f"{submission.enqueued} of {submission.shards} shards enqueued ({submission.rows} rows) -> "
-          f"{submission.output}", file=sys.stderr)
+    if submission.already_complete:
+        print(f"already complete: all {submission.shards} shards were committed before, nothing enqueued -> "
+              f"{submission.output}", file=sys.stderr)
+    else:
+        print(f"{submission.enqueued} of {submission.shards} shards enqueued ({submission.rows} rows) -> "
+              f"{submission.output}", file=sys.stderr)
     return 0
 
 
@@ -181,7 +286,7 @@ def _inspect(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from worker.__main__ import main as worker_main
 
-    worker_main(args.celery_args)
+    worker_main(args.worker_args, prog="batchformers worker")
     return 0
 
 
@@ -190,7 +295,7 @@ def _cancel(args: argparse.Namespace) -> int:
     from producer.job_index import resolve
 
     OutputLayout(resolve(_settings(args), args.job)).cancel()
-    print(f"cancelled {args.job}: running shards finish, no new shard starts; `batchformers submit` resumes it")
+    print(f"cancelled {args.job}: running shards finish, no new shard starts; submitting the job again resumes it")
     return 0
 
 
@@ -207,16 +312,35 @@ def _retry(args: argparse.Namespace) -> int:
 
 
 def _print_summary(status: Any) -> None:
+    from producer.status import truncated_note
+
     rate = f"{status.rows_per_second:,.1f} rows/s" if status.rows_per_second else "-"
-    print(f"job {status.job_id}: {status.state}")
+    print(f"job {status.job_id}: {status.state.upper() if status.state != 'complete' else status.state}")
+    if status.note:
+        print(f"  {status.note}")
     print(f"  shards: {status.committed} committed, {status.failed} failed, {status.pending} pending "
           f"(of {status.shards})")
-    print(f"  rows:   {status.rows_done} of {status.rows} done, {status.row_errors} row errors, {rate}")
+    print(f"  rows:   {status.rows_done:,} of {status.rows:,} done, {rate}")
+    if status.row_errors:
+        share = status.row_errors / max(status.rows_done, 1)
+        print(f"  ERRORS: {status.row_errors:,} rows ({share:.0%}) have an error (the error column says why)")
+    else:
+        print("  errors: none")
+    for error in status.first_errors:
+        print(f"    {error[:200]}")
+    if status.truncated:
+        print(f"  truncated: {truncated_note(status)}")
     if status.eta_seconds:
         print(f"  eta:    {status.eta_seconds:,.0f}s")
     for shard, error in sorted(status.failures.items()):
         print(f"  shard {shard} failed: {error}")
     print(f"  output: {status.output}")
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that flushing it at exit cannot raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _print_json(payload: Any) -> int:

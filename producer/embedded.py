@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +17,11 @@ from urllib.parse import quote
 import redis
 
 STARTUP_TIMEOUT = 20.0
+# A worker told to stop finishes its shard first (warm shutdown) for this long at most.
+GRACEFUL_STOP_SECONDS = 20.0
+# Stopping fast (interrupted): a cold shutdown gets this long before the processes are killed.
+FAST_STOP_SECONDS = 3.0
+REDIS_STOP_SECONDS = 10.0
 
 
 def redis_server_binary() -> str:
@@ -64,8 +70,10 @@ class EmbeddedRedis:
                    "--dir", self.directory, "--save", "", "--appendonly", "yes" if self.persist else "no"]
         if self.password:  # given on stdin ("-" config file), so that `ps` never shows it
             command.insert(1, "-")
+        # Its own session: a Ctrl-C on the terminal reaches only us, and we stop it after the workers.
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE if self.password else None,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
         if self.password and self.process.stdin:
             self.process.stdin.write(f'requirepass "{self.password}"\n'.encode())
             self.process.stdin.close()
@@ -79,17 +87,26 @@ class EmbeddedRedis:
         self.stop()
         raise RuntimeError(f"embedded Redis did not start on port {self.port}")
 
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
     def stop(self, keep_data: bool = False) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=10)
+                self.process.wait(timeout=REDIS_STOP_SECONDS)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
         self.process = None
         if not keep_data:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+    def force(self) -> None:
+        """Kill the server now (a second Ctrl-C); ``stop`` then only cleans up."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
 
     def __enter__(self) -> EmbeddedRedis:
         return self.start()
@@ -128,20 +145,44 @@ class LocalWorkers:
         log = open(self.log_dir / f"worker-{number}.log", "ab")  # noqa: SIM115 - owned by the process
         command = [sys.executable, "-m", "worker", "--concurrency", "1",
                    "--hostname", f"local{number}-{os.getpid()}@%h", "--loglevel", "INFO"]
+        # Its own session (process group): the pool processes it forks are in that group too, so
+        # stop() can reach all of them, and a Ctrl-C on the terminal reaches only our process.
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.environment(),
                                 start_new_session=True)
 
-    def stop(self) -> None:
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for process in self.processes]
+
+    def stop(self, fast: bool = False) -> None:
+        """Stop every worker and its pool processes; leaves no process behind.
+
+        Normally a worker gets a warm shutdown (SIGTERM: it finishes its shard) for
+        GRACEFUL_STOP_SECONDS; ``fast`` asks for a cold one (SIGQUIT: running shards
+        are abandoned, to run again on resume) for FAST_STOP_SECONDS. Then whatever is
+        left of each worker's process group is killed.
+        """
+        wanted, grace = (signal.SIGQUIT, FAST_STOP_SECONDS) if fast else (signal.SIGTERM, GRACEFUL_STOP_SECONDS)
         for process in self.processes:
             if process.poll() is None:
-                process.terminate()
+                process.send_signal(wanted)
         for process in self.processes:
             try:
-                process.wait(timeout=20)
+                process.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+                pass
+        self.force()
+        for process in self.processes:
+            process.wait()
         self.processes.clear()
+
+    def force(self) -> None:
+        """Kill every worker's whole process group now (a second Ctrl-C, or what a stop left)."""
+        for process in self.processes:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # the group id is the worker's pid (own session)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def __enter__(self) -> LocalWorkers:
         return self.start()

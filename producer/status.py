@@ -15,13 +15,16 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from jobs.layout import OutputLayout
+from jobs.layout import OutputLayout, part_name
 from jobs.settings import Settings
+from producer.interruption import interruption
 from worker.lease import KEY_PREFIX as LEASE_PREFIX
 
 BROKER_TIMEOUT = 3.0
 DEFAULT_WATCH_INTERVAL = 2.0
 ERROR_WIDTH = 200
+FIRST_ERRORS = 3
+ERROR_RATE_NOTE = "too many row errors"
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class JobStatus:
 
     job_id: str
     output: str
-    state: str  # running | complete | failed | cancelled
+    state: str  # queued | running | complete | failed | cancelled | interrupted (see job_state)
     shards: int
     committed: int
     failed: int
@@ -46,6 +49,9 @@ class JobStatus:
     broker: str = "not asked"  # not asked | reachable | unreachable: <why>
     elapsed_seconds: float = 0.0
     task: str = ""
+    note: str = ""  # why the job failed or is interrupted, when it is
+    truncated: int = 0  # rows whose input was cut to the model's length (a `truncated` output column)
+    first_errors: list[str] = field(default_factory=list)  # of rows, when the error rate failed the job
 
     @property
     def finished(self) -> bool:
@@ -72,17 +78,9 @@ def job_status(output: str, settings: Settings | None = None) -> JobStatus:
     rows_done = sum(m["rows"] for m in committed.values())
     rate = _rate(committed, manifest.created_at)
     remaining = manifest.total_rows - rows_done - sum(manifest.shards[i].rows for i in failed)
-    if len(committed) == len(manifest.shards):
-        state = "complete"
-    elif layout.is_cancelled():
-        state = "cancelled"
-    elif len(committed) + len(failed) == len(manifest.shards):
-        state = "failed"
-    else:
-        state = "running"
     running: list[int] | None = None
     broker = "not asked"
-    if settings is not None and state in ("running", "cancelled"):
+    if settings is not None and len(committed) + len(failed) < len(manifest.shards):
         try:
             leased = running_shards(settings, manifest.job_id)
             running = sorted(leased - set(committed) - set(failed))
@@ -92,6 +90,14 @@ def job_status(output: str, settings: Settings | None = None) -> JobStatus:
     elif settings is not None:
         running, broker = [], "not needed"
     pending = len(manifest.shards) - len(committed) - len(failed) - len(running or [])
+    row_errors = sum(m["errors"] for m in committed.values())
+    spec = manifest.job_spec()
+    state, note = job_state(
+        shards=len(manifest.shards), committed=len(committed), failed=len(failed),
+        cancelled=layout.is_cancelled(), interrupted=interruption(layout), running=running, broker=broker,
+        rows_done=rows_done, row_errors=row_errors, max_error_rate=spec.max_error_rate,
+    )
+    first_errors = _first_errors(layout, committed) if note.startswith(ERROR_RATE_NOTE) else []
     finished_at = max((m["committed_at"] for m in committed.values()), default=time.time())
     return JobStatus(
         job_id=manifest.job_id,
@@ -103,7 +109,7 @@ def job_status(output: str, settings: Settings | None = None) -> JobStatus:
         pending=pending,
         rows=manifest.total_rows,
         rows_done=rows_done,
-        row_errors=sum(m["errors"] for m in committed.values()),
+        row_errors=row_errors,
         rows_per_second=rate,
         eta_seconds=remaining / rate if rate and remaining > 0 and state == "running" else None,
         failures={k: v["error"] for k, v in failed.items()},
@@ -112,7 +118,61 @@ def job_status(output: str, settings: Settings | None = None) -> JobStatus:
         broker=broker,
         elapsed_seconds=round((finished_at if state == "complete" else time.time()) - manifest.created_at, 3),
         task=str(manifest.spec.get("task", "")),
+        note=note,
+        truncated=sum(int(m.get("truncated") or 0) for m in committed.values()),
+        first_errors=first_errors,
     )
+
+
+def job_state(*, shards: int, committed: int, failed: int, cancelled: bool, interrupted: dict[str, Any] | None,
+              running: list[int] | None, broker: str, rows_done: int, row_errors: int,
+              max_error_rate: float) -> tuple[str, str]:
+    """(state, note) of a job from its counts; the note says why it failed or stopped.
+
+    complete    every shard committed, row errors within max_error_rate
+    failed      every shard committed or failed, with a failed shard or too many row errors
+    cancelled   ``batchformers cancel``
+    interrupted ``run`` was stopped with its embedded broker, the job was never enqueued,
+                or the broker cannot be reached: nothing runs it now
+    queued      nothing committed, failed or running yet
+    running     otherwise
+    """
+    if committed == shards:
+        if row_errors > max_error_rate * rows_done:
+            return "failed", (f"{ERROR_RATE_NOTE}: {row_errors:,} of {rows_done:,} rows have an error "
+                              f"({row_errors / max(rows_done, 1):.0%}), more than max_error_rate "
+                              f"{max_error_rate:.0%} allows")
+        return "complete", ""
+    if cancelled:
+        return "cancelled", ""
+    if committed + failed == shards:
+        return "failed", f"{failed} shard{'s' if failed > 1 else ''} failed"
+    if interrupted is not None:
+        return "interrupted", f"{interrupted.get('reason', 'interrupted')}; submit or run the job again to resume"
+    if broker.startswith("unreachable"):
+        return "interrupted", f"the broker is {broker}: no shard can run until it is back"
+    if committed == 0 and failed == 0 and not running:
+        return "queued", ""
+    return "running", ""
+
+
+def _first_errors(layout: OutputLayout, committed: dict[int, dict[str, Any]], count: int = FIRST_ERRORS) -> list[str]:
+    """The first few distinct row errors, read from the parts of shards that had errors."""
+    import pyarrow.parquet as pq
+
+    found: list[str] = []
+    for shard in sorted(s for s, marker in committed.items() if marker.get("errors")):
+        try:
+            with layout.storage.open(part_name(shard)) as handle:
+                errors = pq.read_table(handle, columns=["error"]).column("error").to_pylist()
+        except (OSError, KeyError, ValueError):
+            continue
+        for error in errors:
+            if error is not None and error not in found:
+                found.append(error)
+                if len(found) >= count:
+                    return found
+    return found
 
 
 def running_shards(settings: Settings, job_id: str) -> set[int]:
@@ -169,7 +229,8 @@ def render(status: JobStatus) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    colour = {"complete": "green", "failed": "red", "cancelled": "yellow"}.get(status.state, "cyan")
+    colour = {"complete": "green", "failed": "red", "cancelled": "yellow", "interrupted": "yellow"}.get(
+        status.state, "cyan")
     title = Text.assemble(("job ", "bold"), (status.job_id, "bold"), "  ", (status.state, f"bold {colour}"))
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     for name in ("pending", "running", "committed", "failed", "shards"):
@@ -184,7 +245,16 @@ def render(status: JobStatus) -> Any:
     eta = _duration(status.eta_seconds) if status.eta_seconds else "-"
     rows.add_row(f"{status.rows_done:,}", f"{status.rows:,}", f"{status.row_errors:,}", rate,
                  _duration(status.elapsed_seconds), eta)
-    parts: list[Any] = [title, table, rows]
+    parts: list[Any] = [title]
+    if status.note:
+        parts.append(Text(status.note, style=colour))
+    parts += [table, rows]
+    if status.row_errors:
+        parts.append(Text(f"{status.row_errors:,} rows have an error (see the error column of those rows)", style="red"))
+    for error in status.first_errors:
+        parts.append(Text(f"  {error[:ERROR_WIDTH]}", style="red"))
+    if status.truncated:
+        parts.append(Text(truncated_note(status), style="yellow"))
     if status.running_shards:
         parts.append(Text(f"running shards: {_ranges(status.running_shards)}"))
     if status.broker.startswith("unreachable"):
@@ -197,6 +267,13 @@ def render(status: JobStatus) -> Any:
         parts.append(failures)
     parts.append(Text(f"output: {status.output}", style="dim"))
     return Group(*parts)
+
+
+def truncated_note(status: JobStatus) -> str:
+    """What a count of truncated rows means, and how to avoid it."""
+    advice = "set params.stride to cover long texts in overlapping windows" if status.task == "ner" else (
+        "the truncated column says which")
+    return (f"{status.truncated:,} rows were longer than the model takes and were cut to its length; {advice}")
 
 
 def follow(job: str, settings: Settings, interval: float = DEFAULT_WATCH_INTERVAL) -> Iterator[JobStatus]:

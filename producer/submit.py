@@ -8,12 +8,18 @@ failed shards get their full number of attempts again.
 Each task carries its time limits: ``soft_time_limit`` is the spec's
 ``shard_time_limit`` (else the settings'), ``time_limit`` that plus a grace period
 in which the shard can record its failure (see :mod:`worker.lease`).
+
+Before anything is written, ``submit`` makes sure the broker answers and the model
+fits the task (:mod:`producer.model_check`), so a refused submit leaves the output
+location as it found it. An output whose job never got anywhere (no shard committed;
+every shard failed, or the job was interrupted or never enqueued) can be reused by a
+different job.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 import redis
 
@@ -23,13 +29,16 @@ from jobs.manifest import Manifest
 from jobs.message import TASK_NAME, ShardMessage
 from jobs.settings import Settings
 from jobs.spec import JobSpec
+from producer.interruption import clear_interrupted, interruption, mark_interrupted
 from producer.job_index import remember, safe_url
+from producer.model_check import check_model
 from producer.plan import build_manifest
 
 # The hard time limit leaves the shard this long after the soft one to record its failure.
 GRACE_FRACTION = 0.1
 MIN_GRACE = 5.0
 MAX_GRACE = 300.0
+BROKER_CHECK_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,12 @@ class Submission:
     rows: int
     enqueued: int
     already_committed: int
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def already_complete(self) -> bool:
+        """Every shard was committed by an earlier run: nothing was enqueued."""
+        return self.already_committed == self.shards
 
 
 def time_limits(spec: JobSpec, settings: Settings) -> tuple[float, float]:
@@ -72,19 +87,13 @@ def prepare(spec: JobSpec, settings: Settings | None = None) -> tuple[Manifest, 
     layout = OutputLayout(spec.output)
     if layout.has_manifest():
         existing = layout.read_manifest()
-        if existing.spec_fingerprint != manifest.spec_fingerprint:
-            raise SpecError(
-                "output",
-                f"{spec.output} holds another job ({existing.job_id}, task {existing.spec['task']}) "
-                "with a different spec; choose another output directory or delete that one",
-            )
-        if existing.input_fingerprint != manifest.input_fingerprint:
-            raise SpecError(
-                "input",
-                f"the input changed since job {existing.job_id} was submitted to {spec.output}; "
-                "write to a new output directory (or delete the old one) to process the new data",
-            )
-        return existing, layout
+        same_job = (existing.spec_fingerprint, existing.input_fingerprint) == (manifest.spec_fingerprint,
+                                                                              manifest.input_fingerprint)
+        if same_job:
+            return existing, layout
+        if not _abandoned(layout, existing):
+            _refuse_taken(spec, existing, manifest)
+        _forget_job(layout)
     if layout.holds_other_data():
         raise SpecError("output", f"{spec.output} is not empty and holds no batchformers job; choose an empty directory")
     try:
@@ -93,6 +102,51 @@ def prepare(spec: JobSpec, settings: Settings | None = None) -> tuple[Manifest, 
     except OSError as exc:
         raise OutputError(f"cannot write to {spec.output}: {exc}") from exc
     return manifest, layout
+
+
+def _refuse_taken(spec: JobSpec, existing: Manifest, manifest: Manifest) -> NoReturn:
+    if existing.spec_fingerprint != manifest.spec_fingerprint:
+        raise SpecError(
+            "output",
+            f"{spec.output} holds another job ({existing.job_id}, task {existing.spec['task']}) "
+            "with a different spec; choose another output directory or delete that one",
+        )
+    raise SpecError(
+        "input",
+        f"the input changed since job {existing.job_id} was submitted to {spec.output}; "
+        "write to a new output directory (or delete the old one) to process the new data",
+    )
+
+
+def _abandoned(layout: OutputLayout, manifest: Manifest) -> bool:
+    """No shard of the job was committed, and none can still be running: every one failed, or the
+    job was interrupted with its embedded broker, or never enqueued."""
+    if layout.committed() or layout.is_cancelled():
+        return False
+    return len(layout.failed()) == len(manifest.shards) or interruption(layout) is not None
+
+
+def _forget_job(layout: OutputLayout) -> None:
+    """Remove the markers of an abandoned job, so that another job can take its output location."""
+    for shard in layout.failed():
+        layout.clear_failed(shard)
+    clear_interrupted(layout)
+
+
+def check_broker(settings: Settings) -> None:
+    """BrokerUnavailable unless the broker answers a ping."""
+    client = redis.Redis.from_url(settings.broker_url, socket_timeout=BROKER_CHECK_TIMEOUT,
+                                  socket_connect_timeout=BROKER_CHECK_TIMEOUT)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise BrokerUnavailable(
+            f"cannot reach the broker at {safe_url(settings.broker_url)} ({exc}); nothing was written or "
+            "enqueued. Start Redis there, or give the right URL (--broker or BATCHFORMERS_BROKER_URL); "
+            "batchformers run without a broker brings its own"
+        ) from None
+    finally:
+        client.close()
 
 
 def messages_for(manifest: Manifest, layout: OutputLayout, only: set[int] | None = None) -> list[ShardMessage]:
@@ -152,14 +206,22 @@ def give_fresh_attempts(manifest: Manifest, layout: OutputLayout, settings: Sett
 
 
 def submit(spec: JobSpec, settings: Settings | None = None) -> Submission:
+    """Check, write the manifest (if new) and enqueue the shards not yet committed."""
     settings = settings or Settings()
+    check_broker(settings)
+    warnings = check_model(spec)
     manifest, layout = prepare(spec, settings)
     layout.uncancel()
+    clear_interrupted(layout)
     messages = messages_for(manifest, layout)
-    give_fresh_attempts(manifest, layout, settings, {m.shard for m in messages})
-    remember(settings, manifest.job_id, layout.location)
-    if messages:
-        enqueue(messages, settings, limits=time_limits(spec, settings))
+    try:
+        give_fresh_attempts(manifest, layout, settings, {m.shard for m in messages})
+        remember(settings, manifest.job_id, layout.location)
+        if messages:
+            enqueue(messages, settings, limits=time_limits(spec, settings))
+    except BrokerUnavailable as exc:  # the broker went away after the check: say so in the output
+        mark_interrupted(layout, f"not enqueued: {exc}")
+        raise
     return Submission(
         job_id=manifest.job_id,
         output=layout.location,
@@ -167,6 +229,7 @@ def submit(spec: JobSpec, settings: Settings | None = None) -> Submission:
         rows=manifest.total_rows,
         enqueued=len(messages),
         already_committed=len(manifest.shards) - len(messages),
+        warnings=warnings,
     )
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from celery import Celery
+from celery.app.amqp import AMQP
 from celery.signals import worker_process_init
+from kombu import Connection
 
 from jobs.settings import Settings
 
@@ -20,9 +23,29 @@ MAX_RESTORE_INTERVAL = 30
 PUBLISH_RETRY = {"max_retries": 20, "interval_start": 0.5, "interval_step": 1.0, "interval_max": 5.0}
 
 
+class MaskedConnection(Connection):  # type: ignore[misc]
+    """kombu shows ``redis://:**@host`` for every URL, as if it had a password: mask only a real one."""
+
+    def as_uri(self, include_password: bool = False, mask: str = "**", **kwargs: Any) -> str:
+        uri: str = super().as_uri(include_password=include_password, mask=mask, **kwargs)
+        if not include_password and not self.password:
+            uri = uri.replace(f"{self.userid or ''}:{mask}@", f"{self.userid}@" if self.userid else "", 1)
+        return uri
+
+
+class _AMQP(AMQP):  # type: ignore[misc]
+    Connection = MaskedConnection
+
+
 def make_app(settings: Settings | None = None) -> Celery:
-    settings = settings or Settings()
-    app = Celery("batchformers", broker=settings.broker_url, backend=settings.backend_url())
+    app = Celery("batchformers", amqp=_AMQP)
+    configure(app, settings or Settings())
+    app.conf.imports = ("worker.tasks",)
+    return app
+
+
+def configure(app: Celery, settings: Settings) -> None:
+    """Point ``app`` at the settings' broker and backend, with the batch-work configuration."""
     restore_every = max(1, min(MAX_RESTORE_INTERVAL, int(settings.lease_seconds / RESTORE_SWEEPS_PER_LEASE)))
     transport: dict[str, Any] = {
         "visibility_timeout": max(1, int(settings.lease_seconds * VISIBILITY_MARGIN)),
@@ -30,6 +53,8 @@ def make_app(settings: Settings | None = None) -> Celery:
         "unacked_restore_throttle": 1,
     }
     app.conf.update(
+        broker_url=settings.broker_url,
+        result_backend=settings.backend_url(),
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
@@ -55,9 +80,14 @@ def make_app(settings: Settings | None = None) -> Celery:
     )
     if settings.broker_url.startswith("rediss://"):
         app.conf.broker_use_ssl = {"ssl_cert_reqs": "required"}
+    if settings.backend_url().startswith("rediss://"):
         app.conf.redis_backend_use_ssl = {"ssl_cert_reqs": "required"}
-    app.conf.imports = ("worker.tasks",)
-    return app
+
+
+def quiet_progress_bars() -> None:
+    """No tqdm bars in worker logs ("Loading weights" from transformers, downloads from the hub):
+    a worker's stderr goes to its log, line by line. Set before transformers is imported."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 app = make_app()

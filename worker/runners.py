@@ -32,7 +32,7 @@ def runner_for(spec: JobSpec, settings: Settings) -> tuple[TaskType, Runner]:
             _cache.clear()
             task = spec.task_type()
             _cache[key] = (task, task.load(options))
-            log.warning("batchformers: loaded %s model %s in process %s", spec.task, options.model, os.getpid())
+            log.info("batchformers: loaded %s model %s in process %s", spec.task, options.model, os.getpid())
         return _cache[key]
 
 

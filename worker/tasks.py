@@ -269,7 +269,7 @@ def _complete_if_last(layout: OutputLayout, manifest: Manifest) -> bool:
     }
     if not layout.mark_complete(summary):
         return False
-    log.warning("batchformers: job %s complete: %s rows", manifest.job_id, summary["rows"])
+    log.info("batchformers: job %s complete: %s rows", manifest.job_id, summary["rows"])
     return True
 
 
