@@ -7,6 +7,7 @@ part; nothing reads more than that.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ import pyarrow.parquet as pq
 
 from jobs.layout import OutputLayout, part_name
 
-CELL_WIDTH = 60
+CELL_WIDTH = 200  # the console cuts a value at its width anyway
 
 
 @dataclass(frozen=True)
@@ -114,12 +115,14 @@ def render(described: OutputDescription) -> Any:
     for column in d.schema:
         schema.add_row(column["name"], column["type"])
     parts: list[Any] = [title, facts, schema]
-    if d.head:
-        rows = Table(*d.head[0].keys(), title=f"first {len(d.head)} rows", title_justify="left",
-                     header_style="bold", show_lines=False)
-        for row in d.head:
-            rows.add_row(*(_cell(value) for value in row.values()))
-        parts.append(rows)
+    for number, row in enumerate(d.head):  # one row per block, a value per line: fits 80 columns
+        record = Table.grid(padding=(0, 2))
+        record.add_column(style="bold", no_wrap=True, min_width=max(len(name) for name in row))
+        record.add_column(no_wrap=True, overflow="ellipsis")
+        for name, value in row.items():
+            record.add_row(name, _cell(value))
+        parts.append(Text(f"row {number + 1} of the first {len(d.head)}", style="bold"))
+        parts.append(record)
     return Group(*parts)
 
 
@@ -129,5 +132,14 @@ def _normalised(schema: list[dict[str, str]]) -> list[tuple[str, str]]:
 
 
 def _cell(value: Any) -> str:
-    text = "null" if value is None else str(value)
+    """One line: JSON spelling (null, true), long lists as their length and first items."""
+    if isinstance(value, list) and value:
+        shown = _json(value[0]) + (", ..." if len(value) > 1 else "")
+        text = f"{len(value)} item{'s' if len(value) > 1 else ''}: [{shown}]"
+    else:
+        text = value if isinstance(value, str) else _json(value)
     return text if len(text) <= CELL_WIDTH else text[: CELL_WIDTH - 1] + "…"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str, ensure_ascii=False, separators=(", ", ": "))

@@ -24,7 +24,6 @@ from jobs.settings import Settings
 from jobs.spec import JobSpec
 from producer.embedded import EmbeddedRedis, LocalWorkers
 from producer.interruption import mark_interrupted
-from producer.model_check import check_model
 from producer.status import JobStatus, job_status, wait
 from producer.submit import Submission, submit
 
@@ -71,8 +70,6 @@ def run(
     if embedded and workers < 1:
         raise BatchformersError(f"workers must be at least 1 (got {workers}): with no broker, the job runs on "
                                 "local workers only")
-    if embedded:
-        check_model(spec)  # before starting anything (submit checks again, against the data too)
     output: str | None = None
     local: LocalWorkers | None = None
     with _signals_raise() as stopping, ExitStack() as stack:
@@ -81,14 +78,15 @@ def run(
                 server = stack.enter_context(EmbeddedRedis())
                 stopping.forcible.append(server)
                 broker_url = server.url
-                local = stack.enter_context(LocalWorkers(broker_url, count=workers, log_dir=log_dir))
-                stopping.forcible.append(local)
             assert broker_url is not None
             submission = submit(spec, Settings(broker_url=broker_url))
             output = submission.output
+            if embedded and submission.enqueued:  # workers only for work: not for a finished job
+                local = stack.enter_context(LocalWorkers(broker_url, count=workers, log_dir=log_dir))
+                stopping.forcible.append(local)
             if on_submit:
                 on_submit(submission)
-            with _ProgressBar(submission.rows, progress) as bar:
+            with _ProgressBar(submission.rows, progress and not submission.already_complete) as bar:
                 final = wait(submission.output, timeout=timeout, on_update=bar.update)
             stopping.signalled = True  # from here on a signal only hurries the stop along
             return final
