@@ -223,8 +223,14 @@ def _print_warnings(submission: Any) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     from producer.demo import main as demo_main
+    from producer.run import RunInterrupted
 
-    return demo_main(args.workdir, args.workers)
+    try:
+        return demo_main(args.workdir, args.workers)
+    except RunInterrupted as stopped:
+        print(f"demo interrupted by {signal.Signals(stopped.signum).name}; its workers and Redis are stopped",
+              file=sys.stderr)
+        return stopped.exit_code
 
 
 def _submit(args: argparse.Namespace) -> int:

@@ -55,7 +55,9 @@ class JobStatus:
 
     @property
     def finished(self) -> bool:
-        return self.committed + self.failed >= self.shards or self.state == "cancelled"
+        """Nothing more will happen unless someone acts (an unreachable broker may come back)."""
+        stopped = self.state == "interrupted" and not self.broker.startswith("unreachable")
+        return self.committed + self.failed >= self.shards or self.state == "cancelled" or stopped
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
