@@ -241,8 +241,8 @@ def _submit(args: argparse.Namespace) -> int:
     _print_warnings(submission)
     print(submission.job_id)
     if submission.already_complete:
-        print(f"already complete: all {submission.shards} shards were committed before, nothing enqueued -> "
-              f"{submission.output}", file=sys.stderr)
+        print(f"0 of {submission.shards} shards enqueued: the job is already complete (every shard was committed "
+              f"before) -> {submission.output}", file=sys.stderr)
     else:
         print(f"{submission.enqueued} of {submission.shards} shards enqueued ({submission.rows} rows) -> "
               f"{submission.output}", file=sys.stderr)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
@@ -166,11 +167,10 @@ class LocalWorkers:
         for process in self.processes:
             if process.poll() is None:
                 process.send_signal(wanted)
+        deadline = time.monotonic() + grace
         for process in self.processes:
-            try:
-                process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
+            with suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
         self.force()
         for process in self.processes:
             process.wait()
@@ -179,10 +179,8 @@ class LocalWorkers:
     def force(self) -> None:
         """Kill every worker's whole process group now (a second Ctrl-C, or what a stop left)."""
         for process in self.processes:
-            try:
+            with suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)  # the group id is the worker's pid (own session)
-            except (ProcessLookupError, PermissionError):
-                pass
 
     def __enter__(self) -> LocalWorkers:
         return self.start()

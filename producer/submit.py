@@ -18,7 +18,8 @@ different job.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any, NoReturn
 
 import redis
@@ -49,7 +50,7 @@ class Submission:
     rows: int
     enqueued: int
     already_committed: int
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = dataclass_field(default_factory=list)
 
     @property
     def already_complete(self) -> bool:

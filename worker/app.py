@@ -26,7 +26,7 @@ PUBLISH_RETRY = {"max_retries": 20, "interval_start": 0.5, "interval_step": 1.0,
 class MaskedConnection(Connection):  # type: ignore[misc]
     """kombu shows ``redis://:**@host`` for every URL, as if it had a password: mask only a real one."""
 
-    def as_uri(self, include_password: bool = False, mask: str = "**", **kwargs: Any) -> str:
+    def as_uri(self, include_password: Any = False, mask: Any = "**", **kwargs: Any) -> str:  # type: ignore[override]
         uri: str = super().as_uri(include_password=include_password, mask=mask, **kwargs)
         if not include_password and not self.password:
             uri = uri.replace(f"{self.userid or ''}:{mask}@", f"{self.userid}@" if self.userid else "", 1)

@@ -29,7 +29,7 @@ from producer.inspect import describe, render
 from producer.status import wait
 from producer.submit import prepare, submit
 from tests.models import tiny_model_path
-from tests.reliability import wait_until, write_rows
+from tests.reliability import wait_until
 from worker.__main__ import parser as worker_parser
 
 ROOT = Path(__file__).resolve().parents[2]
