@@ -33,6 +33,7 @@ SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
                    "sentencepiece.bpe.model", "source.spm")
+HUB_TIMEOUT = 5.0
 HEADER_LIMIT = 100 * 1024 * 1024  # a safetensors header larger than this is not one
 
 
@@ -212,6 +213,22 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
+def hub_reachable(timeout: float = HUB_TIMEOUT) -> bool:
+    """A TCP connection to the hub's endpoint opens (the hub library itself retries for half a minute)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    parts = urlsplit(constants.ENDPOINT)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _hub_file(model: str, name: str, revision: str | None) -> Path | None:
     """The hub file through the cache; None when the repository has no such file."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
@@ -238,8 +255,16 @@ def _hub_file(model: str, name: str, revision: str | None) -> Path | None:
         raise SpecError("model", f"{model} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set "
                                  "(offline mode); download it first on a machine online "
                                  f"(`hf download {model}`), or point `model` at a local directory")
+    if not hub_reachable():
+        raise SpecError("model", f"{model} is not in the local Hugging Face cache and the hub cannot be reached "
+                                 "from this machine; connect it, or download the model first and run offline "
+                                 "(HF_HUB_OFFLINE=1, offline mode), or give a local directory")
     try:
         return Path(hf_hub_download(model, name, revision=revision))
+    except LocalEntryNotFoundError as exc:  # a subclass of EntryNotFoundError: the network, not the file
+        raise SpecError("model", f"cannot reach the Hugging Face hub to resolve {model} and it is not in the "
+                                 f"local cache ({exc}); connect this machine, or download the model first and "
+                                 "run offline (HF_HUB_OFFLINE=1), or give a local directory") from None
     except EntryNotFoundError:
         return None
     except GatedRepoError:
@@ -250,7 +275,7 @@ def _hub_file(model: str, name: str, revision: str | None) -> Path | None:
                                  "in with `hf auth login` or HF_TOKEN); check the id or give a local directory") from None
     except RevisionNotFoundError:
         raise SpecError("revision", f"{model} has no revision {revision!r} on the hub") from None
-    except (LocalEntryNotFoundError, OSError) as exc:
+    except OSError as exc:
         raise SpecError("model", f"cannot reach the Hugging Face hub to resolve {model} and it is not in the local "
                                  f"cache ({type(exc).__name__}); connect this machine, or download the model "
                                  "first and run offline (HF_HUB_OFFLINE=1), or give a local directory") from None

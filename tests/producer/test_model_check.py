@@ -20,6 +20,7 @@ from jobs.errors import SpecError
 from jobs.layout import OutputLayout
 from jobs.settings import Settings
 from jobs.spec import load_spec
+from producer.embedded import free_port
 from producer.interruption import mark_interrupted
 from producer.model_check import check_model
 from producer.submit import prepare, submit
@@ -90,9 +91,18 @@ def test_untrained_head_only_when_the_job_opts_in(tmp_path: Path, news_parquet: 
 
 def test_hub_id_offline_and_not_cached(tmp_path: Path, news_parquet: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # an empty cache
     message = _refused(_spec(tmp_path, news_parquet, "ner", "nobody-xyz/no-such-model"))
     assert "HF_HUB_OFFLINE" in message and "offline" in message
+
+
+def test_hub_id_with_the_hub_unreachable(tmp_path: Path, news_parquet: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    message = _refused(_spec(tmp_path, news_parquet, "ner", "nobody-xyz/no-such-model"))
+    assert "cannot be reached" in message and "HF_HUB_OFFLINE=1" in message
 
 
 def test_refused_submit_leaves_the_output_reusable(tmp_path: Path, news_parquet: Path, settings: Settings) -> None:
