@@ -40,6 +40,7 @@ class OutputDescription:
     completed_at: float | None
     shard_seconds: float
     head: list[dict[str, Any]] = field(default_factory=list)
+    truncated: int = 0  # rows cut to the model's length (tasks with a `truncated` column)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +83,7 @@ def describe(output: str, rows: int = 5) -> OutputDescription:
         completed_at=completion.get("completed_at") if completion else None,
         shard_seconds=round(sum(m["seconds"] for m in committed.values()), 3),
         head=head,
+        truncated=sum(int(m.get("truncated") or 0) for m in committed.values()),
     )
 
 
@@ -102,6 +104,7 @@ def render(described: OutputDescription) -> Any:
         ("job", f"{d.job_id} (task {d.task})"),
         ("model", d.model + (f" @ {d.revision}" if d.revision else "")),
         ("rows", f"{d.rows:,} of {d.rows_expected:,} in {d.parts} of {d.shards} parts; {d.row_errors:,} row errors"
+                 + (f"; {d.truncated:,} truncated" if d.truncated else "")
                  + (f"; {d.failed_shards} shards failed" if d.failed_shards else "")),
         ("time", f"submitted {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(d.created_at))}, "
                  f"{wall} to complete, {d.shard_seconds:,.1f}s in shards"),

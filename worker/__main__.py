@@ -19,6 +19,7 @@ DEFAULT_ARGS = ["--without-gossip", "--without-mingle", "--events"]
 def parser(prog: str = "batchformers worker") -> argparse.ArgumentParser:
     described = argparse.ArgumentParser(
         prog=prog,
+        allow_abbrev=False,  # a prefix of one of these may be a celery option
         description="Start a batchformers worker: it takes shards from the queue, runs them through one model "
         "and commits their Parquet parts. Settings come from BATCHFORMERS_* environment variables (see the README); "
         "the options below override them.",
