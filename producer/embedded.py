@@ -79,12 +79,16 @@ class EmbeddedRedis:
             self.process.stdin.write(f'requirepass "{self.password}"\n'.encode())
             self.process.stdin.close()
         deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                if redis.Redis.from_url(self.url, socket_timeout=1).ping():
-                    return self
-            except redis.ConnectionError:
-                time.sleep(0.05)
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    if redis.Redis.from_url(self.url, socket_timeout=1).ping():
+                        return self
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+        except BaseException:  # interrupted while it starts: it must not outlive us
+            self.stop()
+            raise
         self.stop()
         raise RuntimeError(f"embedded Redis did not start on port {self.port}")
 
@@ -138,8 +142,12 @@ class LocalWorkers:
 
     def start(self) -> LocalWorkers:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for number in range(self.count):
-            self.processes.append(self.spawn(number))
+        try:
+            for number in range(self.count):
+                self.processes.append(self.spawn(number))
+        except BaseException:  # interrupted while starting: stop the ones already started
+            self.stop(fast=True)
+            raise
         return self
 
     def spawn(self, number: int) -> subprocess.Popen[bytes]:
