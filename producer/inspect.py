@@ -41,6 +41,7 @@ class OutputDescription:
     shard_seconds: float
     head: list[dict[str, Any]] = field(default_factory=list)
     truncated: int = 0  # rows cut to the model's length (tasks with a `truncated` column)
+    max_error_rate: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,6 +85,7 @@ def describe(output: str, rows: int = 5) -> OutputDescription:
         shard_seconds=round(sum(m["seconds"] for m in committed.values()), 3),
         head=head,
         truncated=sum(int(m.get("truncated") or 0) for m in committed.values()),
+        max_error_rate=spec.max_error_rate,
     )
 
 
@@ -104,6 +106,8 @@ def render(described: OutputDescription) -> Any:
         ("job", f"{d.job_id} (task {d.task})"),
         ("model", d.model + (f" @ {d.revision}" if d.revision else "")),
         ("rows", f"{d.rows:,} of {d.rows_expected:,} in {d.parts} of {d.shards} parts; {d.row_errors:,} row errors"
+                 + (f" (more than max_error_rate {d.max_error_rate:.0%}: the job failed)"
+                    if d.row_errors > d.max_error_rate * d.rows else "")
                  + (f"; {d.truncated:,} truncated" if d.truncated else "")
                  + (f"; {d.failed_shards} shards failed" if d.failed_shards else "")),
         ("time", f"submitted {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(d.created_at))}, "
