@@ -23,6 +23,17 @@ GRACEFUL_STOP_SECONDS = 20.0
 # Stopping fast (interrupted): a cold shutdown gets this long before the processes are killed.
 FAST_STOP_SECONDS = 3.0
 REDIS_STOP_SECONDS = 10.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """In a child before exec (Linux): SIGKILL it when the process that started it dies, even by
+    SIGKILL, so that no embedded Redis or worker outlives a ``batchformers run`` killed outright."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def redis_server_binary() -> str:
@@ -74,7 +85,7 @@ class EmbeddedRedis:
         # Its own session: a Ctrl-C on the terminal reaches only us, and we stop it after the workers.
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE if self.password else None,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=die_with_parent)
         if self.password and self.process.stdin:
             self.process.stdin.write(f'requirepass "{self.password}"\n'.encode())
             self.process.stdin.close()
@@ -157,7 +168,7 @@ class LocalWorkers:
         # Its own session (process group): the pool processes it forks are in that group too, so
         # stop() can reach all of them, and a Ctrl-C on the terminal reaches only our process.
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.environment(),
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=die_with_parent)
 
     @property
     def pids(self) -> list[int]:

@@ -5,17 +5,26 @@ embedded Redis and workers down, so nothing can run that job any more; ``submit`
 writes it when the broker failed after the manifest was written. ``status`` then
 shows the job as interrupted rather than running, and the next ``submit`` or ``run``
 (which resumes the job) removes it.
+
+While ``run`` runs a job on its own Redis and workers it also leaves ``RUN`` (its
+process id and host): if that process is gone without finishing the job (killed
+with SIGKILL, out of memory, the machine rebooted), its workers went with it
+(:func:`producer.embedded.die_with_parent`), and ``status`` on that host says
+interrupted too.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from typing import Any
 
 from jobs.layout import META_DIR, OutputLayout
 
 INTERRUPTED_FILE = f"{META_DIR}/INTERRUPTED"
+RUN_FILE = f"{META_DIR}/RUN"
 
 
 def mark_interrupted(layout: OutputLayout, reason: str) -> None:
@@ -24,13 +33,47 @@ def mark_interrupted(layout: OutputLayout, reason: str) -> None:
 
 
 def interruption(layout: OutputLayout) -> dict[str, Any] | None:
-    """The marker's record, None when the job was not interrupted."""
+    """Why the job stopped, None when it was not interrupted (as far as this host can tell)."""
+    marker = _read(layout, INTERRUPTED_FILE)
+    if marker is not None:
+        return marker
+    running = _read(layout, RUN_FILE)
+    if running and running.get("host") == socket.gethostname() and not _alive(int(running.get("pid", 0))):
+        return {"reason": f"the batchformers run that ran it (process {running.get('pid')}) ended without "
+                          "finishing it (killed?)"}
+    return None
+
+
+def clear_interrupted(layout: OutputLayout) -> None:
+    layout.storage.remove(INTERRUPTED_FILE)
+    layout.storage.remove(RUN_FILE)
+
+
+def mark_run_here(layout: OutputLayout) -> None:
+    """This process runs the job on its own broker and workers (see the module docstring)."""
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time()}
+    layout.storage.write_atomic(json.dumps(record).encode(), RUN_FILE)
+
+
+def clear_run_here(layout: OutputLayout) -> None:
+    layout.storage.remove(RUN_FILE)
+
+
+def _read(layout: OutputLayout, name: str) -> dict[str, Any] | None:
     try:
-        loaded: dict[str, Any] = json.loads(layout.storage.read_bytes(INTERRUPTED_FILE))
+        loaded: dict[str, Any] = json.loads(layout.storage.read_bytes(name))
     except FileNotFoundError:
         return None
     return loaded
 
 
-def clear_interrupted(layout: OutputLayout) -> None:
-    layout.storage.remove(INTERRUPTED_FILE)
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -23,7 +23,7 @@ from jobs.layout import OutputLayout
 from jobs.settings import Settings
 from jobs.spec import JobSpec
 from producer.embedded import EmbeddedRedis, LocalWorkers
-from producer.interruption import mark_interrupted
+from producer.interruption import clear_run_here, mark_interrupted, mark_run_here
 from producer.status import JobStatus, job_status, wait
 from producer.submit import Submission, submit
 
@@ -82,6 +82,8 @@ def run(
             submission = submit(spec, Settings(broker_url=broker_url))
             output = submission.output
             if embedded and submission.enqueued:  # workers only for work: not for a finished job
+                mark_run_here(OutputLayout(output))
+                stack.callback(clear_run_here, OutputLayout(output))  # after the workers stopped
                 local = stack.enter_context(LocalWorkers(broker_url, count=workers, log_dir=log_dir))
                 stopping.forcible.append(local)
             if on_submit:

@@ -126,3 +126,15 @@ def test_invalid_worker_counts_are_refused(tmp_path: Path, capsys: pytest.Captur
             main(["run", str(tmp_path / "job.yaml"), "--workers", count])
         assert exited.value.code == 2
         assert "--workers: must be at least 1" in capsys.readouterr().err
+
+
+def test_sigkill_takes_its_processes_along_and_status_says_interrupted(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    process, _, output = _start_run(tmp_path)
+    children = _wait_started(process, output)
+    process.kill()  # no handler can run: the children die with their parent (PR_SET_PDEATHSIG)
+    process.communicate(timeout=30)
+    assert not _all_gone(children, STOP_WITHIN), f"left behind: {children}"
+    assert main(["status", str(output), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["state"] == "interrupted" and "ended without finishing it" in shown["note"], shown
