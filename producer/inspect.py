@@ -122,13 +122,15 @@ def render(described: OutputDescription) -> Any:
     for column in d.schema:
         schema.add_row(column["name"], column["type"])
     parts: list[Any] = [title, facts, schema]
+    if d.head:
+        parts.append(Text(f"first {len(d.head)} rows", style="bold"))
     for number, row in enumerate(d.head):  # one row per block, a value per line: fits 80 columns
         record = Table.grid(padding=(0, 2))
         record.add_column(style="bold", no_wrap=True, min_width=max(len(name) for name in row))
         record.add_column(no_wrap=True, overflow="ellipsis")
         for name, value in row.items():
             record.add_row(name, _cell(value))
-        parts.append(Text(f"row {number + 1} of the first {len(d.head)}", style="bold"))
+        parts.append(Text(f"row {number + 1}", style="dim"))
         parts.append(record)
     return Group(*parts)
 
