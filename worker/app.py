@@ -20,6 +20,9 @@ VISIBILITY_MARGIN = 2.0
 RESTORE_SWEEPS_PER_LEASE = 2
 MAX_RESTORE_INTERVAL = 30
 # Publishing a task or storing a result waits this long for a restarting broker.
+# A replacement pool process imports torch before it reports up; on a loaded machine that takes
+# longer than Celery's 4 s, and the process would be killed and replaced again and again.
+PROCESS_UP_TIMEOUT = 60.0
 PUBLISH_RETRY = {"max_retries": 20, "interval_start": 0.5, "interval_step": 1.0, "interval_max": 5.0}
 
 
@@ -77,6 +80,7 @@ def configure(app: Celery, settings: Settings) -> None:
         result_backend_max_retries=PUBLISH_RETRY["max_retries"],
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
+        worker_proc_alive_timeout=PROCESS_UP_TIMEOUT,
     )
     if settings.broker_url.startswith("rediss://"):
         app.conf.broker_use_ssl = {"ssl_cert_reqs": "required"}
