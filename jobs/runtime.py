@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     import torch
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+VERY_LARGE_LENGTH = 1_000_000
+"""A ``model_max_length`` this large means the tokenizer sets none (transformers' VERY_LARGE_INTEGER)."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -72,3 +74,12 @@ def load_model(auto_class: Any, options: LoadOptions) -> tuple[Any, torch.device
     model.to(device)
     model.eval()
     return model, device
+
+
+def model_input_limit(tokenizer: Any, model_config: Any) -> int | None:
+    """Longest input the model accepts: the tokenizer's ``model_max_length`` and the position table, if set."""
+    limits = [getattr(model_config, "max_position_embeddings", None)]
+    if tokenizer.model_max_length < VERY_LARGE_LENGTH:
+        limits.append(tokenizer.model_max_length)
+    known = [limit for limit in limits if limit]
+    return min(known) if known else None
