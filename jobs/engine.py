@@ -348,8 +348,7 @@ class Execution:
         forwarded = line.stage(None, lambda work: [work if isinstance(work, Finished)
                                                    else (work.items, self._forward(work))], padded, QUEUE_DEPTH)
         decoder = Decoder(self)
-        line.stage("decode", lambda work: [decoder.decode(work) if isinstance(work, Finished)
-                                           else decoder.take(*work)], forwarded, None)
+        line.stage("decode", decoder.consume, forwarded, None)
         line.run(on_each=self._report)
 
     def _forward(self, batch: Batch) -> list[Any]:
@@ -436,6 +435,14 @@ class Decoder:
         self.outputs: dict[int, list[Any]] = {}
         self.items: dict[int, list[Any]] = {}
         self.missing: dict[int, int] = {}
+
+    def consume(self, work: Finished | tuple[list[Item], Sequence[Any]]) -> list[None]:
+        """The decode stage of the overlapped line: finished rows, or a batch's items and outputs."""
+        if isinstance(work, Finished):
+            self.decode(work)
+        else:
+            self.take(*work)
+        return []
 
     def take(self, items: list[Item], outputs: Sequence[Any]) -> None:
         finished: list[int] = []

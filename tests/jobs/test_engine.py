@@ -231,3 +231,51 @@ def test_overlap_on_and_off_give_identical_tables(name: str, news_texts: list[st
     assert serial.num_rows == len(texts)
     assert serial.equals(overlapped)
     assert serial.column("error").null_count >= len(texts) - 2
+
+
+# -- device handling -----------------------------------------------------------------
+
+def test_cuda_without_a_gpu_is_a_clear_error_at_load() -> None:
+    import torch
+
+    from jobs.errors import ModelLoadError
+    from jobs.ner import NerTask
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    task = NerTask.from_params({})
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(ModelLoadError, match="CUDA is not available"):
+            task.load(LoadOptions(model=str(tiny_model_path("bert-ner")), device=device))
+
+
+def test_auto_dtype_is_float32_on_cpu_and_attention_is_sdpa() -> None:
+    import torch
+
+    from jobs.runtime import resolve_dtype
+
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    runner: Any = get_task_class("ner").from_params({}).load(
+        LoadOptions(model=str(tiny_model_path("bert-ner")), device="cpu"))
+    assert runner.model.dtype == torch.float32
+    assert runner.model.config._attn_implementation == "sdpa"
+    assert not runner.model.training
+
+
+def test_a_job_that_only_changes_batch_size_reuses_the_loaded_model(tmp_path: Any) -> None:
+    import pyarrow.parquet as pq
+
+    from jobs.settings import Settings
+    from jobs.spec import load_spec
+    from worker.runners import runner_for
+
+    pq.write_table(pa.table({"text": ["a"]}), tmp_path / "in.parquet")
+    base = {"task": "ner", "model": str(tiny_model_path("bert-ner")), "input": str(tmp_path / "in.parquet"),
+            "output": str(tmp_path / "out"), "device": "cpu"}
+    first = runner_for(load_spec({**base, "batch_size": 8}), Settings())
+    again = runner_for(load_spec({**base, "batch_size": 256, "max_batch_tokens": 4096}), Settings())
+    other = runner_for(load_spec({**base, "params": {"aggregation_strategy": "simple"}}), Settings())
+    assert again[1] is first[1]
+    assert other[1] is not first[1]
+    assert load_spec({**base, "batch_size": 256}).run_options().batch_size == 256
