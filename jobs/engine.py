@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -52,6 +53,10 @@ ENCODE_ROWS = 1024
 """Rows per ``encode`` call (one batched tokenizer call); their items are then length-sorted together."""
 QUEUE_DEPTH = 4
 """Batches waiting between two stages: enough to keep the device fed, little enough to keep memory flat."""
+SWITCH_INTERVAL = 0.0005
+"""Seconds a thread may hold the GIL while another waits (Python's default is 0.005). The device
+thread gives the GIL up in every torch call and must get it back quickly, or it waits behind the
+host threads' Python work once per kernel launch."""
 BLOCK_DEPTH = 1
 """Encoded blocks waiting to be padded: the next block is tokenized while the current one runs."""
 DEVICE_SECONDS_ENV = "BATCHFORMERS_BENCH_DEVICE_SECONDS_PER_TOKEN"
@@ -527,13 +532,18 @@ class _Line:
 
         threads = [threading.Thread(target=work, args=(fn, source, target), name=f"batchformers-{name}",
                                     daemon=True) for name, fn, source, target in self.stages if name is not None]
-        for thread in threads:
-            thread.start()
-        for name, fn, source, target in self.stages:
-            if name is None:
-                work(fn, source, target, on_each)
-        for thread in threads:
-            thread.join()
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
+        try:
+            for thread in threads:
+                thread.start()
+            for name, fn, source, target in self.stages:
+                if name is None:
+                    work(fn, source, target, on_each)
+            for thread in threads:
+                thread.join()
+        finally:
+            sys.setswitchinterval(interval)
         if self.failures:
             raise self.failures[0]
 

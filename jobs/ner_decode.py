@@ -9,7 +9,7 @@ a float32 softmax over labels per token, special tokens skipped, then
   unless it is a subword), each word labelled by its first token, the mean of its
   probability vectors, or its most confident token; then words grouped as ``simple``.
 
-Group scores are float32 means, as numpy gives them. With several chunks per text
+Group scores are numpy's own float32 means of the kept groups, equal to the pipeline's. With several chunks per text
 (``stride``), each chunk is processed alone and overlapping entities are resolved as the
 pipeline does (longer wins, then higher score). Words are joined with the tokenizer's own
 decoder (``convert_tokens_to_string``), only for the entities that are kept.
@@ -25,8 +25,6 @@ import numpy as np
 import pyarrow as pa
 
 NO_WORDS = ("none", "simple")
-WIDE_GROUP = 8
-"""numpy sums 8 or more float32 values pairwise; such groups take np.nanmean itself for equal scores."""
 
 
 class EntityDecoder:
@@ -70,16 +68,17 @@ class EntityDecoder:
                 per_row[r] = _resolve_overlaps(per_row[r])
         return self._arrow(per_row)
 
-    def _tokens(self, chunks: list[tuple[int, Any, np.ndarray]]) -> dict[str, np.ndarray]:
-        """Flat arrays over the non-special tokens of every chunk, in row and chunk order."""
+    def _tokens(self, chunks: list[tuple[int, Any, np.ndarray]]) -> dict[str, Any]:
+        """Flat arrays over the non-special tokens of every chunk, in row and chunk order.
+
+        Character spans of every token are read only when words are built (first/average/max);
+        otherwise only the spans of kept entities are, one by one."""
         lengths = np.fromiter((len(logits) for _, _, logits in chunks), dtype=np.int64, count=len(chunks))
         total = int(lengths.sum())
         encodings = [enc for _, enc, _ in chunks]
         special = np.fromiter(chain.from_iterable(enc.special_tokens_mask for enc in encodings), dtype=np.int8,
                               count=total)
         ids = np.fromiter(chain.from_iterable(enc.ids for enc in encodings), dtype=np.int64, count=total)
-        spans = np.fromiter(chain.from_iterable(chain.from_iterable(enc.offsets for enc in encodings)),
-                            dtype=np.int64, count=2 * total).reshape(total, 2)
         logits = np.concatenate([logits for _, _, logits in chunks]) if total else np.zeros((0, len(self.labels)),
                                                                                              np.float32)
         chunk = np.repeat(np.arange(len(chunks)), lengths)
@@ -89,8 +88,21 @@ class EntityDecoder:
         shifted = np.exp(logits[keep] - maxes)
         probabilities = shifted / shifted.sum(axis=-1, keepdims=True)
         rows = np.fromiter((r for r, _, _ in chunks), dtype=np.int64, count=len(chunks))
-        return {"ids": ids[keep], "start": spans[keep, 0], "end": spans[keep, 1], "chunk": chunk[keep],
-                "index": index[keep], "probabilities": probabilities, "row": rows[chunk[keep]]}
+        tokens: dict[str, Any] = {"ids": ids[keep], "chunk": chunk[keep], "index": index[keep],
+                                  "probabilities": probabilities, "row": rows[chunk[keep]], "encodings": encodings}
+        if self.strategy not in NO_WORDS:
+            spans = np.fromiter(chain.from_iterable(chain.from_iterable(enc.offsets for enc in encodings)),
+                                dtype=np.int64, count=2 * total).reshape(total, 2)
+            tokens.update(start=spans[keep, 0], end=spans[keep, 1])
+        return tokens
+
+    @staticmethod
+    def _span(t: dict[str, Any], i: int) -> tuple[int, int]:
+        """Character span of kept token ``i``."""
+        if "start" in t:
+            return int(t["start"][i]), int(t["end"][i])
+        start, end = t["encodings"][int(t["chunk"][i])].token_to_chars(int(t["index"][i]))
+        return int(start), int(end)
 
     def _entities(self, texts: list[str], t: dict[str, np.ndarray]) -> list[tuple[Any, ...]]:
         """(row, label, score, [index,] word, start, end) of every kept entity, in order."""
@@ -114,7 +126,7 @@ class EntityDecoder:
                             score: np.ndarray) -> list[tuple[Any, ...]]:
         kept = np.flatnonzero(self.kept_label[label]).tolist()
         return [(int(t["row"][i]), self.labels[label[i]], float(score[i]), int(t["index"][i]),
-                 self._raw_token(texts, t, i), int(t["start"][i]), int(t["end"][i])) for i in kept]
+                 self._raw_token(texts, t, i), *self._span(t, i)) for i in kept]
 
     def _subwords(self, texts: list[str], t: dict[str, np.ndarray]) -> np.ndarray:
         """The pipeline's ``is_subword`` per token: its own length differs from its text's (word-aware
@@ -133,8 +145,12 @@ class EntityDecoder:
         if self.strategy == "first":
             scores = probabilities[starts]
         elif self.strategy == "average":
+            # np.nanmean over a word's rows adds them one after another; so do we, for all words at once
             sizes = np.diff(np.append(starts, len(probabilities)))
-            totals = np.add.reduceat(probabilities, starts, axis=0)
+            totals = probabilities[starts].copy()
+            for offset in range(1, int(sizes.max())):
+                longer = np.flatnonzero(sizes > offset)
+                totals[longer] += probabilities[starts[longer] + offset]
             scores = (totals.astype(np.float64) / sizes[:, None]).astype(np.float32)
         else:  # max: the word's first token with the highest top probability
             top = probabilities.max(axis=-1)
@@ -158,19 +174,16 @@ class EntityDecoder:
         kept = np.flatnonzero(self.kept_label[group_label])
         if not len(kept):
             return []
-        means = np.add.reduceat(score, begins)[kept]
         units = len(label)
         result = []
         for g in kept.tolist():
             first, size = int(begins[g]), int(sizes[g])
-            if size >= WIDE_GROUP:
-                mean = float(np.nanmean(score[first : first + size]))
-            else:
-                mean = float((means[np.searchsorted(kept, g)].astype(np.float64) / size).astype(np.float32))
+            # numpy's own float32 mean, as the pipeline takes it (a vectorised sum rounds differently)
+            mean = float(np.nanmean(score[first : first + size])) if size > 1 else float(score[first])
             last = first + size - 1
             if word_of is None:
                 word = self.join([self._raw_token(texts, t, i) for i in range(first, last + 1)])
-                start, end = t["start"][first], t["end"][last]
+                start, end = self._span(t, first)[0], self._span(t, last)[1]
             else:
                 word = self.join([self._word(texts, t, word_of, w, units) for w in range(first, last + 1)])
                 start = t["start"][word_of[first]]
@@ -189,7 +202,8 @@ class EntityDecoder:
         """The vocabulary token; an unknown token is the text it covers."""
         token_id = int(t["ids"][i])
         if token_id == self.unk_id:
-            return texts[int(t["row"][i])][int(t["start"][i]) : int(t["end"][i])]
+            start, end = self._span(t, i)
+            return texts[int(t["row"][i])][start:end]
         return str(self.tokens[token_id])
 
     def _arrow(self, per_row: list[list[tuple[Any, ...]]]) -> pa.Array:

@@ -18,7 +18,18 @@ import pytest
 from jobs import batching
 from jobs.base import LoadOptions
 from jobs.batching import OOM_TEST_ENV
-from jobs.engine import Batch, Encoded, Finished, Item, RunOptions, StagedRunner, attention_mask, pad
+from jobs.engine import (
+    BLOCK_DEPTH,
+    QUEUE_DEPTH,
+    Batch,
+    Encoded,
+    Finished,
+    Item,
+    RunOptions,
+    StagedRunner,
+    attention_mask,
+    pad,
+)
 from jobs.registry import TASKS, get_task_class
 from tests.models import tiny_model_path
 
@@ -279,3 +290,49 @@ def test_a_job_that_only_changes_batch_size_reuses_the_loaded_model(tmp_path: An
     assert again[1] is first[1]
     assert other[1] is not first[1]
     assert load_spec({**base, "batch_size": 256}).run_options().batch_size == 256
+
+
+def test_memory_stays_flat_on_a_large_shard() -> None:
+    """Rows encoded but not yet decoded stay within a few blocks, however many rows the shard has."""
+
+    class Counting(Toy):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.in_flight = 0
+            self.most = 0
+            self.lock = threading.Lock()
+
+        def encode(self, inputs: dict[str, list[Any]], rows: list[int]) -> Encoded:
+            with self.lock:
+                self.in_flight += len(rows)
+                self.most = max(self.most, self.in_flight)
+            return super().encode(inputs, rows)
+
+        def decode(self, inputs: dict[str, list[Any]], finished: Finished) -> pa.Table:
+            time.sleep(0.0005)  # a decode slower than the rest: work piles up unless the queues are bounded
+            with self.lock:
+                self.in_flight -= len(finished.rows)
+            return super().decode(inputs, finished)
+
+    runner = Counting(options=RunOptions(batch_size=50, encode_rows=200, overlap=True))
+    texts = [f"w{i} x" for i in range(10_000)]
+    table = runner.run_table({"text": texts})
+    assert table.num_rows == 10_000 and table.column("error").null_count == 10_000
+    # blocks: one encoding, BLOCK_DEPTH waiting, one being padded; batches: two queues, the forward, the decode
+    bound = (BLOCK_DEPTH + 2) * 200 + (2 * QUEUE_DEPTH + 2) * 50
+    assert 0 < runner.most <= bound < 10_000 / 4
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("name", ["ner", "qa", "summarization"])
+def test_out_of_memory_halving_keeps_every_task_s_results(name: str, news_texts: list[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    task = get_task_class(name).from_params(TASK_PARAMS.get(name, {}))
+    runner = task.load(LoadOptions(model=str(tiny_model_path(TASK_MODELS[name])), device="cpu"))
+    texts = news_texts[:12]
+    inputs = {"text": texts} if name != "qa" else {"question": ["Who?"] * len(texts), "context": texts}
+    expected = runner.run(inputs, options=RunOptions(batch_size=1))  # one item per batch: what halving ends at
+    monkeypatch.setenv(OOM_TEST_ENV, "1")
+    got = runner.run(inputs, options=RunOptions(batch_size=8))
+    assert [row["error"] for row in got] == [None] * len(texts)
+    assert got == expected
