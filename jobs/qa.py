@@ -384,15 +384,20 @@ def select_spans(
     allowed = _allowed(keep & attention)
     passes = allowed.gather(1, starts) & allowed.gather(1, ends)
     positives = (band > 0).sum(dim=1).tolist()
+    # one transfer to the host for the whole batch, then plain lists per chunk
+    all_starts, all_ends, all_scores, all_passes = (starts.tolist(), ends.tolist(), scores.tolist(), passes.tolist())
+    lengths = attention.sum(dim=1).tolist()
     result = []
     for c, null_score in enumerate(null_scores):
         if positives[c] < candidates:
-            n = int(attention[c].sum())
+            n = int(lengths[c])
             chunk = (p_start[c, :n], p_end[c, :n], keep[c, :n])
             result.append(_decode_with_numpy(*chunk, candidates, max_answer_len, null_score))
             continue
-        ok = passes[c]
-        result.append(Spans(starts[c][ok].tolist(), ends[c][ok].tolist(), scores[c][ok].tolist(), null_score))
+        ok = all_passes[c]
+        result.append(Spans([v for v, o in zip(all_starts[c], ok, strict=True) if o],
+                            [v for v, o in zip(all_ends[c], ok, strict=True) if o],
+                            [v for v, o in zip(all_scores[c], ok, strict=True) if o], null_score))
     return result
 
 
