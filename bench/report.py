@@ -185,15 +185,18 @@ def markdown(payload: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(path: Path, generated: str) -> None:
-    """Replace the generated block between the markers (or write a new file holding only it)."""
-    block = f"{BEGIN}\n{generated}{END}\n"
+def write_markdown(path: Path, generated: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the generated block between the markers (or append one / write a new file holding only it)."""
+    block = f"{begin}\n{generated}{end}\n"
     if path.exists():
         text = path.read_text()
-        if BEGIN in text and END in text:
-            head, rest = text.split(BEGIN, 1)
-            tail = rest.split(END, 1)[1].lstrip("\n")
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            tail = rest.split(end, 1)[1].lstrip("\n")
             path.write_text(head + block + ("\n" + tail if tail else ""))
+            return
+        if begin != BEGIN:
+            path.write_text(text.rstrip("\n") + "\n\n" + block)
             return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("# Benchmarks\n\n" + block)

@@ -3,7 +3,8 @@
 A task type is one module in ``jobs/`` exporting one :class:`TaskType` subclass,
 registered by name in :mod:`jobs.registry`. The producer uses the cheap class-level
 parts (input roles, params model, output schema) at submit time; the worker calls
-:meth:`TaskType.load` once per process and then :meth:`Runner.run` per shard.
+:meth:`TaskType.load` once per process and then :meth:`Runner.run_table` per shard.
+Runners are built on :mod:`jobs.engine`, which owns batching, padding, overlap and order.
 Torch and transformers are imported only inside ``load`` so that submitting a job
 or reading its status never pays for them.
 """
@@ -30,30 +31,36 @@ class TaskParams(BaseModel):
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How a worker should load a model; resolved from the job spec and settings."""
+    """How a worker should load a model; resolved from the job spec and settings.
+
+    How batches are formed (:class:`jobs.engine.RunOptions`) is not part of it, so a job that
+    only changes ``batch_size`` reuses a loaded model."""
 
     model: str
     revision: str | None = None
     device: str = "auto"
     dtype: str = "auto"
     trust_remote_code: bool = False
-    batch_size: int = 64
-    max_batch_tokens: int | None = None
 
 
 class Runner(ABC):
     """A loaded model ready to process rows. Built once per worker process."""
 
     @abstractmethod
-    def run(
-        self, inputs: dict[str, list[Any]], progress: ProgressCallback | None = None
-    ) -> list[dict[str, Any]]:
-        """Return one result dict per input row, in input order.
+    def run_table(self, inputs: dict[str, list[Any]], progress: ProgressCallback | None = None,
+                  options: Any = None) -> pa.Table:
+        """The task's output columns plus ``error`` (None on success), one row per input row, in order.
 
-        ``inputs`` maps each input role (``text``, ``question`` ...) to its column.
-        Each result holds the task's output columns plus ``error`` (None on success).
-        A bad row must become an ``error``, never an exception.
+        ``inputs`` maps each input role (``text``, ``question`` ...) to its column; ``options``
+        is a :class:`jobs.engine.RunOptions` (None: the runner's own). A bad row must become an
+        ``error``, never an exception.
         """
+
+    def run(self, inputs: dict[str, list[Any]], progress: ProgressCallback | None = None,
+            options: Any = None) -> list[dict[str, Any]]:
+        """:meth:`run_table` as one dict per row (tests and small jobs)."""
+        rows: list[dict[str, Any]] = self.run_table(inputs, progress, options).to_pylist()
+        return rows
 
 
 class TaskType(ABC):

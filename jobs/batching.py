@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -41,38 +40,29 @@ def length_sorted_batches(
         grown = max(longest, length)
         too_many_tokens = max_batch_tokens is not None and grown * (len(batch) + 1) > max_batch_tokens
         if batch and (len(batch) >= batch_size or too_many_tokens):
-            yield from _observed(batch, lengths)
+            yield batch
             batch, grown = [], length
         batch.append(index)
         longest = grown
     if batch:
-        yield from _observed(batch, lengths)
+        yield batch
 
 
 BatchObserver = Callable[[int, int, int, float], None]
-"""Told after each batch: its rows, real tokens, padded tokens (rows x longest) and seconds."""
+"""Told after each model batch: its items, real tokens, padded tokens (items x longest) and seconds."""
 _observers: list[BatchObserver] = []
 
 
 def observe_batches(observer: BatchObserver) -> None:
-    """Call ``observer`` after every batch of :func:`length_sorted_batches` (worker metrics use it).
-
-    A batch's time runs from its yield until the caller asks for the next one: the caller's work on it.
-    """
+    """Call ``observer`` after every model batch the engine runs (worker metrics use it)."""
     if observer not in _observers:
         _observers.append(observer)
 
 
-def _observed(batch: list[int], lengths: Sequence[int]) -> Iterator[list[int]]:
-    if not _observers:
-        yield batch
-        return
-    started = time.perf_counter()
-    yield batch
-    seconds = time.perf_counter() - started
-    sizes = [max(1, lengths[i]) for i in batch]
+def notify_batch(items: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
+    """Tell every observer about one model batch (called by :mod:`jobs.engine`)."""
     for observer in _observers:
-        observer(len(batch), sum(sizes), max(sizes) * len(batch), seconds)
+        observer(items, real_tokens, padded_tokens, seconds)
 
 
 # -- out of memory ---------------------------------------------------------------

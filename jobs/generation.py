@@ -8,26 +8,27 @@ from the model once more and applied the call's keyword arguments. transformers
 5.x fills unset fields differently, so :func:`resolve_generation` replays 4.57's
 order in plain Python and the runner passes every setting explicitly.
 
-Rows are tokenized together, length-sorted into padded batches, generated under
-``torch.inference_mode`` and written back in input order. Inputs longer than the
+The runner is staged on :mod:`jobs.engine`: rows are tokenized a block at a time,
+length-sorted into padded batches, generated under ``torch.inference_mode`` and written
+back in input order. Inputs longer than the
 model accepts are cut (``truncated`` says so) or, with ``truncation: false``,
 become row errors; a bad row never fails the shard.
 """
 
 from __future__ import annotations
 
+import threading
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from jobs.base import LoadOptions, ProgressCallback, Runner, TaskParams
-from jobs.batching import length_sorted_batches, text_error
+from jobs.base import LoadOptions, TaskParams, TaskType
+from jobs.engine import Batch, Encoded, Finished, Item, StagedRunner
 from jobs.errors import SpecError
-from jobs.runtime import load_model, load_tokenizer
+from jobs.runtime import load_model, load_tokenizer, model_input_limit
 
 PIPELINE_DEFAULTS: dict[str, Any] = {"max_new_tokens": 256, "num_beams": 4}
 """``Text2TextGenerationPipeline._default_generation_config`` in 4.57."""
@@ -281,140 +282,91 @@ def _saved_since(model: Any, minimum: tuple[int, int]) -> bool:
     return Version(Version(saved).base_version).release[:2] >= minimum
 
 
-def input_limit(tokenizer: Any, model_config: Any) -> int | None:
-    """Longest input the model accepts: the tokenizer's ``model_max_length`` and position table, if any."""
-    limits = [getattr(model_config, "max_position_embeddings", None)]
-    if tokenizer.model_max_length < 1_000_000:  # VERY_LARGE_INTEGER means "not set"
-        limits.append(tokenizer.model_max_length)
-    known = [limit for limit in limits if limit]
-    return min(known) if known else None
+class Seq2SeqRunner(StagedRunner):
+    """Generates one output column from a ``text`` column with an encoder-decoder model.
 
+    ``encode`` tokenizes (cutting, or refusing, rows longer than the model), ``forward`` is
+    ``generate`` on a padded batch, ``decode`` turns the generated ids of finished rows into
+    text with one batched call. A batch whose generation fails is retried item by item, so
+    one bad row becomes a row error; out of memory halves the batch as for every task.
+    """
 
-@dataclass
-class _Row:
-    ids: list[int]
-    truncated: bool = False
-    error: str | None = None
-    outputs: list[str] = field(default_factory=list)
-
-
-class Seq2SeqRunner(Runner):
-    """Generates one output column from a ``text`` column with an encoder-decoder model."""
+    isolate_failures = True
 
     def __init__(
-        self, model: Any, tokenizer: Any, device: Any, options: LoadOptions, settings: Seq2SeqSettings
+        self, task: TaskType, model: Any, tokenizer: Any, device: Any, settings: Seq2SeqSettings
     ) -> None:
+        super().__init__(task.output_schema().append(pa.field("error", pa.string())), device=device,
+                         pad_id=tokenizer.pad_token_id, padding_side=tokenizer.padding_side)
         self.model = model
         self.tokenizer = tokenizer
-        self.device = device
-        self.options = options
+        # encode and decode run in two threads; a fast tokenizer must not be used by both at once
+        self.tokenizer_lock = threading.Lock()
         self.settings = settings
-        self.limit = input_limit(tokenizer, model.config)
+        self.limit = model_input_limit(tokenizer, model.config)
         self.generation_config = _generation_config(settings.generation, model.generation_config)
 
-    def run(
-        self, inputs: dict[str, list[Any]], progress: ProgressCallback | None = None
-    ) -> list[dict[str, Any]]:
-        texts = inputs["text"]
-        errors = [text_error(text) for text in texts]
-        todo = [i for i, error in enumerate(errors) if error is None]
-        rows = dict(zip(todo, self._prepare([texts[i] for i in todo]), strict=True)) if todo else {}
-        ready = [i for i in todo if rows[i].error is None]
-        for batch in length_sorted_batches(
-            [len(rows[i].ids) for i in ready], self.options.batch_size, self.options.max_batch_tokens
-        ):
-            self._generate([rows[ready[position]] for position in batch])
-            if progress:
-                progress(len(batch))
-        if progress and len(ready) < len(texts):
-            progress(len(texts) - len(ready))
-        return [self._result(rows.get(i), errors[i]) for i in range(len(texts))]
-
-    def _result(self, row: _Row | None, error: str | None) -> dict[str, Any]:
-        column = self.settings.text_column
-        if row is None or row.error is not None:
-            return {column: None, "truncated": None, "error": error or (row.error if row else None)}
-        text: str | list[str] = row.outputs if self.settings.returns > 1 else row.outputs[0]
-        return {column: text, "truncated": row.truncated, "error": None}
-
-    def _prepare(self, texts: list[str]) -> list[_Row]:
-        """Token ids of every text, cut to the model's limit (or marked as errors) where too long."""
-        rows = [_Row(ids) for ids in self._encode(texts, None)]
-        if self.limit is None:
-            return rows
-        too_long = [i for i, row in enumerate(rows) if len(row.ids) > self.limit]
-        if not self.settings.truncation:
+    def encode(self, inputs: dict[str, list[Any]], rows: list[int]) -> Encoded:
+        """Token ids of every text, cut to the model's limit (or refused) where too long."""
+        texts = [inputs["text"][row] for row in rows]
+        ids = self._encode(texts, None)
+        too_long = [i for i, row_ids in enumerate(ids) if self.limit is not None and len(row_ids) > self.limit]
+        errors: dict[int, str] = {}
+        truncated = [False] * len(rows)
+        if too_long and not self.settings.truncation:
             for i in too_long:
-                rows[i].error = (
-                    f"input is {len(rows[i].ids)} tokens, the model accepts at most {self.limit}; "
+                errors[rows[i]] = (
+                    f"input is {len(ids[i])} tokens, the model accepts at most {self.limit}; "
                     "set params.truncation to true to cut it"
                 )
         elif too_long:
-            cut = self._encode([texts[i] for i in too_long], self.limit)
-            for i, ids in zip(too_long, cut, strict=True):
-                rows[i] = _Row(ids, truncated=True)
-        return rows
+            for i, cut in zip(too_long, self._encode([texts[i] for i in too_long], self.limit), strict=True):
+                ids[i], truncated[i] = cut, True
+        items = [Item(row, row_ids, truncated[i]) for i, (row, row_ids) in enumerate(zip(rows, ids, strict=True))
+                 if row not in errors]
+        return Encoded(items, errors)
 
     def _encode(self, texts: list[str], max_length: int | None) -> list[list[int]]:
         """Token ids as 4.57's ``preprocess`` made them, for many texts in one tokenizer call."""
         kwargs = {"truncation": max_length is not None, "max_length": max_length, "verbose": False}
-        if self.settings.languages is not None:
-            src_lang, tgt_lang = self.settings.languages
-            encoded = self.tokenizer._build_translation_inputs(
-                texts, return_tensors=None, src_lang=src_lang, tgt_lang=tgt_lang, **kwargs
-            )
-        else:
-            encoded = self.tokenizer([self.settings.prefix + text for text in texts], **kwargs)
+        with self.tokenizer_lock:
+            if self.settings.languages is not None:
+                src_lang, tgt_lang = self.settings.languages
+                encoded = self.tokenizer._build_translation_inputs(
+                    texts, return_tensors=None, src_lang=src_lang, tgt_lang=tgt_lang, **kwargs
+                )
+            else:
+                encoded = self.tokenizer([self.settings.prefix + text for text in texts], **kwargs)
         ids: list[list[int]] = encoded["input_ids"]
         return ids
 
-    def _generate(self, rows: Sequence[_Row]) -> None:
-        """Generate for one length-sorted batch; a batch that fails is retried row by row."""
-        try:
-            outputs = self._generate_batch([row.ids for row in rows])
-        except Exception as exc:
-            if _out_of_memory(exc):
-                raise
-            if len(rows) == 1:
-                rows[0].error = f"generation failed: {exc}"
-                return
-            for row in rows:
-                self._generate([row])
-            return
-        for row, texts in zip(rows, outputs, strict=True):
-            row.outputs = texts
-
-    def _generate_batch(self, batch: list[list[int]]) -> list[list[str]]:
-        import torch
-
-        input_ids, attention_mask = self._pad(batch)
-        with torch.inference_mode(), warnings.catch_warnings():
+    def forward(self, batch: Batch) -> list[Any]:
+        with warnings.catch_warnings():
             # Advice about parameter combinations (e.g. length_penalty with greedy search) is not a row error.
             warnings.simplefilter("ignore", UserWarning)
             sequences = self.model.generate(
-                input_ids=input_ids.to(self.device),
-                attention_mask=attention_mask.to(self.device),
+                input_ids=batch.tensors["input_ids"],
+                attention_mask=batch.tensors["attention_mask"],
                 generation_config=self.generation_config,
             )
-        texts = self.tokenizer.batch_decode(
-            sequences.cpu(), skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
+        generated = sequences.cpu().numpy()
         per_row = self.settings.returns
-        return [texts[i * per_row : (i + 1) * per_row] for i in range(len(batch))]
+        return [generated[i * per_row : (i + 1) * per_row] for i in range(len(batch.items))]
 
-    def _pad(self, batch: list[list[int]]) -> tuple[Any, Any]:
-        """Pad to the longest row on the tokenizer's padding side, as ``tokenizer.pad`` would."""
-        import torch
-
-        longest = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), longest), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        left = self.tokenizer.padding_side == "left"
-        for row, ids in enumerate(batch):
-            span = slice(longest - len(ids), longest) if left else slice(0, len(ids))
-            input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, span] = 1
-        return input_ids, attention_mask
+    def decode(self, inputs: dict[str, list[Any]], finished: Finished) -> pa.Table:
+        sequences = [sequence for outputs in finished.outputs for sequence in outputs[0]]
+        with self.tokenizer_lock:
+            texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True,
+                                                clean_up_tokenization_spaces=False)
+        per_row = self.settings.returns
+        column: list[Any] = [texts[i * per_row : (i + 1) * per_row] for i in range(len(finished.rows))]
+        if per_row == 1:
+            column = [outputs[0] for outputs in column]
+        truncated = [items[0].data for items in finished.items]
+        return pa.Table.from_arrays(
+            [pa.array(column, type=self.schema.field(self.settings.text_column).type), pa.array(truncated, pa.bool_())],
+            schema=self.schema.remove(self.schema.get_field_index("error")),
+        )
 
 
 def _generation_config(settings: dict[str, Any], model_generation: Any) -> Any:
@@ -436,8 +388,3 @@ def _generation_config(settings: dict[str, Any], model_generation: Any) -> Any:
             if hasattr(config, key):
                 setattr(config, key, value)
     return config
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    """Out-of-memory must reach the worker (it can retry smaller), not become row errors."""
-    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"

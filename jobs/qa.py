@@ -3,17 +3,18 @@
 transformers 5 no longer ships that pipeline, so its behaviour is re-implemented
 here (see PIPELINE_SEMANTICS.md): long contexts are cut into overlapping chunks,
 every chunk proposes spans scored ``p_start * p_end``, and the chunks' answers are
-merged per row. Faster than 4.57 because a batch of rows is tokenized in one call,
-chunks run length-sorted in padded model batches, and span scoring is one tensor
-operation per model batch instead of a numpy outer product per chunk.
+merged per row. Faster than 4.57 because, on :mod:`jobs.engine`, a block of rows is
+tokenized in one call, chunks run length-sorted in padded model batches, and span
+scoring is one tensor operation per model batch (on the device) instead of a numpy
+outer product per chunk.
 
-``batch_size`` counts chunks (model rows); one tokenizer call covers ``batch_size``
-rows of the shard.
+``batch_size`` counts chunks (model rows), as 4.57 did.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,8 +22,9 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from jobs.base import LoadOptions, ProgressCallback, Runner, TaskParams, TaskType
-from jobs.batching import RowOutOfMemory, length_sorted_batches, run_splitting_on_oom, text_error
+from jobs.base import LoadOptions, Runner, TaskParams, TaskType
+from jobs.batching import text_error
+from jobs.engine import Batch, Encoded, Finished, Item, StagedRunner, pad
 from jobs.errors import ModelLoadError, SpecError
 from jobs.runtime import load_model, load_tokenizer
 
@@ -86,7 +88,7 @@ class QuestionAnsweringTask(TaskType):
             )
         settings = resolve_settings(self.params, tokenizer)
         model, device = load_model(AutoModelForQuestionAnswering, options)
-        return QuestionAnsweringRunner(settings, model, tokenizer, device, options)
+        return QuestionAnsweringRunner(self, settings, model, tokenizer, device)
 
 
 def answer_struct() -> pa.StructType:
@@ -158,12 +160,9 @@ def pair_error(question: Any, context: Any) -> str | None:
 
 @dataclass
 class Chunk:
-    """One model row: a window of a row's context plus the question."""
+    """What decode needs of one model row: a window of a row's context plus the question."""
 
-    row: int
     encoding: Any  # tokenizers.Encoding
-    ids: list[int]
-    type_ids: list[int]
     keep: np.ndarray  # bool per token: may be part of an answer (4.57's ``1 - p_mask``)
 
 
@@ -177,71 +176,81 @@ class Spans:
     null_score: float
 
 
-class QuestionAnsweringRunner(Runner):
-    def __init__(
-        self, settings: QaSettings, model: Any, tokenizer: Any, device: Any, options: LoadOptions
-    ) -> None:
+class QuestionAnsweringRunner(StagedRunner):
+    input_roles = ("question", "context")
+
+    def __init__(self, task: QuestionAnsweringTask, settings: QaSettings, model: Any, tokenizer: Any,
+                 device: Any) -> None:
+        super().__init__(task.output_schema().append(pa.field("error", pa.string())), device=device,
+                         pad_id=tokenizer.pad_token_id or 0,
+                         with_type_ids="token_type_ids" in tokenizer.model_input_names)
         self.settings = settings
         self.model = model
         self.tokenizer = tokenizer
-        self.device = device
-        self.options = options
-        self.model_inputs = set(tokenizer.model_input_names)
         self.no_cache = "use_cache" in inspect.signature(model.forward).parameters
 
-    def run(
-        self, inputs: dict[str, list[Any]], progress: ProgressCallback | None = None
-    ) -> list[dict[str, Any]]:
+    def row_error(self, values: dict[str, Any]) -> str | None:
+        return pair_error(values["question"], values["context"])
+
+    def encode(self, inputs: dict[str, list[Any]], rows: list[int]) -> Encoded:
+        """One tokenizer call for the block; each overflow window becomes an item."""
         questions, contexts = inputs["question"], inputs["context"]
-        errors = [pair_error(q, c) for q, c in zip(questions, contexts, strict=True)]
-        todo = [i for i, error in enumerate(errors) if error is None]
-        errors = self._too_long_errors(questions, contexts, todo, errors)
-        results = [self._result([], error) for error in errors]
-        todo = [i for i in todo if errors[i] is None]
-        if progress and len(todo) < len(questions):
-            progress(len(questions) - len(todo))
-        lengths = [len(questions[i]) + len(contexts[i]) for i in todo]
-        for batch in length_sorted_batches(lengths, self.options.batch_size):
-            rows = [todo[i] for i in batch]
-            answers = self._answer([questions[i] for i in rows], [contexts[i] for i in rows])
-            for row, row_answers in zip(rows, answers, strict=True):
-                if isinstance(row_answers, RowOutOfMemory):
-                    results[row] = self._result([], row_answers.message)
-                else:
-                    results[row] = self._result(row_answers, None)
-            if progress:
-                progress(len(rows))
-        return results
+        errors = self._too_long_errors([questions[r] for r in rows], [contexts[r] for r in rows])
+        failed = {row: error for row, error in zip(rows, errors, strict=True) if error is not None}
+        return self._chunks(questions, contexts, [row for row in rows if row not in failed], failed)
 
-    def _result(self, answers: list[dict[str, Any]], error: str | None) -> dict[str, Any]:
-        """Output columns of one row; with top_k 1 a row without any answer gets nulls."""
-        if self.settings.top_k > 1:
-            return {"answers": None if error else answers, "error": error}
-        best = answers[0] if answers else {}
-        return {**{name: best.get(name) for name in ANSWER_FIELDS}, "error": error}
+    def _chunks(self, questions: list[str], contexts: list[str], rows: list[int],
+                errors: dict[int, str]) -> Encoded:
+        s = self.settings
+        if not rows:
+            return Encoded([], errors)
+        first, second = (questions, contexts) if s.question_first else (contexts, questions)
+        encoded = self.tokenizer(
+            [first[r] for r in rows],
+            [second[r] for r in rows],
+            truncation="only_second" if s.question_first else "only_first",
+            max_length=s.max_seq_len,
+            stride=s.doc_stride,
+            return_token_type_ids=True,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+            return_attention_mask=False,
+        )
+        owners = encoded.get("overflow_to_sample_mapping") or list(range(len(rows)))
+        parts = [0] * len(rows)
+        for owner in owners:
+            parts[owner] += 1
+        seen = [0] * len(rows)
+        cls_id = self.tokenizer.cls_token_id
+        items = []
+        for index, (owner, encoding) in enumerate(zip(owners, encoded.encodings, strict=True)):
+            ids = encoded["input_ids"][index]
+            if s.question_first:
+                sequence = np.array(encoding.sequence_ids, dtype=float)  # None -> nan
+                keep = (sequence == 1) | (np.array(ids) == cls_id)
+            else:
+                keep = np.ones(len(ids), dtype=bool)  # 4.57 masks nothing then
+            items.append(Item(rows[owner], ids, Chunk(encoding, keep), encoded["token_type_ids"][index],
+                              seen[owner], parts[owner]))
+            seen[owner] += 1
+        return Encoded(items, errors)
 
-    def _too_long_errors(
-        self, questions: list[Any], contexts: list[Any], todo: list[int], errors: list[str | None]
-    ) -> list[str | None]:
+    def _too_long_errors(self, questions: list[str], contexts: list[str]) -> list[str | None]:
         """Flag rows whose question leaves no room for a context chunk longer than the stride.
 
         The tokenizer fails (or panics, a BaseException) on them and would take the
-        whole batch down; 4.57 raised for such a row too.
+        whole block down; 4.57 raised for such a row too.
         """
         s = self.settings
-        if not todo:
+        errors: list[str | None] = [None] * len(questions)
+        if not questions:
             return errors
         special = self.tokenizer.num_special_tokens_to_add(pair=True)
-        q_lengths = self._token_counts([questions[i] for i in todo])
-        risky = [
-            (i, n)
-            for i, n in zip(todo, q_lengths, strict=True)
-            if s.max_seq_len - n - special <= s.doc_stride
-        ]
+        q_lengths = self._token_counts(questions)
+        risky = [(i, n) for i, n in enumerate(q_lengths) if s.max_seq_len - n - special <= s.doc_stride]
         if not risky:
             return errors
         c_lengths = self._token_counts([contexts[i] for i, _ in risky])
-        errors = list(errors)
         for (i, q_len), c_len in zip(risky, c_lengths, strict=True):
             if q_len + c_len + special > s.max_seq_len:
                 errors[i] = (
@@ -255,117 +264,52 @@ class QuestionAnsweringRunner(Runner):
         encoded = self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
-    def _answer(
-        self, questions: list[str], contexts: list[str]
-    ) -> list[list[dict[str, Any]] | RowOutOfMemory]:
-        """Answers of each row: tokenize together, score chunks, merge each row's chunks."""
-        chunks = self._chunks(questions, contexts)
-        spans, failed = self._score_all(chunks)
-        chunks_of: list[list[int]] = [[] for _ in questions]
-        for index, chunk in enumerate(chunks):
-            chunks_of[chunk.row].append(index)
-        return [
-            failed[row]
-            if row in failed
-            else self._merge(contexts[row], [chunks[i] for i in indices], [spans[i] for i in indices])
-            for row, indices in enumerate(chunks_of)
-        ]
-
-    def _score_all(self, chunks: list[Chunk]) -> tuple[dict[int, Spans], dict[int, RowOutOfMemory]]:
-        """Spans of each chunk, run in length-sorted model batches.
-
-        A batch that runs out of GPU memory is split and run again; a row with a chunk
-        that does not fit even alone gets a RowOutOfMemory (by row) instead.
-        """
+    def forward(self, batch: Batch) -> Sequence[Spans]:
+        """Run one padded model batch and pick each chunk's candidate spans on the device."""
         import torch
 
-        spans: dict[int, Spans] = {}
-        failed: dict[int, RowOutOfMemory] = {}
-        lengths = [len(chunk.ids) for chunk in chunks]
-        with torch.inference_mode():
-            for batch in length_sorted_batches(
-                lengths, self.options.batch_size, self.options.max_batch_tokens
-            ):
-                scored = run_splitting_on_oom(
-                    lambda indices: self._score([chunks[i] for i in indices]), batch
-                )
-                for index, result in zip(batch, scored, strict=True):
-                    if isinstance(result, RowOutOfMemory):
-                        failed[chunks[index].row] = result
-                    else:
-                        spans[index] = result
-        return spans, failed
-
-    def _chunks(self, questions: list[str], contexts: list[str]) -> list[Chunk]:
-        """One tokenizer call for the batch; each overflow window becomes a chunk."""
-        s = self.settings
-        first, second = (questions, contexts) if s.question_first else (contexts, questions)
-        encoded = self.tokenizer(
-            first,
-            second,
-            truncation="only_second" if s.question_first else "only_first",
-            max_length=s.max_seq_len,
-            stride=s.doc_stride,
-            return_token_type_ids=True,
-            return_overflowing_tokens=True,
-            return_offsets_mapping=True,
-        )
-        rows = encoded.get("overflow_to_sample_mapping") or list(range(len(questions)))
-        cls_id = self.tokenizer.cls_token_id
-        chunks = []
-        for index, (row, encoding) in enumerate(zip(rows, encoded.encodings, strict=True)):
-            ids = encoded["input_ids"][index]
-            if s.question_first:
-                sequence = np.array(encoding.sequence_ids, dtype=float)  # None -> nan
-                keep = (sequence == 1) | (np.array(ids) == cls_id)
-            else:
-                keep = np.ones(len(ids), dtype=bool)  # 4.57 masks nothing then
-            chunks.append(Chunk(row, encoding, ids, encoded["token_type_ids"][index], keep))
-        return chunks
-
-    def _score(self, chunks: list[Chunk]) -> list[Spans]:
-        """Run one padded model batch and pick each chunk's candidate spans."""
-        import torch
-
-        pad_id = self.tokenizer.pad_token_id or 0
-        arrays = {
-            "input_ids": padded([chunk.ids for chunk in chunks], pad_id, np.int64),
-            "token_type_ids": padded([chunk.type_ids for chunk in chunks], 0, np.int64),
-            "attention_mask": padded([[1] * len(chunk.ids) for chunk in chunks], 0, np.int64),
-        }
-        model_inputs: dict[str, Any] = {
-            name: torch.from_numpy(array).to(self.device)
-            for name, array in arrays.items()
-            if name in self.model_inputs
-        }
+        model_inputs = dict(batch.tensors)
         if self.no_cache:
             model_inputs["use_cache"] = False
         output = self.model(**model_inputs)
-        attention = torch.from_numpy(arrays["attention_mask"]).bool().to(self.device)
-        keep = torch.from_numpy(padded([chunk.keep for chunk in chunks], False, np.bool_)).to(self.device)
+        attention = batch.tensors["attention_mask"].bool()
+        keep = torch.from_numpy(pad([item.data.keep for item in batch.items], False, dtype=np.bool_))
         return select_spans(
             output.start_logits.float(),
             output.end_logits.float(),
-            keep,
+            keep.to(attention.device),
             attention,
             self.settings.candidates,
             self.settings.max_answer_len,
         )
 
-    def _merge(self, context: str, chunks: list[Chunk], spans: list[Spans]) -> list[dict[str, Any]]:
+    def decode(self, inputs: dict[str, list[Any]], finished: Finished) -> pa.Table:
+        contexts = inputs["context"]
+        rows = [self._result(self._merge(contexts[row], items, spans))
+                for row, items, spans in zip(finished.rows, finished.items, finished.outputs, strict=True)]
+        return pa.Table.from_pylist(rows, schema=self.schema.remove(self.schema.get_field_index("error")))
+
+    def _result(self, answers: list[dict[str, Any]]) -> dict[str, Any]:
+        """Output columns of one row; with top_k 1 a row without any answer gets nulls."""
+        if self.settings.top_k > 1:
+            return {"answers": answers}
+        best = answers[0] if answers else {}
+        return {name: best.get(name) for name in ANSWER_FIELDS}
+
+    def _merge(self, context: str, items: list[Item], spans: list[Spans]) -> list[dict[str, Any]]:
         """4.57's post-processing: spans to text, same-text answers add up, best ``top_k`` kept."""
         s = self.settings
         answers: list[dict[str, Any]] = []
         by_text: dict[str, dict[str, Any]] = {}
         min_null_score: float = NULL_SCORE_START
-        for chunk, chunk_spans in zip(chunks, spans, strict=True):
+        for item, chunk_spans in zip(items, spans, strict=True):
             min_null_score = min(min_null_score, chunk_spans.null_score)
-            offset = self._left_pad_offset(chunk)
+            offset = self._left_pad_offset(item)
             for start_token, end_token, score in zip(
                 chunk_spans.starts, chunk_spans.ends, chunk_spans.scores, strict=True
             ):
                 start, end = char_span(
-                    chunk.encoding,
+                    item.data.encoding,
                     start_token - offset,
                     end_token - offset,
                     s.question_first,
@@ -383,20 +327,12 @@ class QuestionAnsweringRunner(Runner):
             answers.append({"answer": "", "score": min_null_score, "start": 0, "end": 0})
         return sorted(answers, key=lambda answer: answer["score"], reverse=True)[: s.top_k]
 
-    def _left_pad_offset(self, chunk: Chunk) -> int:
+    def _left_pad_offset(self, item: Item) -> int:
         """4.57 shifts token indices by the pad tokens in a left-padded chunk; unpadded, that
         counts literal pad tokens in the text. Kept for parity; zero for right padding."""
         if self.settings.question_first or self.tokenizer.pad_token_id is None:
             return 0
-        return chunk.ids.count(self.tokenizer.pad_token_id)
-
-
-def padded(rows: list[Any], fill: Any, dtype: Any) -> np.ndarray:
-    """Rows of unequal length as one right-padded array."""
-    array = np.full((len(rows), max(len(row) for row in rows)), fill, dtype=dtype)
-    for index, row in enumerate(rows):
-        array[index, : len(row)] = row
-    return array
+        return list(item.ids).count(self.tokenizer.pad_token_id)
 
 
 def char_span(
@@ -448,15 +384,20 @@ def select_spans(
     allowed = _allowed(keep & attention)
     passes = allowed.gather(1, starts) & allowed.gather(1, ends)
     positives = (band > 0).sum(dim=1).tolist()
+    # one transfer to the host for the whole batch, then plain lists per chunk
+    all_starts, all_ends, all_scores, all_passes = (starts.tolist(), ends.tolist(), scores.tolist(), passes.tolist())
+    lengths = attention.sum(dim=1).tolist()
     result = []
     for c, null_score in enumerate(null_scores):
         if positives[c] < candidates:
-            n = int(attention[c].sum())
+            n = int(lengths[c])
             chunk = (p_start[c, :n], p_end[c, :n], keep[c, :n])
             result.append(_decode_with_numpy(*chunk, candidates, max_answer_len, null_score))
             continue
-        ok = passes[c]
-        result.append(Spans(starts[c][ok].tolist(), ends[c][ok].tolist(), scores[c][ok].tolist(), null_score))
+        ok = all_passes[c]
+        result.append(Spans([v for v, o in zip(all_starts[c], ok, strict=True) if o],
+                            [v for v, o in zip(all_ends[c], ok, strict=True) if o],
+                            [v for v, o in zip(all_scores[c], ok, strict=True) if o], null_score))
     return result
 
 

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     import torch
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+VERY_LARGE_LENGTH = 1_000_000
+"""A ``model_max_length`` this large means the tokenizer sets none (transformers' VERY_LARGE_INTEGER)."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -22,8 +24,20 @@ def resolve_device(device: str) -> torch.device:
 
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {device!r} requested but CUDA is not available on this worker")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"device {device!r} requested but CUDA is not available on this worker "
+                "(no GPU, or a CPU build of torch); use device: auto or cpu, or run the job on a GPU worker"
+            )
+        resolved = torch.device(device)
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ModelLoadError(
+                f"device {device!r} requested but this worker sees {count} CUDA device(s) "
+                "(check CUDA_VISIBLE_DEVICES: a worker pinned to one GPU sees it as cuda:0)"
+            )
+        return resolved
     return torch.device(device)
 
 
@@ -57,18 +71,32 @@ def load_tokenizer(options: LoadOptions, **kwargs: Any) -> Any:
 
 
 def load_model(auto_class: Any, options: LoadOptions) -> tuple[Any, torch.device]:
-    """Load ``auto_class.from_pretrained`` onto the resolved device in eval mode."""
+    """Load ``auto_class.from_pretrained`` onto the resolved device in eval mode.
+
+    Attention is PyTorch's SDPA where the architecture supports it (fused kernels on GPUs),
+    else the model's own; runners call the model under ``torch.inference_mode``.
+    """
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
+    arguments = {"revision": options.revision, "trust_remote_code": options.trust_remote_code, "dtype": dtype}
     try:
-        model = auto_class.from_pretrained(
-            options.model,
-            revision=options.revision,
-            trust_remote_code=options.trust_remote_code,
-            dtype=dtype,
-        )
+        try:
+            model = auto_class.from_pretrained(options.model, attn_implementation="sdpa", **arguments)
+        except ValueError as exc:  # "does not support an attention implementation through ... sdpa"
+            if "sdpa" not in str(exc).lower():
+                raise
+            model = auto_class.from_pretrained(options.model, **arguments)
     except Exception as exc:
         raise ModelLoadError(f"cannot load model {options.model!r}: {exc}") from exc
     model.to(device)
     model.eval()
     return model, device
+
+
+def model_input_limit(tokenizer: Any, model_config: Any) -> int | None:
+    """Longest input the model accepts: the tokenizer's ``model_max_length`` and the position table, if set."""
+    limits = [getattr(model_config, "max_position_embeddings", None)]
+    if tokenizer.model_max_length < VERY_LARGE_LENGTH:
+        limits.append(tokenizer.model_max_length)
+    known = [limit for limit in limits if limit]
+    return min(known) if known else None

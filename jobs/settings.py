@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     allow_trust_remote_code: bool = Field(False, description="Let jobs that ask for it run hub model code.")
     allowed_roots: str = Field("", description="Comma-separated input/output path prefixes; empty allows all.")
     torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads per worker process.")
+    overlap: bool = Field(
+        True, description="Run host stages (tokenize, pad, decode) in threads beside the device stage; "
+        "results are identical either way."
+    )
     metrics_port: int | None = Field(
         None, gt=0, lt=65536, description="Port a worker serves Prometheus metrics on (/metrics); off when unset."
     )

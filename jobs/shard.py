@@ -35,6 +35,7 @@ def run_shard(
     task: TaskType,
     runner: Runner,
     progress: ProgressCallback | None = None,
+    overlap: bool = True,
 ) -> tuple[pa.Table, dict[str, Any]]:
     """The shard's output table and a summary (rows, errors, seconds)."""
     started = time.monotonic()
@@ -44,8 +45,7 @@ def run_shard(
     wanted = list(dict.fromkeys(kept + list(roles.values())))
     table = read_rows(manifest.sources[plan.source], plan.start, plan.stop, wanted)
     inputs = {role: table.column(column).to_pylist() for role, column in roles.items()}
-    results = runner.run(inputs, progress)
-    produced = results if isinstance(results, pa.Table) else _from_rows(results, task)
+    produced = runner.run_table(inputs, progress, spec.run_options(overlap))
     base = first_row(manifest, plan)
     kept_table = table.select(kept)
     schema = output_schema(task, kept_table.schema)
@@ -54,6 +54,9 @@ def run_shard(
     output = pa.Table.from_arrays(columns, schema=schema)
     errors = table.num_rows - output.column(ERROR).null_count
     summary = {"rows": table.num_rows, "errors": errors, "seconds": round(time.monotonic() - started, 3)}
+    stats = getattr(runner, "last_stats", None)
+    if stats is not None and stats.batches:
+        summary.update(batches=stats.batches, tokens=stats.tokens, padded_tokens=stats.padded_tokens)
     if TRUNCATED in output.schema.names:  # issue 12: rows cut to the model's length, counted for status
         summary[TRUNCATED] = truncated_rows(output)
     return output, summary
@@ -64,8 +67,3 @@ def truncated_rows(output: pa.Table) -> int:
     if TRUNCATED not in output.schema.names:
         return 0
     return int(sum(1 for value in output.column(TRUNCATED).to_pylist() if value))
-
-
-def _from_rows(rows: list[dict[str, Any]], task: TaskType) -> pa.Table:
-    schema = task.output_schema().append(pa.field(ERROR, pa.string()))
-    return pa.Table.from_pylist(rows, schema=schema)

@@ -15,12 +15,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from jobs.base import LoadOptions, TaskType
+from jobs.batching import DEFAULT_BATCH_SIZE
+from jobs.engine import RunOptions
 from jobs.errors import SpecError
 from jobs.registry import TASKS, get_task_class
 from jobs.sources import datasets_loader
 
 DEFAULT_SHARD_ROWS = 10_000
-DEFAULT_BATCH_SIZE = 64
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_MAX_ERROR_RATE = 0.5
 # Fields that do not change a job's output: changing them resumes the job instead of making a new one.
@@ -66,7 +67,11 @@ class JobSpec(BaseModel):
     output: str = Field(description="Output directory for the Parquet parts and the manifest.")
     params: dict[str, Any] = Field(default_factory=dict, description="Task parameters, named as in transformers pipelines.")
     shard_rows: int = Field(DEFAULT_SHARD_ROWS, gt=0, description="Rows per shard (one Celery task each).")
-    batch_size: int = Field(DEFAULT_BATCH_SIZE, gt=0, description="Rows per model batch.")
+    batch_size: int = Field(
+        DEFAULT_BATCH_SIZE, gt=0,
+        description="Model items per batch: chunks for ner and qa (a long text or context gives several), "
+        "rows for the other tasks.",
+    )
     max_batch_tokens: int | None = Field(
         None, gt=0, description="Optional padded-token budget per batch; long rows then share a batch with fewer rows."
     )
@@ -167,9 +172,11 @@ class JobSpec(BaseModel):
             device=self.device,
             dtype=self.dtype,
             trust_remote_code=self.trust_remote_code,
-            batch_size=self.batch_size,
-            max_batch_tokens=self.max_batch_tokens,
         )
+
+    def run_options(self, overlap: bool = True) -> RunOptions:
+        """How batches are formed; never part of what a worker caches a model by."""
+        return RunOptions(batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens, overlap=overlap)
 
     def fingerprint(self) -> str:
         """Stable hash of what determines the output: a re-run with the same spec resumes."""

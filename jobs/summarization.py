@@ -47,4 +47,4 @@ class SummarizationTask(TaskType):
             truncation=self.params.truncation,
             prefix=prefix,
         )
-        return Seq2SeqRunner(model, tokenizer, device, options, settings)
+        return Seq2SeqRunner(self, model, tokenizer, device, settings)

@@ -1,4 +1,4 @@
-"""Tokenization: one batched fast-tokenizer call per batch, columns built without row loops."""
+"""Tokenization: one batched fast-tokenizer call per block of rows, columns built without row loops."""
 
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from jobs.base import LoadOptions, ProgressCallback, Runner, TaskParams, TaskType
-from jobs.batching import text_error
+from jobs.base import LoadOptions, Runner, TaskParams, TaskType
+from jobs.engine import Encoded, Finished, Item, StagedRunner
 from jobs.runtime import load_tokenizer
-
-TOKENIZE_BATCH_ROWS = 4096
 
 
 class TokenizeParams(TaskParams):
@@ -47,63 +45,49 @@ class TokenizeTask(TaskType):
         return TokenizeRunner(self, load_tokenizer(options))
 
 
-class TokenizeRunner(Runner):
+class TokenizeRunner(StagedRunner):
+    """No device stage: ``encode`` is the tokenizer call, ``decode`` lays the encodings out as Arrow."""
+
+    device_stage = False
+
     def __init__(self, task: TokenizeTask, tokenizer: Any) -> None:
-        self.task = task
+        super().__init__(task.output_schema().append(pa.field("error", pa.string())))
+        self.params = task.params
         self.tokenizer = tokenizer
-        self.schema = task.output_schema().append(pa.field("error", pa.string()))
 
-    def run(self, inputs: dict[str, list[Any]], progress: ProgressCallback | None = None) -> pa.Table:  # type: ignore[override]
+    def row_length(self, values: dict[str, Any]) -> int:
+        return 0  # nothing is padded: keep the input order
+
+    def encode(self, inputs: dict[str, list[Any]], rows: list[int]) -> Encoded:
         texts = inputs["text"]
-        errors = [text_error(t) for t in texts]
-        valid = [i for i, error in enumerate(errors) if error is None]
-        ids: list[list[int]] = []
-        offsets: list[list[tuple[int, int]]] = []
-        word_ids: list[list[int | None]] = []
-        for start in range(0, len(valid), TOKENIZE_BATCH_ROWS):
-            rows = valid[start : start + TOKENIZE_BATCH_ROWS]
-            batch = self.tokenizer(
-                [texts[i] for i in rows],
-                add_special_tokens=self.task.params.add_special_tokens,
-                truncation=self.task.params.truncation,
-                max_length=self.task.params.max_length,
-                stride=self.task.params.stride,
-                return_attention_mask=False,  # all ones without padding: built below as one array
-                return_token_type_ids=False,
-            )
-            ids.extend(batch["input_ids"])
-            offsets.extend([encoding.offsets for encoding in batch.encodings])
-            word_ids.extend([encoding.word_ids for encoding in batch.encodings])
-            if progress:
-                progress(len(rows))
-        if progress and len(valid) < len(texts):
-            progress(len(texts) - len(valid))
-        return self._table(valid, ids, offsets, word_ids, errors)
+        batch = self.tokenizer(
+            [texts[i] for i in rows],
+            add_special_tokens=self.params.add_special_tokens,
+            truncation=self.params.truncation,
+            max_length=self.params.max_length,
+            stride=self.params.stride,
+            return_attention_mask=False,  # all ones without padding: built in decode as one array
+            return_token_type_ids=False,
+        )
+        return Encoded([Item(row, ids, encoding) for row, ids, encoding in
+                        zip(rows, batch["input_ids"], batch.encodings, strict=True)])
 
-    def _table(
-        self,
-        valid: list[int],
-        ids: list[list[int]],
-        offsets: list[list[tuple[int, int]]],
-        word_ids: list[list[int | None]],
-        errors: list[str | None],
-    ) -> pa.Table:
+    def decode(self, inputs: dict[str, list[Any]], finished: Finished) -> pa.Table:
         """Arrow columns from the flattened token lists, with no Python loop over tokens."""
-        counts = np.zeros(len(errors), dtype=np.int32)
-        counts[valid] = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
+        items = [row_items[0] for row_items in finished.items]
+        counts = np.fromiter((len(item.ids) for item in items), dtype=np.int32, count=len(items))
         total = int(counts.sum())
         list_offsets = pa.array(np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int32))
-        nulls = pa.array([error is not None for error in errors])
-        flat_ids = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=total)
-        spans = np.fromiter(chain.from_iterable(chain.from_iterable(offsets)), dtype=np.int32, count=2 * total)
+        flat_ids = np.fromiter(chain.from_iterable(item.ids for item in items), dtype=np.int32, count=total)
+        spans = np.fromiter(chain.from_iterable(chain.from_iterable(item.data.offsets for item in items)),
+                            dtype=np.int32, count=2 * total)
         pairs = pa.FixedSizeListArray.from_arrays(pa.array(spans, type=pa.int32()), 2)
-        words = pa.array(list(chain.from_iterable(word_ids)), type=pa.int32())  # None (special tokens) -> null
+        words = pa.array(list(chain.from_iterable(item.data.word_ids for item in items)), type=pa.int32())
         columns = [
-            pa.ListArray.from_arrays(list_offsets, pa.array(flat_ids), mask=nulls),
-            pa.ListArray.from_arrays(list_offsets, pa.array(np.ones(total, dtype=np.int8)), mask=nulls),
-            pa.ListArray.from_arrays(list_offsets, pairs, mask=nulls),
-            pa.ListArray.from_arrays(list_offsets, words, mask=nulls),
-            pa.array(counts, mask=np.asarray(nulls)),
-            pa.array(errors, type=pa.string()),
+            pa.ListArray.from_arrays(list_offsets, pa.array(flat_ids)),
+            pa.ListArray.from_arrays(list_offsets, pa.array(np.ones(total, dtype=np.int8))),
+            pa.ListArray.from_arrays(list_offsets, pairs),
+            pa.ListArray.from_arrays(list_offsets, words),  # None (special tokens) -> null
+            pa.array(counts),
         ]
-        return pa.Table.from_arrays(columns, schema=self.schema)
+        return pa.Table.from_arrays(columns, schema=self.schema.remove(self.schema.get_field_index("error")))

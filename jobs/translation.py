@@ -84,7 +84,7 @@ class TranslationTask(TaskType):
             prefix="" if languages else prefix,
             languages=languages,
         )
-        return Seq2SeqRunner(model, tokenizer, device, options, settings)
+        return Seq2SeqRunner(self, model, tokenizer, device, settings)
 
     def _multilingual_languages(self, tokenizer: Any, model: str) -> tuple[str, str] | None:
         """(src_lang, tgt_lang) when the tokenizer is multilingual; both are then required."""

@@ -148,7 +148,8 @@ def _run_leased(
         with lease.kept():
             _check_source(manifest.sources[plan.source], plan, settings)
             job_task, runner = runner_for(spec, settings)
-            table, summary = run_shard(manifest, plan, job_task, runner, _progress_reporter(task, plan.rows))
+            table, summary = run_shard(manifest, plan, job_task, runner, _progress_reporter(task, plan.rows),
+                                       overlap=settings.overlap)
             faults.before_commit(shard.shard)
             if not lease.held():
                 log.error("shard %s of job %s: lease lost to %s; not committing", shard.shard, shard.job_id,

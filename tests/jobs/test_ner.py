@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from transformers import pipeline
 
 from jobs.base import LoadOptions
+from jobs.engine import RunOptions
 from jobs.ner import NerTask
 
 CASES = [("none", None), ("simple", None), ("simple", 8), ("first", None), ("first", 8),
@@ -41,8 +42,8 @@ def test_entities_equal_the_pipeline(ner_model: Any, texts: list[str], strategy:
         params["stride"] = stride
     reference = pipeline("token-classification", model=str(ner_model), **params)
     expected = [reference(text) if text else [] for text in texts]
-    runner = NerTask.from_params(params).load(LoadOptions(model=str(ner_model), batch_size=5))
-    got = runner.run({"text": texts})
+    runner = NerTask.from_params(params).load(LoadOptions(model=str(ner_model)))
+    got = runner.run({"text": texts}, options=RunOptions(batch_size=5))
     assert all(row["error"] is None for row in got)
     mismatched = [i for i, (want, have) in enumerate(zip(expected, got, strict=True)) if not _same(want, have["entities"])]
     assert mismatched == []

@@ -11,6 +11,7 @@ import torch
 
 from jobs.base import LoadOptions
 from jobs.batching import OOM_TEST_ENV, RowOutOfMemory, run_splitting_on_oom
+from jobs.engine import RunOptions
 from jobs.ner import NerTask
 
 
@@ -67,8 +68,9 @@ def test_injected_oom_hook(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def ner_runner(ner_model: Path) -> Any:
-    return NerTask.from_params({"aggregation_strategy": "simple"}).load(LoadOptions(model=str(ner_model),
-                                                                                    batch_size=16))
+    runner = NerTask.from_params({"aggregation_strategy": "simple"}).load(LoadOptions(model=str(ner_model)))
+    runner.options = RunOptions(batch_size=16)
+    return runner
 
 
 def test_ner_gives_the_same_entities_when_batches_run_out_of_memory(ner_runner: Any, news_texts: list[str],

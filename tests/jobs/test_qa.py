@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from jobs.base import LoadOptions, Runner
 from jobs.batching import OOM_TEST_ENV
+from jobs.engine import RunOptions
 from jobs.errors import SpecError
 from jobs.qa import QuestionAnsweringTask
 from tests.models import tiny_model_path
@@ -43,8 +44,8 @@ def load_runner(
     model: str, params_json: str, batch_size: int = 64, max_batch_tokens: int | None = None
 ) -> Runner:
     task = QuestionAnsweringTask.from_params(json.loads(params_json))
-    return task.load(
-        LoadOptions(model=model, device="cpu", batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+    return task.load(LoadOptions(model=model, device="cpu")).using(
+        RunOptions(batch_size=batch_size, max_batch_tokens=max_batch_tokens)
     )
 
 

@@ -16,6 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from jobs.base import LoadOptions, Runner
+from jobs.engine import RunOptions
 from jobs.errors import SpecError
 from jobs.generation import generate_config, pipeline_generation_config
 from jobs.summarization import SummarizationTask
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def load(params: dict[str, Any], kind: str = "bart", batch_size: int = 4) -> Runner:
     task = SummarizationTask.from_params(params)
-    return task.load(LoadOptions(model=str(tiny_model_path(kind)), batch_size=batch_size, device="cpu"))
+    return task.load(LoadOptions(model=str(tiny_model_path(kind)), device="cpu")).using(RunOptions(batch_size=batch_size))
 
 
 def fits_schema(params: dict[str, Any], rows: list[dict[str, Any]]) -> pa.Table:

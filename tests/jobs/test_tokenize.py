@@ -16,7 +16,7 @@ def test_columns_equal_the_tokenizer(ner_model: Any, news_texts: list[str], para
     tokenizer = AutoTokenizer.from_pretrained(str(ner_model))
     texts = news_texts[:40]
     expected = tokenizer(texts, return_offsets_mapping=True, **params)
-    table = TokenizeTask.from_params(params).load(LoadOptions(model=str(ner_model))).run({"text": texts})
+    table = TokenizeTask.from_params(params).load(LoadOptions(model=str(ner_model))).run_table({"text": texts})
     assert table.column("input_ids").to_pylist() == expected["input_ids"]
     assert table.column("attention_mask").to_pylist() == expected["attention_mask"]
     assert table.column("offset_mapping").to_pylist() == [[list(p) for p in row] for row in expected["offset_mapping"]]
@@ -27,7 +27,7 @@ def test_columns_equal_the_tokenizer(ner_model: Any, news_texts: list[str], para
 
 
 def test_bad_rows(ner_model: Any) -> None:
-    table = TokenizeTask.from_params({}).load(LoadOptions(model=str(ner_model))).run(
+    table = TokenizeTask.from_params({}).load(LoadOptions(model=str(ner_model))).run_table(
         {"text": ["ok", None, 3.5, "", "x" * 1_000_000]}
     )
     rows = table.to_pylist()

@@ -17,6 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from jobs.base import LoadOptions, Runner
+from jobs.engine import RunOptions
 from jobs.errors import SpecError
 from jobs.translation import TranslationParams, TranslationTask, task_key
 from tests.models import tiny_model_path
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def load(params: dict[str, Any], kind: str, batch_size: int = 4) -> Runner:
     task = TranslationTask.from_params(params)
-    return task.load(LoadOptions(model=str(tiny_model_path(kind)), batch_size=batch_size, device="cpu"))
+    return task.load(LoadOptions(model=str(tiny_model_path(kind)), device="cpu")).using(RunOptions(batch_size=batch_size))
 
 
 def fits_schema(params: dict[str, Any], rows: list[dict[str, Any]]) -> pa.Table:

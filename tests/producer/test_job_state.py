@@ -90,8 +90,10 @@ def test_error_rate_within_the_limit_completes(tmp_path: Path, news_parquet: Pat
 class _Truncating:
     """A runner whose rows 0 and 2 were cut to the model's length."""
 
-    def run(self, inputs: dict[str, list[Any]], progress: Any = None) -> list[dict[str, Any]]:
-        return [{"summary_text": "s", "truncated": i in (0, 2), "error": None} for i in range(len(inputs["text"]))]
+    def run_table(self, inputs: dict[str, list[Any]], progress: Any = None, options: Any = None) -> pa.Table:
+        rows = len(inputs["text"])
+        return pa.table({"summary_text": ["s"] * rows, "truncated": [i in (0, 2) for i in range(rows)],
+                         "error": pa.array([None] * rows, pa.string())})
 
 
 def test_truncated_rows_are_counted_in_the_summary_and_status(tmp_path: Path, news_parquet: Path,

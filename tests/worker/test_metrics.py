@@ -7,7 +7,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from jobs import batching
 from jobs.settings import Settings
 from jobs.spec import load_spec
 from producer.embedded import free_port
@@ -64,19 +63,3 @@ def test_worker_serves_metrics(tmp_path: Path, news_parquet: Path, ner_model: Pa
     assert samples["batchformers_padding_ratio_count{}"] == batches
     # CPU worker: no GPU memory series, and that is not an error.
     assert not any(name.startswith("batchformers_gpu_memory_bytes") for name in samples)
-
-
-def test_batch_observer_sees_each_batch() -> None:
-    seen: list[tuple[int, int, int]] = []
-
-    def observer(rows: int, tokens: int, padded: int, seconds: float) -> None:
-        assert seconds >= 0
-        seen.append((rows, tokens, padded))
-
-    batching.observe_batches(observer)
-    try:
-        batches = list(batching.length_sorted_batches([5, 1, 3, 2], batch_size=2))
-    finally:
-        batching._observers.remove(observer)
-    assert batches == [[0, 2], [3, 1]]
-    assert seen == [(2, 8, 10), (2, 3, 4)]

@@ -1,0 +1,90 @@
+"""The vectorised NER post-processing equals the pipeline's own, fed the very same logits.
+
+Random logits (some sharpened, so that entities form groups of every size), texts with
+subwords, unknown characters, accents and stride windows; every aggregation strategy and
+several ``ignore_labels``. Scores must be equal, not close: both sides compute float32 softmax
+and means the same way.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+from transformers import AutoModelForTokenClassification, AutoTokenizer, TokenClassificationPipeline
+from transformers.pipelines.token_classification import AggregationStrategy
+
+from jobs.engine import Item
+from jobs.ner_decode import EntityDecoder
+from tests.models import tiny_model_path
+
+STRATEGIES = ["none", "simple", "first", "average", "max"]
+IGNORED = [["O"], [], ["O", "PER", "B-PER"]]
+
+
+@pytest.fixture(scope="module")
+def pipeline_parts() -> tuple[Any, Any]:
+    path = str(tiny_model_path("bert-ner"))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForTokenClassification.from_pretrained(path)
+    return tokenizer, TokenClassificationPipeline(model=model, tokenizer=tokenizer, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def texts(news_texts: list[str]) -> list[str]:
+    rng = random.Random(7)
+    words = " ".join(news_texts).split() + ["Zürich", "Ñandú", "Ωmega", "日本", "São", "e\u0301te\u0301", "##x", "--"]
+    made = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 60))) for _ in range(60)]
+    return news_texts[:20] + made + ["", "   ", " ".join(news_texts[:5])]
+
+
+def _logits(rng: np.random.Generator, tokens: int, labels: int) -> np.ndarray:
+    logits = rng.normal(size=(tokens, labels)).astype(np.float32)
+    sharp = rng.random(tokens) < 0.6
+    logits[sharp, rng.integers(0, labels, sharp.sum())] += 6.0  # confident tokens: long groups
+    return logits
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("stride", [None, 4])
+def test_entities_equal_the_pipeline_postprocess(pipeline_parts: tuple[Any, Any], texts: list[str], strategy: str,
+                                                 stride: int | None) -> None:
+    if stride and strategy == "none":
+        pytest.skip("stride needs aggregation (as in transformers)")
+    tokenizer, reference = pipeline_parts
+    rng = np.random.default_rng(11)
+    kwargs: dict[str, Any] = {"truncation": True, "return_offsets_mapping": True, "return_special_tokens_mask": True}
+    if stride:
+        kwargs.update(return_overflowing_tokens=True, stride=stride)
+    encoded = tokenizer(texts, **kwargs)
+    owners = encoded.get("overflow_to_sample_mapping") or list(range(len(texts)))
+    labels = len(reference.model.config.id2label)
+    chunks: dict[int, list[tuple[Any, np.ndarray]]] = {}
+    for index, owner in enumerate(owners):
+        chunks.setdefault(owner, []).append((encoded.encodings[index], _logits(rng, len(encoded["input_ids"][index]),
+                                                                                 labels)))
+    import torch
+
+    for ignore in IGNORED:
+        decoder = EntityDecoder(tokenizer, reference.model.config.id2label, strategy, ignore)
+        rows = sorted(chunks)
+        items = [[Item(row, enc.ids, enc, None, n, len(chunks[row])) for n, (enc, _) in enumerate(chunks[row])]
+                 for row in rows]
+        outputs = [[logits for _, logits in chunks[row]] for row in rows]
+        got = decoder.decode([texts[row] for row in rows], items, outputs).to_pylist()
+        for position, row in enumerate(rows):
+            model_outputs = [{"logits": torch.from_numpy(logits)[None], "input_ids": [enc.ids],
+                              "offset_mapping": [enc.offsets],
+                              "special_tokens_mask": torch.tensor([enc.special_tokens_mask]),
+                              "sentence": texts[row] if n == 0 else None, "is_last": n == len(chunks[row]) - 1}
+                             for n, (enc, logits) in enumerate(chunks[row])]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the fallback-heuristic warning of word strategies
+                want = reference.postprocess(model_outputs, aggregation_strategy=AggregationStrategy[strategy.upper()],
+                                             ignore_labels=ignore)
+            want = [{k: (v.item() if hasattr(v, "item") else v) for k, v in e.items()} for e in want]
+            assert got[position] == want, (strategy, stride, ignore, texts[row])
+    assert any(got), "some entities must be found, or the comparison proves little"
