@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 DEFAULT_SHARDS = (400, 2000)
 DEFAULT_FILES = (1000,)
+DEFAULT_STATUS_SHARDS = (5000,)
 WINDOW = 50  # shards at the start and at the end whose commit rates are compared
 UPLOAD_THREADS = 16
 JOB_TIMEOUT = 3600.0
@@ -151,6 +152,68 @@ def many_shards(model: str, s3: MotoS3, broker_url: str, queue: str, shards: int
     }
 
 
+def status_at_scale(model: str, s3: MotoS3, broker_url: str, shards: int) -> dict[str, Any]:
+    """``status`` of a job with ``shards`` commit markers on S3 (markers written as workers write them)."""
+    import subprocess
+
+    import redis
+
+    from bench import data
+    from jobs.settings import Settings
+    from jobs.spec import load_spec
+    from producer.status import job_status
+    from producer.submit import prepare
+
+    bucket = s3.bucket()
+    input_url = f"s3://{bucket}/input/rows.parquet"
+    _put(input_url, _parquet_bytes(data.text_rows(shards, seed=17)))
+    output = f"s3://{bucket}/runs/status-{shards}"
+    settings = Settings(broker_url=broker_url, queue=f"bf-scale-status-{uuid.uuid4().hex[:6]}")
+    manifest, layout = prepare(load_spec(_spec(model, input_url, output, 1)), settings)
+    try:  # what a worker does after its commit, when this code has a ledger
+        from jobs.ledger import Ledger
+
+        ledger: Any = Ledger.for_manifest(redis.Redis.from_url(broker_url), manifest)
+    except ImportError:
+        ledger = None
+    now = time.time()
+
+    def commit(shard: int) -> None:
+        marker = {"rows": 1, "errors": 0, "seconds": 0.01, "shard": shard, "part": f"part-{shard:05d}.parquet",
+                  "committed_at": now + shard * 0.01, "worker": "bench"}
+        layout.storage.write_atomic(json.dumps(marker).encode(), "_batchformers", "shards", f"{shard:05d}.json")
+        if ledger is not None:
+            ledger.record_commit(shard, marker)
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+        list(pool.map(commit, range(shards)))
+    write_seconds = time.perf_counter() - began
+    timed = []
+    for _ in range(3):
+        began = time.perf_counter()
+        current = job_status(output, settings)
+        timed.append(time.perf_counter() - began)
+    began = time.perf_counter()
+    without_broker = job_status(output)
+    listing_seconds = time.perf_counter() - began
+    env = {**os.environ, "BATCHFORMERS_BROKER_URL": broker_url}
+    began = time.perf_counter()
+    cli = subprocess.run([sys.executable, "-m", "producer.cli", "status", output, "--json"], capture_output=True,
+                         text=True, env=env, timeout=600)
+    cli_seconds = time.perf_counter() - began
+    if cli.returncode != 0:
+        raise RuntimeError(f"status failed: {cli.stderr}")
+    began = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import producer.cli, producer.status, jobs.layout, redis, rich"],
+                   env=env, check=True, timeout=120)
+    import_seconds = time.perf_counter() - began
+    return {"shards": shards, "status_seconds": min(timed), "status_seconds_all": timed,
+            "committed": current.committed, "source": getattr(current, "source", "markers"),
+            "without_broker_seconds": listing_seconds, "without_broker_committed": without_broker.committed,
+            "cli_seconds": cli_seconds, "cli_import_seconds": import_seconds, "write_seconds": write_seconds}
+
+
 def many_files(model: str, s3: MotoS3, broker_url: str, files: int) -> dict[str, Any]:
     """``submit`` of a job over ``files`` one-row Parquet files (planning plus enqueueing)."""
     import redis
@@ -177,12 +240,14 @@ def many_files(model: str, s3: MotoS3, broker_url: str, files: int) -> dict[str,
 
 
 def run_scale(workdir: Path, shard_counts: tuple[int, ...] = DEFAULT_SHARDS,
-              file_counts: tuple[int, ...] = DEFAULT_FILES, log: Any = _log) -> dict[str, Any]:
+              file_counts: tuple[int, ...] = DEFAULT_FILES, status_counts: tuple[int, ...] = DEFAULT_STATUS_SHARDS,
+              log: Any = _log) -> dict[str, Any]:
     from bench.models import model_dir
     from producer.embedded import EmbeddedRedis, LocalWorkers
 
     model = str(model_dir("tokenize", True, workdir))
-    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "many_shards": [], "many_files": []}
+    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "many_shards": [], "many_files": [],
+                               "status": []}
     queue = f"bf-scale-{uuid.uuid4().hex[:6]}"
     with MotoS3() as s3, EmbeddedRedis(persist=False) as redis_server:
         if shard_counts:
@@ -199,6 +264,11 @@ def run_scale(workdir: Path, shard_counts: tuple[int, ...] = DEFAULT_SHARDS,
             result = many_files(model, s3, redis_server.url, files)
             log(f"{files} files: submit {result['submit_seconds']:.1f}s")
             results["many_files"].append(result)
+        for shards in status_counts:
+            log(f"status of a job with {shards} markers on s3")
+            result = status_at_scale(model, s3, redis_server.url, shards)
+            log(f"{shards} markers: " + ", ".join(f"{k} {v:.3g}" for k, v in result.items() if isinstance(v, float)))
+            results["status"].append(result)
     return results
 
 
@@ -209,6 +279,11 @@ def markdown(results: dict[str, Any], label: str = "") -> str:
     for r in results["many_shards"]:
         lines.append(f"| {r['shards']:,} | {r['first_rate']:.2f} | {r['last_rate']:.2f} | "
                      f"{r['last_over_first']:.2f}× | {r['status_seconds']:.2f} | {r['job_seconds']:.0f} |")
+    if results.get("status"):
+        lines += ["", "| markers | status s (in process) | status s (CLI process) | of which imports s | "
+                  "status s without broker |", "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['shards']:,} | {r['status_seconds']:.2f} | {r['cli_seconds']:.2f} | "
+                  f"{r['cli_import_seconds']:.2f} | {r['without_broker_seconds']:.2f} |" for r in results["status"]]
     if results["many_files"]:
         lines += ["", "| input files | submit s |", "|---:|---:|"]
         lines += [f"| {r['files']:,} | {r['submit_seconds']:.1f} |" for r in results["many_files"]]
@@ -223,11 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", default=",".join(map(str, DEFAULT_SHARDS)), help="one-row-shard jobs to run")
     parser.add_argument("--files", default=",".join(map(str, DEFAULT_FILES)), help="input-file counts to submit")
+    parser.add_argument("--status", default=",".join(map(str, DEFAULT_STATUS_SHARDS)),
+                        help="marker counts at which to time status")
     parser.add_argument("--workdir", type=Path, default=Path("out") / "bench")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--label", default="", help="a name for this run in the Markdown")
     args = parser.parse_args(argv)
-    results = run_scale(args.workdir, _counts(args.shards), _counts(args.files))
+    results = run_scale(args.workdir, _counts(args.shards), _counts(args.files), _counts(args.status))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))

@@ -79,7 +79,7 @@ return {fresh and 1 or 0, count}
 # A ledger of another generation is wiped first; shards already known are left alone.
 _REBUILD = """
 if redis.call('HGET', KEYS[1], 'generation') ~= ARGV[1] then
-    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])  -- running shards are checked against leases
     redis.call('HSET', KEYS[1], 'generation', ARGV[1], 'shards', ARGV[2], 'rows', 0, 'errors', 0)
 end
 for i = 4, #ARGV do

@@ -282,10 +282,7 @@ def _complete_if_last(layout: OutputLayout, manifest: Manifest, shard: int | Non
     if ledger is not None and shard is not None and marker is not None:
         counted = ledger.record_commit(shard, marker)
         if counted is None:
-            committed, _ = layout.marker_numbers()
-            log.warning("job %s: no ledger on the broker; rebuilt from %s commit markers", manifest.job_id,
-                        len(committed))
-            ledger.rebuild(committed - {shard})
+            _rebuild(layout, manifest, ledger, shard)
             counted = ledger.record_commit(shard, marker)
     if counted is not None:
         fresh, count = counted
@@ -316,6 +313,15 @@ def _complete_if_last(layout: OutputLayout, manifest: Manifest, shard: int | Non
         ledger.finish(summary["completed_at"])
     log.warning("batchformers: job %s complete: %s rows", manifest.job_id, summary["rows"])
     return True
+
+
+def _rebuild(layout: OutputLayout, manifest: Manifest, ledger: Ledger, shard: int) -> None:
+    """A new ledger from the marker names (committed shards are not read; the few failed ones are)."""
+    committed, failed = layout.marker_numbers()
+    log.warning("job %s: no ledger on the broker; rebuilt from %s commit markers", manifest.job_id, len(committed))
+    ledger.rebuild(committed - {shard})
+    for number, record in layout.read_failed(sorted(failed - committed)).items():
+        ledger.record_failure(number, str(record.get("error", "")))
 
 
 def _settle_committed(shard: ShardMessage, layout: OutputLayout, settings: Settings,

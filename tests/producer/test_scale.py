@@ -142,6 +142,7 @@ def test_a_lost_ledger_is_rebuilt_from_marker_names(job: tuple[Manifest, OutputL
     half = SHARDS // 2
     for shard in range(half):
         assert not _complete_if_last(layout, manifest, shard, _commit(layout, shard, errors=1), ledger)
+    layout.mark_failed(SHARDS - 1, "InputError: gone", attempts=1)  # (retried and committed at the end)
     client.delete(*job_keys(manifest.job_id))  # Redis lost the job's state
     counting = CountingStorage(layout, monkeypatch)
 
@@ -151,23 +152,25 @@ def test_a_lost_ledger_is_rebuilt_from_marker_names(job: tuple[Manifest, OutputL
     assert current.source == "markers" and (current.committed, current.row_errors) == (half, half)
     counting.reset()
     assert job_status(layout.location, settings, cache).committed == half
-    assert counting.markers_read() == 0
+    assert counting.markers_read() == 1  # only the failure marker (its error); no commit marker twice
 
     # The next commit rebuilds the ledger from the names alone.
     counting.reset()
     assert not _complete_if_last(layout, manifest, half, _commit(layout, half), ledger)
-    assert counting.listings == 1 and counting.markers_read() == 0
+    assert counting.listings == 1 and counting.markers_read() == 1  # the one failure marker, for its error
     tally = ledger.read()
     assert tally is not None and tally.committed == set(range(half + 1)) and tally.unread == set(range(half))
+    assert tally.failed == {SHARDS - 1: "InputError: gone"}
 
     # Status reads the rebuilt shards' markers once, for everyone; then none.
     counting.reset()
     current = job_status(layout.location, settings)
     assert current.source == "ledger" and (current.committed, current.rows_done, current.row_errors) == (
         half + 1, half + 1, half)
-    assert counting.markers_read() == half
+    assert counting.markers_read() == half + 1  # the rebuilt shards' markers, and the failure marker's check
+    assert current.failures == {SHARDS - 1: "InputError: gone"}
     counting.reset()
-    assert job_status(layout.location, settings).row_errors == half and counting.markers_read() == 0
+    assert job_status(layout.location, settings).row_errors == half and counting.markers_read() == 1
 
     for shard in range(half + 1, SHARDS):
         done = _complete_if_last(layout, manifest, shard, _commit(layout, shard), ledger)
