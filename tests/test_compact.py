@@ -18,10 +18,12 @@ from producer.cli import main
 from producer.compact import JOURNAL_FILE, compact, plan_groups
 from producer.inspect import describe
 from producer.submit import messages_for, prepare
+from tests import test_s3
 from tests.reliability import tokenize_spec, write_rows
 from worker.tasks import _complete_if_last
 
 SHARDS = 40
+s3_endpoint, s3_env, s3_bucket = test_s3.s3_endpoint, test_s3.s3_env, test_s3.bucket  # the moto S3 fixtures
 
 
 def _finished_job(tmp_path: Path, shards: int = SHARDS, complete: bool = True) -> OutputLayout:
@@ -118,3 +120,30 @@ def test_five_thousand_parts_open_in_duckdb_and_polars(tmp_path: Path) -> None:
     frame = pl.scan_parquet(f"{output}/*.parquet").select(pl.len(), pl.col("row_index").max()).collect()
     assert frame.row(0) == (2 * parts, 2 * parts - 1)
     assert time.perf_counter() - began < 60
+
+
+def test_compact_on_s3(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On object storage the staged parts are copied into place (one object each) and removed."""
+    bucket = request.getfixturevalue("s3_bucket")
+    output = f"s3://{bucket}/runs/job"
+    layout = OutputLayout(output)
+    for shard in range(12):
+        table = pa.table({"row_index": pa.array([shard], pa.int64())})
+        layout.commit(shard, table, {"rows": 1, "errors": 0, "seconds": 0.01})
+    monkeypatch.setattr(OutputLayout, "read_manifest", lambda self: _FakeManifest())
+    layout.mark_complete({"rows": 12})
+    done = compact(output, target_bytes=10**9)
+    assert (done.parts_before, done.parts_after) == (12, 1)
+    names = layout.storage.list()
+    assert [n for n in names if n.endswith(".parquet")] == ["part-00000.parquet"]
+    assert layout.storage.list("_batchformers", "compact") == []
+    with layout.storage.open("part-00000.parquet") as handle:
+        assert pq.read_table(handle).column("row_index").to_pylist() == list(range(12))
+
+
+class _FakeManifest:
+    """Just what compact reads of a manifest."""
+
+    job_id = "tokenize-s3"
+    shards = list(range(12))
+    total_rows = 12
