@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale-shards", default="400,2000", help="--scale: one-row-shard jobs to run")
     parser.add_argument("--scale-files", default="1000", help="--scale: input-file counts to submit")
     parser.add_argument("--scale-status", default="5000", help="--scale: marker counts at which to time status")
+    parser.add_argument("--scale-local", default="", help="--scale: one-row-shard jobs to run on local disk")
     args = parser.parse_args(argv)
     mode_name = args.mode or "quick"
     if mode_name == "scale":
@@ -78,7 +79,7 @@ def _scale(args: argparse.Namespace) -> int:
         return tuple(int(x) for x in text.split(",") if x.strip())
 
     results = scale.run_scale(args.workdir, counts(args.scale_shards), counts(args.scale_files),
-                              counts(args.scale_status))
+                              counts(args.scale_status), counts(args.scale_local))
     json_path = args.json or ROOT / "bench" / "results" / "scale.json"
     write_json(json_path, results)
     print(scale.markdown(results))

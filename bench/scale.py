@@ -111,8 +111,12 @@ def _rate(times: list[float]) -> float:
     return (len(times) - 1) / max(times[-1] - times[0], 1e-9)
 
 
-def many_shards(model: str, s3: MotoS3, broker_url: str, queue: str, shards: int) -> dict[str, Any]:
-    """A tokenize job of ``shards`` one-row shards on one warm worker; commit rates and status time."""
+def many_shards(model: str, s3: MotoS3, broker_url: str, queue: str, shards: int,
+                local: Path | None = None) -> dict[str, Any]:
+    """A tokenize job of ``shards`` one-row shards on one warm worker; commit rates and status time.
+
+    On the S3 server, or under the local directory ``local`` when given.
+    """
     from bench import data
     from jobs.layout import OutputLayout
     from jobs.settings import Settings
@@ -120,10 +124,18 @@ def many_shards(model: str, s3: MotoS3, broker_url: str, queue: str, shards: int
     from producer.status import job_status
     from producer.submit import submit
 
-    bucket = s3.bucket()
-    input_url = f"s3://{bucket}/input/rows.parquet"
+    if local is None:
+        bucket = s3.bucket()
+        input_url = f"s3://{bucket}/input/rows.parquet"
+        output = f"s3://{bucket}/runs/scale-{shards}"
+    else:
+        import shutil
+
+        folder = local / f"scale-{uuid.uuid4().hex[:6]}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        input_url, output = str(folder / "rows.parquet"), str(folder / "out")
     _put(input_url, _parquet_bytes(data.text_rows(shards, seed=13)))
-    output = f"s3://{bucket}/runs/scale-{shards}"
     settings = Settings(broker_url=broker_url, queue=queue)
     started = time.perf_counter()
     submission = submit(load_spec(_spec(model, input_url, output, 1)), settings)
@@ -143,6 +155,7 @@ def many_shards(model: str, s3: MotoS3, broker_url: str, queue: str, shards: int
     times = sorted(m["committed_at"] for m in _markers(output))
     completion = layout.completion() or {}
     return {
+        "storage": "local disk" if local is not None else "s3 (moto)",
         "shards": submission.shards, "submit_seconds": submit_seconds, "job_seconds": job_seconds,
         "first_rate": _rate(times[:WINDOW]), "last_rate": _rate(times[-WINDOW:]),
         "last_over_first": _rate(times[-WINDOW:]) / _rate(times[:WINDOW]),
@@ -241,7 +254,7 @@ def many_files(model: str, s3: MotoS3, broker_url: str, files: int) -> dict[str,
 
 def run_scale(workdir: Path, shard_counts: tuple[int, ...] = DEFAULT_SHARDS,
               file_counts: tuple[int, ...] = DEFAULT_FILES, status_counts: tuple[int, ...] = DEFAULT_STATUS_SHARDS,
-              log: Any = _log) -> dict[str, Any]:
+              local_counts: tuple[int, ...] = (), log: Any = _log) -> dict[str, Any]:
     from bench.models import model_dir
     from producer.embedded import EmbeddedRedis, LocalWorkers
 
@@ -250,12 +263,13 @@ def run_scale(workdir: Path, shard_counts: tuple[int, ...] = DEFAULT_SHARDS,
                                "status": []}
     queue = f"bf-scale-{uuid.uuid4().hex[:6]}"
     with MotoS3() as s3, EmbeddedRedis(persist=False) as redis_server:
-        if shard_counts:
+        if shard_counts or local_counts:
             with LocalWorkers(redis_server.url, count=1, queue=queue, log_dir=str(workdir / "logs-scale"),
                               extra_env={**s3.env, "BATCHFORMERS_TORCH_THREADS": "1"}):
-                for shards in shard_counts:
-                    log(f"{shards} one-row shards on s3, one worker")
-                    result = many_shards(model, s3, redis_server.url, queue, shards)
+                runs = [(n, None) for n in shard_counts] + [(n, workdir / "scale-local") for n in local_counts]
+                for shards, local in runs:
+                    log(f"{shards} one-row shards on {'local disk' if local else 's3'}, one worker")
+                    result = many_shards(model, s3, redis_server.url, queue, shards, local)
                     log(f"{shards} shards: " + ", ".join(f"{k} {v:.3g}" for k, v in result.items()
                                                         if isinstance(v, float)))
                     results["many_shards"].append(result)
@@ -274,10 +288,10 @@ def run_scale(workdir: Path, shard_counts: tuple[int, ...] = DEFAULT_SHARDS,
 
 def markdown(results: dict[str, Any], label: str = "") -> str:
     lines = [f"Scale run {results['date']}{' (' + label + ')' if label else ''}:", "",
-             "| shards | first 50 shards/s | last 50 shards/s | last ÷ first | status s | job s |",
-             "|---:|---:|---:|---:|---:|---:|"]
+             "| storage | shards | first 50 shards/s | last 50 shards/s | last ÷ first | status s | job s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in results["many_shards"]:
-        lines.append(f"| {r['shards']:,} | {r['first_rate']:.2f} | {r['last_rate']:.2f} | "
+        lines.append(f"| {r.get('storage', 's3 (moto)')} | {r['shards']:,} | {r['first_rate']:.2f} | {r['last_rate']:.2f} | "
                      f"{r['last_over_first']:.2f}× | {r['status_seconds']:.2f} | {r['job_seconds']:.0f} |")
     if results.get("status"):
         lines += ["", "| markers | status s (in process) | status s (CLI process) | of which imports s | "
@@ -300,11 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", default=",".join(map(str, DEFAULT_FILES)), help="input-file counts to submit")
     parser.add_argument("--status", default=",".join(map(str, DEFAULT_STATUS_SHARDS)),
                         help="marker counts at which to time status")
+    parser.add_argument("--local", default="", help="one-row-shard jobs to run on local disk")
     parser.add_argument("--workdir", type=Path, default=Path("out") / "bench")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--label", default="", help="a name for this run in the Markdown")
     args = parser.parse_args(argv)
-    results = run_scale(args.workdir, _counts(args.shards), _counts(args.files), _counts(args.status))
+    results = run_scale(args.workdir, _counts(args.shards), _counts(args.files), _counts(args.status),
+                        _counts(args.local))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))

@@ -270,8 +270,9 @@ def _complete_if_last(layout: OutputLayout, manifest: Manifest, shard: int | Non
     """Count the commit of ``shard``; write _SUCCESS when it was the last. True for the one caller that wrote it.
 
     With a ledger (the broker's count of committed shards, :mod:`jobs.ledger`) this costs
-    one Redis call, whatever the job's size; only the commit that completes the count reads
-    every marker, once, to check them and total them for _SUCCESS. Without one (lost,
+    one Redis call, whatever the job's size; only the commit that completes the count lists
+    the marker names, once, to check that every shard has its marker, and writes the
+    ledger's totals into _SUCCESS. Without one (lost,
     expired, never written) the marker names are listed, without reading them, and the
     ledger is rebuilt from them. Shards finishing together may all see every shard
     committed; the marker is created with O_EXCL (a conditional put on object stores), so
@@ -290,29 +291,50 @@ def _complete_if_last(layout: OutputLayout, manifest: Manifest, shard: int | Non
             return False
     elif len(layout.marker_numbers()[0]) < total:
         return False
-    markers = layout.read_committed(range(total))  # the one pass over every marker
-    if len(markers) < total:  # the ledger counted shards that have no marker: believe the markers
-        log.warning("job %s: the ledger counts %s committed shards but %s markers exist; rebuilding it",
-                    manifest.job_id, total, len(markers))
-        if ledger is not None:
-            ledger.drop()
-            ledger.rebuild(markers)
+    summary = _totals(layout, manifest, ledger if counted is not None else None)
+    if summary is None:
         return False
-    summary = {
-        "job_id": manifest.job_id,
-        "rows": sum(m["rows"] for m in markers.values()),
-        "errors": sum(m["errors"] for m in markers.values()),
-        "shards": len(markers),
-        "first_start": min(marker_times(m)[0] for m in markers.values()),
-        "last_commit": max(marker_times(m)[1] for m in markers.values()),
-        "completed_at": time.time(),
-    }
     if not layout.mark_complete(summary):
         return False
     if ledger is not None:
         ledger.finish(summary["completed_at"])
     log.warning("batchformers: job %s complete: %s rows", manifest.job_id, summary["rows"])
     return True
+
+
+def _totals(layout: OutputLayout, manifest: Manifest, ledger: Ledger | None) -> dict[str, Any] | None:
+    """The _SUCCESS summary after one pass over the markers; None when some shard has no marker after all.
+
+    With a ledger the pass is a listing of the names (every shard must have its marker), and
+    the totals are the ledger's, plus those of any marker it has not read (after a rebuild);
+    without one, every marker is read.
+    """
+    total = len(manifest.shards)
+    tally = None
+    if ledger is not None:
+        names = layout.marker_numbers()[0] & set(range(total))
+        tally = ledger.read()
+        if tally is not None and len(names) == total:
+            for number, marker in layout.read_committed(sorted(tally.unread)).items():
+                ledger.absorb(number, marker)
+            tally = ledger.read() if tally.unread else tally
+        if tally is None or tally.unread or len(names) < total:
+            log.warning("job %s: the ledger counts every shard but %s of %s have a marker; rebuilding it",
+                        manifest.job_id, len(names), total)
+            ledger.drop()
+            ledger.rebuild(names)
+            return None
+        rows, errors, first, last = tally.rows, tally.errors, tally.first_start, tally.last_commit
+    else:
+        markers = layout.read_committed(range(total))  # no ledger: read every marker, once
+        if len(markers) < total:
+            return None
+        rows = sum(int(m["rows"]) for m in markers.values())
+        errors = sum(int(m["errors"]) for m in markers.values())
+        first = min(marker_times(m)[0] for m in markers.values())
+        last = max(marker_times(m)[1] for m in markers.values())
+    return {"job_id": manifest.job_id, "rows": rows, "errors": errors, "shards": total, "first_start": first,
+            "last_commit": last, "completed_at": time.time()}
 
 
 def _rebuild(layout: OutputLayout, manifest: Manifest, ledger: Ledger, shard: int) -> None:
