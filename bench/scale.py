@@ -187,6 +187,7 @@ def status_at_scale(model: str, s3: MotoS3, broker_url: str, shards: int) -> dic
         from jobs.ledger import Ledger
 
         ledger: Any = Ledger.for_manifest(redis.Redis.from_url(broker_url), manifest)
+        ledger.rebuild([])  # as the first commit does
     except ImportError:
         ledger = None
     now = time.time()
@@ -221,6 +222,8 @@ def status_at_scale(model: str, s3: MotoS3, broker_url: str, shards: int) -> dic
     subprocess.run([sys.executable, "-c", "import producer.cli, producer.status, jobs.layout, redis, rich"],
                    env=env, check=True, timeout=120)
     import_seconds = time.perf_counter() - began
+    if ledger is not None and getattr(current, "source", "") != "ledger":
+        raise RuntimeError(f"status did not read the ledger: {current}")
     return {"shards": shards, "status_seconds": min(timed), "status_seconds_all": timed,
             "committed": current.committed, "source": getattr(current, "source", "markers"),
             "without_broker_seconds": listing_seconds, "without_broker_committed": without_broker.committed,
