@@ -25,6 +25,7 @@ from jobs.manifest import Manifest
 from jobs.settings import Settings
 from jobs.sources import discover, schema_of
 from jobs.storage import Storage
+from producer.job_index import known_jobs, remember
 from producer.plan import build_manifest
 from producer.status import MarkerCache, job_status, wait
 from producer.submit import prepare, submit
@@ -123,8 +124,12 @@ def test_only_the_last_commit_reads_markers(job: tuple[Manifest, OutputLayout], 
     assert _complete_if_last(layout, manifest, SHARDS - 1, last, ledger) is False
     assert counting.markers_read() == 0
 
-    # Finished: the broker state expires after the retention period, not the two weeks of a running job.
+    # Finished: the broker state expires after the retention period, not the two weeks of a running job;
+    # the job index entry stays, so `jobs` still lists the job.
     assert all(0 < client.ttl(key) <= 3600 for key in job_keys(manifest.job_id) if client.exists(key))
+    remember(settings, manifest.job_id, layout.location)
+    assert client.ttl(f"batchformers:job:{manifest.job_id}") == -1
+    assert (manifest.job_id, layout.location) in [(j.job_id, j.output) for j in known_jobs(settings)]
 
     # Status of the finished job: no listing, no marker read.
     counting.reset()
