@@ -5,6 +5,8 @@
     python -m bench --quick --tasks ner,tokenize --no-scenarios
     python -m bench --host                        # host path vs raw tokenizer, device time hidden (issue 10)
     python -m bench --host --quick                # the same on a few hundred rows (CI)
+    python -m bench --scale                       # many shards and many input files on a local S3 server
+    python -m bench --scale --scale-shards 400 --scale-files 1000,10000
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--full", action="store_const", dest="mode", const="full", help="base-sized models")
     parser.add_argument("--host", action="store_true",
                         help="near-free models: host path speed and simulated device time hidden (bench/host.py)")
+    mode.add_argument("--scale", action="store_const", dest="mode", const="scale",
+                      help="per-shard cost vs number of shards, status and submit time, on a local moto S3 server")
     parser.add_argument("--tasks", default=",".join(BENCHES), help=f"comma-separated, from {', '.join(BENCHES)}")
     parser.add_argument("--workers", type=int,
                         help="local worker processes for batchformers (default: one per core; 1 with --quick)")
@@ -44,8 +48,14 @@ def main(argv: list[str] | None = None) -> int:
                                                   "else next to the Markdown)")
     parser.add_argument("--no-scenarios", action="store_true", help="skip shard overhead and many workers")
     parser.add_argument("--many-workers", type=int, default=16, help="workers in the many-workers scenario (0: skip)")
+    parser.add_argument("--scale-shards", default="400,2000", help="--scale: one-row-shard jobs to run")
+    parser.add_argument("--scale-files", default="1000", help="--scale: input-file counts to submit")
+    parser.add_argument("--scale-status", default="5000", help="--scale: marker counts at which to time status")
+    parser.add_argument("--scale-local", default="", help="--scale: one-row-shard jobs to run on local disk")
     args = parser.parse_args(argv)
     mode_name = args.mode or "quick"
+    if mode_name == "scale":
+        return _scale(args)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in BENCHES]
     if unknown:
@@ -84,6 +94,21 @@ def _host(args: argparse.Namespace, tasks: list[str], log: Any) -> int:
     write_markdown(markdown_path, generated, HOST_BEGIN, HOST_END)
     print(generated)
     log(f"wrote {markdown_path} and {json_path}")
+    return 0
+
+
+def _scale(args: argparse.Namespace) -> int:
+    from bench import scale
+
+    def counts(text: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+
+    results = scale.run_scale(args.workdir, counts(args.scale_shards), counts(args.scale_files),
+                              counts(args.scale_status), counts(args.scale_local))
+    json_path = args.json or ROOT / "bench" / "results" / "scale.json"
+    write_json(json_path, results)
+    print(scale.markdown(results))
+    print(f"wrote {json_path}", file=sys.stderr)
     return 0
 
 

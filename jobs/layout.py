@@ -24,6 +24,8 @@ import io
 import json
 import socket
 import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -39,6 +41,7 @@ MANIFEST_FILE = f"{META_DIR}/manifest.json"
 SUCCESS_FILE = f"{META_DIR}/_SUCCESS"
 CANCELLED_FILE = f"{META_DIR}/CANCELLED"
 PARQUET_COMPRESSION = "zstd"
+MARKER_READERS = 32  # markers read at once from an object store (a local disk reads them in turn)
 
 
 def part_name(shard: int) -> str:
@@ -101,6 +104,38 @@ class OutputLayout:
 
     def failed(self) -> dict[int, dict[str, Any]]:
         return self._markers(lambda name: name.endswith(".failed.json"))
+
+    def marker_numbers(self) -> tuple[set[int], set[int]]:
+        """(committed, failed) shard numbers from one listing of the marker names; reads no marker."""
+        committed: set[int] = set()
+        failed: set[int] = set()
+        for name in self.storage.list(SHARDS_DIR):
+            number = name.split(".")[0]
+            if not number.isdigit() or not name.endswith(".json"):
+                continue
+            (failed if name.endswith(".failed.json") else committed).add(int(number))
+        return committed, failed
+
+    def read_committed(self, shards: Iterable[int], threads: int = MARKER_READERS) -> dict[int, dict[str, Any]]:
+        """The commit markers of ``shards`` (those that exist), read ``threads`` at a time."""
+        return self._read_many([(shard, f"{shard:05d}.json") for shard in shards], threads)
+
+    def read_failed(self, shards: Iterable[int], threads: int = MARKER_READERS) -> dict[int, dict[str, Any]]:
+        """The failure markers of ``shards`` (those that exist), read ``threads`` at a time."""
+        return self._read_many([(shard, f"{shard:05d}.failed.json") for shard in shards], threads)
+
+    def _read_many(self, wanted: list[tuple[int, str]], threads: int) -> dict[int, dict[str, Any]]:
+        def read(item: tuple[int, str]) -> tuple[int, dict[str, Any] | None]:
+            try:
+                return item[0], json.loads(self.storage.read_bytes(SHARDS_DIR, item[1]))
+            except FileNotFoundError:
+                return item[0], None
+
+        if len(wanted) <= 1 or not self.storage.remote:
+            found = map(read, wanted)
+            return {shard: marker for shard, marker in found if marker is not None}
+        with ThreadPoolExecutor(max(1, min(threads, len(wanted)))) as pool:
+            return {shard: marker for shard, marker in pool.map(read, wanted) if marker is not None}
 
     def _markers(self, wanted: Any) -> dict[int, dict[str, Any]]:
         found: dict[int, dict[str, Any]] = {}

@@ -12,6 +12,7 @@ DEFAULT_QUEUE = "batchformers"
 DEFAULT_SHARD_TIME_LIMIT = 3600.0
 DEFAULT_LEASE_SECONDS = 60.0
 DEFAULT_FLOWER_PORT = 5555
+DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
 
 
 class Settings(BaseSettings):
@@ -32,6 +33,10 @@ class Settings(BaseSettings):
         DEFAULT_LEASE_SECONDS,
         gt=0,
         description="How long a dead worker's shard waits before another worker takes it over.",
+    )
+    retention_seconds: float = Field(
+        DEFAULT_RETENTION_SECONDS, gt=0,
+        description="How long a finished job's broker state (its ledger in Redis) is kept.",
     )
     allow_trust_remote_code: bool = Field(False, description="Let jobs that ask for it run hub model code.")
     allowed_roots: str = Field("", description="Comma-separated input/output path prefixes; empty allows all.")

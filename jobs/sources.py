@@ -21,7 +21,10 @@ import hashlib
 import json
 import os
 import posixpath
+import threading
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +46,12 @@ HUB_DATASETS = "hf://datasets/"
 LOADER_SUFFIXES = {".jsonl": "json", ".ndjson": "json", ".json": "json", ".csv": "csv"}
 LOADER_FORMATS = {"jsonl": "json", "csv": "csv"}
 MATERIALIZED_DIR = "batchformers"
+PLAN_READERS = 32  # input files whose metadata (size, time, Parquet footer) is read at once
+Progress = Callable[[int, int], None]
+"""Called as ``progress(files described, files in all)`` while planning."""
+# Schemas read with the row counts, so that checking columns opens no file a second time.
+_schemas: dict[str, pa.Schema] = {}
+_schemas_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -59,8 +68,13 @@ class SourceFile:
         return f"{self.url}|{self.size}|{self.modified}|{self.num_rows}"
 
 
-def discover(location: str, input_format: str = "auto", dataset: DatasetOptions | None = None) -> list[SourceFile]:
-    """Every input file under ``location`` in a stable order; InputError when none."""
+def discover(location: str, input_format: str = "auto", dataset: DatasetOptions | None = None,
+             progress: Progress | None = None) -> list[SourceFile]:
+    """Every input file under ``location`` in a stable order; InputError when none.
+
+    The files' metadata is read ``PLAN_READERS`` files at a time (on object storage each
+    file costs a few requests); ``progress(done, total)`` is called as files are described.
+    """
     loader = datasets_loader(location, input_format)
     if loader is not None:
         return _discover_loaded(*loader, dataset)
@@ -74,7 +88,7 @@ def discover(location: str, input_format: str = "auto", dataset: DatasetOptions 
         paths = [root]
     else:
         raise InputError(f"input {location!r} does not exist")
-    files = [describe(storage, path, input_format) for path in paths]
+    files = describe_all(storage, paths, input_format, progress)
     if not files:
         raise InputError(f"input {location!r} holds no Parquet or Arrow files")
     return files
@@ -88,15 +102,47 @@ def file_stamp(storage: Storage, path: str) -> tuple[int, str]:
 
 
 def describe(storage: Storage, path: str, input_format: str = "auto") -> SourceFile:
-    """Read the metadata of one file (row count, size, modification time)."""
+    """Read the metadata of one file (row count, size, modification time; a Parquet file's schema too)."""
     fmt = _format_of(storage, path, input_format)
     size, modified = file_stamp(storage, path)
     url = _url(storage, path)
+    schema = None
     try:
-        num_rows = _count_rows(storage, path, fmt)
+        if fmt == "parquet":
+            with storage.fs.open(path, "rb") as handle:
+                metadata = pq.ParquetFile(handle).metadata
+            num_rows, schema = int(metadata.num_rows), metadata.schema.to_arrow_schema()
+        else:
+            num_rows = _count_rows(storage, path, fmt)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"cannot read {url}: {exc}") from exc
-    return SourceFile(url=url, format=fmt, num_rows=num_rows, size=size, modified=modified)
+    source = SourceFile(url=url, format=fmt, num_rows=num_rows, size=size, modified=modified)
+    if schema is not None:
+        with _schemas_lock:
+            _schemas[source.identity()] = schema
+    return source
+
+
+def describe_all(storage: Storage, paths: list[str], input_format: str = "auto", progress: Progress | None = None,
+                 threads: int = PLAN_READERS) -> list[SourceFile]:
+    """:func:`describe` every path, ``threads`` at a time; in the order given."""
+    total = len(paths)
+    done = 0
+    lock = threading.Lock()
+
+    def one(path: str) -> SourceFile:
+        nonlocal done
+        source = describe(storage, path, input_format)
+        if progress is not None:
+            with lock:
+                done += 1
+                progress(done, total)
+        return source
+
+    if total <= 1 or threads <= 1:
+        return [one(path) for path in paths]
+    with ThreadPoolExecutor(min(threads, total), thread_name_prefix="plan") as pool:
+        return list(pool.map(one, paths))
 
 
 def datasets_loader(location: str, input_format: str = "auto") -> tuple[str, dict[str, Any]] | None:
@@ -183,6 +229,10 @@ def fingerprint(files: list[SourceFile]) -> str:
 
 
 def schema_of(source: SourceFile) -> pa.Schema:
+    with _schemas_lock:
+        known = _schemas.pop(source.identity(), None)
+    if known is not None:
+        return known
     storage, path = _split(source.url)
     try:
         if source.format == "parquet":

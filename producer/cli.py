@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 from jobs.errors import BatchformersError
@@ -138,6 +139,16 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--rows", type=int, default=5, help="how many rows to show (default 5)")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.set_defaults(handler=_inspect)
+
+    compact = commands.add_parser("compact", help="merge a finished job's small parts into large ones")
+    compact.add_argument("output", help="output directory or URL (s3://...)")
+    compact.add_argument("--target-mb", type=float, default=256, help="size of the merged parts (MB)")
+    compact.set_defaults(handler=_compact)
+
+    jobs = commands.add_parser("jobs", help="list the jobs submitted to the broker, newest first")
+    jobs.add_argument("--broker")
+    jobs.add_argument("--limit", type=int, default=50)
+    jobs.set_defaults(handler=_jobs)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of job specs")
     schema.set_defaults(handler=lambda args: _print_json(spec_json_schema()))
@@ -314,6 +325,22 @@ def _retry(args: argparse.Namespace) -> int:
     layout = OutputLayout(resolve(settings, args.job))
     messages = retry_failed(layout, settings)
     print(f"re-enqueued {len(messages)} failed shard(s) of {layout.read_manifest().job_id}")
+    return 0
+
+
+def _compact(args: argparse.Namespace) -> int:
+    from producer.compact import compact
+
+    done = compact(args.output, target_bytes=int(args.target_mb * 2**20), log=lambda m: print(m, file=sys.stderr))
+    print(f"{done.output}: {done.parts_before} parts -> {done.parts_after} ({done.rows:,} rows, {done.seconds:.1f}s)")
+    return 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from producer.job_index import known_jobs
+
+    for job in known_jobs(_settings(args), limit=args.limit):
+        print(f"{job.job_id}\t{time.strftime('%Y-%m-%d %H:%M', time.localtime(job.submitted_at))}\t{job.output}")
     return 0
 
 

@@ -1,22 +1,58 @@
-"""Job id -> output location, kept in the broker's Redis so ``status JOB`` works anywhere."""
+"""Job id -> output location, kept in the broker's Redis so ``status JOB`` works anywhere.
+
+The index outlives a job's other broker state (its ledger, leases and delivery counts
+expire after the retention period, see :mod:`jobs.ledger`): one small key per job id
+and one entry in a sorted set by submit time, so that ``jobs`` lists every job ever
+submitted to this broker; its numbers then come from the output location.
+"""
 
 from __future__ import annotations
+
+import time
+from dataclasses import dataclass
 
 import redis
 
 from jobs.errors import BrokerUnavailable, OutputError
 from jobs.layout import OutputLayout
+from jobs.ledger import JOB_INDEX_PREFIX
 from jobs.settings import Settings
 from jobs.storage import is_remote
 
-KEY_PREFIX = "batchformers:job:"
+KEY_PREFIX = JOB_INDEX_PREFIX
+JOBS_KEY = "batchformers:jobs"  # sorted set: job id, scored by its latest submit time
+
+
+@dataclass(frozen=True)
+class KnownJob:
+    job_id: str
+    output: str
+    submitted_at: float
 
 
 def remember(settings: Settings, job_id: str, output: str) -> None:
     try:
-        redis.Redis.from_url(settings.broker_url).set(KEY_PREFIX + job_id, output)
+        pipe = redis.Redis.from_url(settings.broker_url).pipeline()
+        pipe.set(KEY_PREFIX + job_id, output)
+        pipe.zadd(JOBS_KEY, {job_id: time.time()})
+        pipe.execute()
     except redis.RedisError as exc:
         raise BrokerUnavailable(f"cannot reach the broker to record job {job_id}: {exc}") from exc
+
+
+def known_jobs(settings: Settings, limit: int | None = None) -> list[KnownJob]:
+    """Jobs submitted to this broker, newest first (their index entries; nothing else is read)."""
+    client = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
+    try:
+        entries = client.zrevrange(JOBS_KEY, 0, -1 if limit is None else limit - 1, withscores=True)
+        ids = [_text(job) for job, _ in entries]
+        outputs = client.mget([KEY_PREFIX + job for job in ids]) if ids else []
+    except redis.RedisError as exc:
+        raise BrokerUnavailable(f"cannot reach the broker at {safe_url(settings.broker_url)}: {exc}") from exc
+    finally:
+        client.close()
+    return [KnownJob(job, _text(output), float(score))
+            for (job, (_, score), output) in zip(ids, entries, outputs, strict=True) if output is not None]
 
 
 def resolve(settings: Settings, job_or_output: str) -> str:
@@ -32,7 +68,7 @@ def resolve(settings: Settings, job_or_output: str) -> str:
             f"{job_or_output!r} is neither an output directory with a batchformers manifest nor a job id "
             f"known to the broker at {safe_url(settings.broker_url)}"
         )
-    return found.decode() if isinstance(found, bytes) else str(found)
+    return _text(found)
 
 
 def safe_url(url: str) -> str:
@@ -44,3 +80,7 @@ def safe_url(url: str) -> str:
         return url
     netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

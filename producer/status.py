@@ -1,11 +1,19 @@
-"""A job's state, from its output location and, when reachable, the broker.
+"""A job's state, from the broker's ledger when it has one, else from the output location.
 
-Committed and failed shards come from the markers in the output location, so
-``status`` works from any machine that can read the output. Which shards are
-running right now is known only to the broker: workers hold a lease key
-``batchformers:lease:<job_id>:<shard>`` in Redis while a shard runs. When the
-broker cannot be reached the status says so, and ``running`` is unknown
-(``None``) rather than wrong.
+Where the numbers come from, cheapest first:
+
+1. **The ledger** (:mod:`jobs.ledger`): the broker's Redis counts committed shards, rows,
+   errors and the commits' time span as workers commit, and knows which shards are
+   running (a set of started shards, each checked against its lease
+   ``batchformers:lease:<job_id>:<shard>``). A refresh costs a few Redis calls and two
+   small reads of the output (manifest, cancel flag), whatever the job's size; failed
+   shards are checked against their failure markers (a retry removes them).
+2. **``_SUCCESS``** of a finished job whose ledger has expired: one read.
+3. **The markers**: their names are listed and the markers read (only new ones, when a
+   :class:`MarkerCache` is carried from one refresh to the next, as ``follow`` and
+   ``wait`` do). This is the path without a broker, so ``status`` works from any machine
+   that can read the output; running shards are then counted from the leases if the
+   broker answers, and are unknown (``None``) rather than wrong if it does not.
 """
 
 from __future__ import annotations
@@ -15,10 +23,13 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import redis
+
 from jobs.layout import OutputLayout, part_name
+from jobs.ledger import LEASE_PREFIX, Ledger, Tally, marker_times
+from jobs.manifest import Manifest
 from jobs.settings import Settings
 from producer.interruption import interruption
-from worker.lease import KEY_PREFIX as LEASE_PREFIX
 
 BROKER_TIMEOUT = 3.0
 DEFAULT_WATCH_INTERVAL = 2.0
@@ -52,12 +63,16 @@ class JobStatus:
     note: str = ""  # why the job failed or is interrupted, when it is
     truncated: int = 0  # rows whose input was cut to the model's length (a `truncated` output column)
     first_errors: list[str] = field(default_factory=list)  # of rows, when the error rate failed the job
+    source: str = ""  # where the counts came from: ledger | success | markers
 
     @property
     def finished(self) -> bool:
-        """Nothing more will happen unless someone acts (an unreachable broker may come back)."""
+        """Nothing more will happen unless someone acts (an unreachable broker may come back).
+
+        With every shard counted but the state still "running", the last commit is writing _SUCCESS."""
         stopped = self.state == "interrupted" and not self.broker.startswith("unreachable")
-        return self.committed + self.failed >= self.shards or self.state == "cancelled" or stopped
+        return ((self.committed + self.failed >= self.shards and self.state != "running")
+                or self.state == "cancelled" or stopped)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,36 +86,55 @@ def status(job: str, settings: Settings | None = None) -> JobStatus:
     return job_status(resolve(settings, job), settings)
 
 
-def job_status(output: str, settings: Settings | None = None) -> JobStatus:
-    """Read the job at ``output``; with ``settings``, also count its running shards on the broker."""
+MarkerCache = dict[int, dict[str, Any]]
+"""Commit markers already read, by shard: markers never change once written."""
+
+
+def job_status(output: str, settings: Settings | None = None, cache: MarkerCache | None = None) -> JobStatus:
+    """Read the job at ``output``; with ``settings``, from the broker's ledger and leases when it answers."""
     layout = OutputLayout(output)
     manifest = layout.read_manifest()
-    committed = layout.committed()
-    failed = {k: v for k, v in layout.failed().items() if k not in committed}
-    rows_done = sum(m["rows"] for m in committed.values())
-    rate = _rate(committed, manifest.created_at)
+    tally: Tally | None = None
+    client: redis.Redis | None = None
+    broker = "not asked"
+    if settings is not None:
+        client = _client(settings)
+        try:
+            tally = _from_ledger(Ledger.for_manifest(client, manifest), layout)
+            broker = "reachable"
+        except redis.RedisError as exc:
+            client.close()
+            client, broker = None, f"unreachable: {type(exc).__name__}: {exc}"
+    source = "ledger"
+    if tally is None:
+        tally, source = _from_completion(layout, manifest) or (_from_listing(layout, manifest, cache), "markers")
+    committed, failed = tally.committed, {k: v for k, v in tally.failed.items() if k not in tally.committed}
+    rows_done = tally.rows
+    rate = _rate(tally, manifest.created_at)
     remaining = manifest.total_rows - rows_done - sum(manifest.shards[i].rows for i in failed)
     running: list[int] | None = None
-    broker = "not asked"
-    if settings is not None and len(committed) + len(failed) < len(manifest.shards):
+    unfinished = len(committed) + len(failed) < len(manifest.shards)
+    if client is not None and (unfinished or layout.is_cancelled()):
         try:
-            leased = running_shards(settings, manifest.job_id)
-            running = sorted(leased - set(committed) - set(failed))
-            broker = "reachable"
+            leased = tally.running if source == "ledger" else running_shards(settings, manifest.job_id, client)
+            running = sorted(leased - committed - set(failed))
         except OSError as exc:
             broker = f"unreachable: {exc}"
-    elif settings is not None:
+    elif client is not None:
         running, broker = [], "not needed"
+    if client is not None:
+        client.close()
     pending = len(manifest.shards) - len(committed) - len(failed) - len(running or [])
-    row_errors = sum(m["errors"] for m in committed.values())
     spec = manifest.job_spec()
     state, note = job_state(
         shards=len(manifest.shards), committed=len(committed), failed=len(failed),
         cancelled=layout.is_cancelled(), interrupted=interruption(layout), running=running, broker=broker,
-        rows_done=rows_done, row_errors=row_errors, max_error_rate=spec.max_error_rate,
+        rows_done=rows_done, row_errors=tally.errors, max_error_rate=spec.max_error_rate,
     )
-    first_errors = _first_errors(layout, committed) if note.startswith(ERROR_RATE_NOTE) else []
-    finished_at = max((m["committed_at"] for m in committed.values()), default=time.time())
+    if state == "complete" and source == "ledger" and not layout.is_complete():
+        state = "running"  # every shard is counted; the last commit is still writing _SUCCESS
+    first_errors = _first_errors(layout, sorted(committed)) if note.startswith(ERROR_RATE_NOTE) else []
+    finished_at = tally.last_commit if tally.last_commit is not None else time.time()
     return JobStatus(
         job_id=manifest.job_id,
         output=output,
@@ -111,18 +145,19 @@ def job_status(output: str, settings: Settings | None = None) -> JobStatus:
         pending=pending,
         rows=manifest.total_rows,
         rows_done=rows_done,
-        row_errors=row_errors,
+        row_errors=tally.errors,
         rows_per_second=rate,
         eta_seconds=remaining / rate if rate and remaining > 0 and state == "running" else None,
-        failures={k: v["error"] for k, v in failed.items()},
+        failures=failed,
         running=None if running is None else len(running),
         running_shards=running or [],
         broker=broker,
         elapsed_seconds=round((finished_at if state == "complete" else time.time()) - manifest.created_at, 3),
         task=str(manifest.spec.get("task", "")),
         note=note,
-        truncated=sum(int(m.get("truncated") or 0) for m in committed.values()),
+        truncated=tally.truncated,
         first_errors=first_errors,
+        source=source,
     )
 
 
@@ -158,12 +193,12 @@ def job_state(*, shards: int, committed: int, failed: int, cancelled: bool, inte
     return "running", ""
 
 
-def _first_errors(layout: OutputLayout, committed: dict[int, dict[str, Any]], count: int = FIRST_ERRORS) -> list[str]:
-    """The first few distinct row errors, read from the parts of shards that had errors."""
+def _first_errors(layout: OutputLayout, committed: list[int], count: int = FIRST_ERRORS) -> list[str]:
+    """The first few distinct row errors, read from the parts (in shard order) until found."""
     import pyarrow.parquet as pq
 
     found: list[str] = []
-    for shard in sorted(s for s, marker in committed.items() if marker.get("errors")):
+    for shard in committed:
         try:
             with layout.storage.open(part_name(shard)) as handle:
                 errors = pq.read_table(handle, columns=["error"]).column("error").to_pylist()
@@ -177,19 +212,81 @@ def _first_errors(layout: OutputLayout, committed: dict[int, dict[str, Any]], co
     return found
 
 
-def running_shards(settings: Settings, job_id: str) -> set[int]:
-    """Shards of ``job_id`` whose lease is held on the broker; OSError when it cannot be reached."""
-    import redis
+def _client(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.broker_url, socket_timeout=BROKER_TIMEOUT,
+                                socket_connect_timeout=BROKER_TIMEOUT)
 
-    client = redis.Redis.from_url(settings.broker_url, socket_timeout=BROKER_TIMEOUT,
-                                  socket_connect_timeout=BROKER_TIMEOUT)
+
+def _from_ledger(ledger: Ledger, layout: OutputLayout) -> Tally | None:
+    """The ledger's tally, made whole: unread markers folded in once, stale failures and runs dropped."""
+    tally = ledger.read()
+    if tally is None:
+        return None
+    if tally.unread:  # a rebuilt ledger: read those markers once, for everyone after us
+        for shard, marker in layout.read_committed(sorted(tally.unread)).items():
+            ledger.absorb(shard, marker)
+        tally = ledger.read() or tally
+    failed = dict(tally.failed)
+    if failed:  # `retry` and a resubmit remove failure markers: a shard without one is pending again
+        gone = set(failed) - set(layout.read_failed(sorted(failed)))
+        ledger.forget_failure(gone)
+        failed = {k: v for k, v in failed.items() if k not in gone}
+    running = set(tally.running)
+    if running:  # a worker that died leaves its entry; its lease expires within a lease
+        ordered = sorted(running)
+        pipe = ledger.client.pipeline()
+        for shard in ordered:
+            pipe.exists(f"{LEASE_PREFIX}{ledger.job_id}:{shard}")
+        running = {shard for shard, alive in zip(ordered, pipe.execute(), strict=True) if alive}
+    return Tally(shards=tally.shards, committed=tally.committed, unread=set(), failed=failed, running=running,
+                 rows=tally.rows, errors=tally.errors, first_start=tally.first_start,
+                 last_commit=tally.last_commit, finished_at=tally.finished_at, truncated=tally.truncated)
+
+
+def _from_completion(layout: OutputLayout, manifest: Manifest) -> tuple[Tally, str] | None:
+    """A finished job's totals from its _SUCCESS marker (one read), when it has one."""
+    done = layout.completion()
+    if done is None or int(done.get("shards", -1)) != len(manifest.shards):
+        return None
+    return Tally(shards=len(manifest.shards), committed=set(range(len(manifest.shards))), unread=set(), failed={},
+                 running=set(), rows=int(done["rows"]), errors=int(done["errors"]),
+                 first_start=done.get("first_start"), last_commit=done.get("last_commit", done.get("completed_at")),
+                 finished_at=done.get("completed_at"), truncated=int(done.get("truncated") or 0)), "success"
+
+
+def _from_listing(layout: OutputLayout, manifest: Manifest, cache: MarkerCache | None = None) -> Tally:
+    """Counts from the markers themselves: one listing, then a read of every marker not in ``cache``."""
+    cache = {} if cache is None else cache
+    committed_names, failed_names = layout.marker_numbers()
+    cache.update(layout.read_committed(sorted(committed_names - set(cache))))
+    markers = {shard: cache[shard] for shard in committed_names if shard in cache}
+    failed = {k: str(v.get("error", "")) for k, v in layout.read_failed(sorted(failed_names - set(markers))).items()}
+    times = [marker_times(m) for m in markers.values()]
+    return Tally(shards=len(manifest.shards), committed=set(markers), unread=set(), failed=failed, running=set(),
+                 rows=sum(int(m["rows"]) for m in markers.values()),
+                 errors=sum(int(m["errors"]) for m in markers.values()),
+                 first_start=min((t[0] for t in times), default=None),
+                 last_commit=max((t[1] for t in times), default=None),
+                 truncated=sum(int(m.get("truncated") or 0) for m in markers.values()))
+
+
+def running_shards(settings: Settings | None, job_id: str, client: redis.Redis | None = None) -> set[int]:
+    """Shards of ``job_id`` whose lease is held on the broker; OSError when it cannot be reached.
+
+    This scans the broker's keys: the path for jobs without a ledger only.
+    """
+    own = client is None
+    if client is None:
+        assert settings is not None
+        client = _client(settings)
     prefix = f"{LEASE_PREFIX}{job_id}:"
     try:
         keys = list(client.scan_iter(match=prefix + "*", count=1000))
     except redis.RedisError as exc:
         raise OSError(f"{type(exc).__name__}: {exc}") from exc
     finally:
-        client.close()
+        if own:
+            client.close()
     shards = set()
     for key in keys:
         suffix = (key.decode() if isinstance(key, bytes) else key).removeprefix(prefix)
@@ -198,21 +295,25 @@ def running_shards(settings: Settings, job_id: str) -> set[int]:
     return shards
 
 
-def _rate(committed: dict[int, dict[str, Any]], created_at: float) -> float | None:
+def _rate(tally: Tally, created_at: float) -> float | None:
     """Rows per second since the first commit's shard started (or since submit)."""
-    if not committed:
+    if not tally.committed or tally.last_commit is None:
         return None
-    first_start = min(m["committed_at"] - m["seconds"] for m in committed.values())
-    last = max(m["committed_at"] for m in committed.values())
-    elapsed = max(last - max(first_start, created_at), 1e-3)
-    return sum(m["rows"] for m in committed.values()) / elapsed
+    first_start = tally.first_start if tally.first_start is not None else created_at
+    elapsed = max(tally.last_commit - max(first_start, created_at), 1e-3)
+    return tally.rows / elapsed
 
 
-def wait(output: str, poll: float = 0.5, timeout: float | None = None, on_update: Any = None) -> JobStatus:
-    """Poll until every shard is committed or failed, or the job is cancelled."""
+def wait(output: str, poll: float = 0.5, timeout: float | None = None, on_update: Any = None,
+         settings: Settings | None = None) -> JobStatus:
+    """Poll until every shard is committed or failed, or the job is cancelled.
+
+    With ``settings`` each poll reads the broker's ledger; without, the markers (each one once).
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
+    cache: MarkerCache = {}
     while True:
-        status = job_status(output)
+        status = job_status(output, settings, cache)
         if on_update:
             on_update(status)
         if status.finished:
@@ -282,9 +383,10 @@ def follow(job: str, settings: Settings, interval: float = DEFAULT_WATCH_INTERVA
     """Yield the status now and every ``interval`` seconds, the last one when the job has finished."""
     current = status(job, settings)
     yield current
+    cache: MarkerCache = {}
     while not current.finished:
         time.sleep(interval)
-        current = job_status(current.output, settings)
+        current = job_status(current.output, settings, cache)
         yield current
 
 

@@ -152,7 +152,7 @@ def check_broker(settings: Settings) -> None:
 
 def messages_for(manifest: Manifest, layout: OutputLayout, only: set[int] | None = None) -> list[ShardMessage]:
     """Messages for the shards that are not committed (optionally only some of them)."""
-    committed = set(layout.committed())
+    committed = layout.marker_numbers()[0]  # names only: a resubmit of a 5,000-shard job reads no marker
     return [
         ShardMessage(
             job_id=manifest.job_id,
@@ -198,7 +198,7 @@ def give_fresh_attempts(manifest: Manifest, layout: OutputLayout, settings: Sett
     """Forget the failures and delivery counts of ``shards`` before they are enqueued again."""
     from worker.deliveries import reset
 
-    for shard in set(layout.failed()) & shards:
+    for shard in layout.marker_numbers()[1] & shards:
         layout.clear_failed(shard)
     try:
         reset(redis.Redis.from_url(settings.broker_url, socket_timeout=10), manifest.job_id, shards)
@@ -237,7 +237,8 @@ def submit(spec: JobSpec, settings: Settings | None = None) -> Submission:
 def retry_failed(layout: OutputLayout, settings: Settings) -> list[ShardMessage]:
     """Re-enqueue only the failed shards of the job at ``layout`` (and lift a cancel)."""
     manifest = layout.read_manifest()
-    failed = set(layout.failed()) - set(layout.committed())
+    committed, failed = layout.marker_numbers()
+    failed -= committed
     layout.uncancel()
     messages = messages_for(manifest, layout, only=failed)
     give_fresh_attempts(manifest, layout, settings, failed)

@@ -14,8 +14,10 @@ from collections.abc import Iterable
 
 import redis
 
-KEY_PREFIX = "batchformers:deliveries:"
-ERROR_PREFIX = "batchformers:last-error:"
+from jobs.ledger import DELIVERIES_PREFIX, LAST_ERROR_PREFIX
+
+KEY_PREFIX = DELIVERIES_PREFIX  # every Redis key of a job is listed in jobs.ledger
+ERROR_PREFIX = LAST_ERROR_PREFIX
 KEEP_SECONDS = 14 * 24 * 3600  # counters of abandoned jobs expire on their own
 
 

@@ -42,8 +42,10 @@ from typing import Any
 
 import redis
 
+from jobs.ledger import LEASE_PREFIX
+
 log = logging.getLogger(__name__)
-KEY_PREFIX = "batchformers:lease:"
+KEY_PREFIX = LEASE_PREFIX  # every Redis key of a job is listed in jobs.ledger
 HEARTBEATS_PER_LEASE = 3
 MIN_WAIT = 1.0
 

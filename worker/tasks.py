@@ -22,6 +22,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from jobs.errors import BatchformersError, InputError, RetryableError, ShardError
 from jobs.layout import OutputLayout
+from jobs.ledger import Ledger, marker_times
 from jobs.manifest import Manifest, ShardPlan
 from jobs.message import TASK_NAME, ShardMessage
 from jobs.settings import Settings
@@ -84,6 +85,7 @@ def run_shard_task(self: ShardTask, message: dict[str, Any]) -> dict[str, Any]:
     layout = OutputLayout(shard.output)
     try:
         if layout.is_committed(shard.shard):
+            _settle_committed(shard, layout, settings)
             return {"shard": shard.shard, "skipped": "already committed"}
         if layout.is_cancelled():
             return {"shard": shard.shard, "skipped": "job cancelled"}
@@ -101,6 +103,7 @@ def run_shard_task(self: ShardTask, message: dict[str, Any]) -> dict[str, Any]:
     client = client_for(settings.broker_url)
     lease = ShardLease(client, shard.job_id, shard.shard, worker_identity(self.request.hostname),
                        settings.lease_seconds)
+    ledger = Ledger.for_manifest(client, manifest, settings.retention_seconds)
     try:
         if not lease.acquire():
             delay = lease.wait_hint()
@@ -108,9 +111,11 @@ def run_shard_task(self: ShardTask, message: dict[str, Any]) -> dict[str, Any]:
                         shard.job_id, lease.current_holder(), delay)
             raise self.retry(countdown=delay, max_retries=None)
         try:
+            ledger.started(shard.shard)
             deliveries = DeliveryCount(client, shard.job_id, shard.shard)
-            return _run_leased(self, shard, layout, manifest, lease, deliveries, settings)
+            return _run_leased(self, shard, layout, manifest, lease, deliveries, settings, ledger)
         finally:
+            _stopped(ledger, shard.shard)
             lease.release()
     except redis.RedisError as exc:
         # The broker went away while we were keeping the shard's books. Requeue the message
@@ -129,8 +134,10 @@ def _run_leased(
     lease: ShardLease,
     deliveries: DeliveryCount,
     settings: Settings,
+    ledger: Ledger | None = None,
 ) -> dict[str, Any]:
     if layout.is_committed(shard.shard):  # committed by the previous holder of the lease
+        _settle_committed(shard, layout, settings, manifest, ledger)
         return {"shard": shard.shard, "skipped": "already committed"}
     spec = manifest.job_spec()
     plan = manifest.shards[shard.shard]
@@ -140,7 +147,7 @@ def _run_leased(
         if layout.failed().get(shard.shard):  # another copy of the message got here first
             return {"shard": shard.shard, "skipped": "already failed"}
         error = deliveries.last_error() or WORKER_LOST.format(holder="an unknown worker")
-        _fail(layout, shard, _gave_up(allowed, error), allowed)
+        _fail(layout, shard, _gave_up(allowed, error), allowed, ledger)
     deliveries.record_error(WORKER_LOST.format(holder=lease.holder))
     if attempt > 1:
         log.warning("shard %s of job %s: attempt %s of %s", shard.shard, shard.job_id, attempt, allowed)
@@ -158,13 +165,13 @@ def _run_leased(
             summary["attempt"] = attempt
             layout.commit(shard.shard, table, summary)
     except Exception as exc:
-        _after_error(task, layout, shard, spec, deliveries, attempt, exc, settings.lease_seconds)
+        _after_error(task, layout, shard, spec, deliveries, attempt, exc, settings.lease_seconds, ledger)
     metrics.shard_committed(spec.task, summary)
     try:
         deliveries.clear()
     except redis.RedisError as exc:  # committed all the same: a stale count only expires later
         log.warning("cannot clear the delivery count of shard %s: %s", shard.shard, exc)
-    _complete_if_last(layout, manifest)
+    _complete_if_last(layout, manifest, shard.shard, {**summary, "committed_at": time.time()}, ledger)
     return {"shard": shard.shard, "job": shard.job_id, **summary}
 
 
@@ -177,15 +184,16 @@ def _after_error(
     attempt: int,
     exc: Exception,
     lease_seconds: float,
+    ledger: Ledger | None = None,
 ) -> NoReturn:
     """Fail the shard now (permanent error, or no attempts left) or retry it after a backoff."""
     if isinstance(exc, redis.RedisError):
         raise exc
     error = _describe(exc)
     if is_permanent(exc):
-        _fail(layout, shard, error, attempt)
+        _fail(layout, shard, error, attempt, ledger)
     if attempt >= spec.max_retries + 1:
-        _fail(layout, shard, _gave_up(attempt, error), attempt)
+        _fail(layout, shard, _gave_up(attempt, error), attempt, ledger)
     deliveries.record_error(error)
     delay = _backoff(attempt, lease_seconds)
     log.warning("shard %s of job %s: attempt %s failed (%s); retrying in %.0fs", shard.shard, shard.job_id,
@@ -206,10 +214,16 @@ def is_permanent(exc: BaseException) -> bool:
     return True
 
 
-def _fail(layout: OutputLayout, shard: ShardMessage, error: str, attempts: int) -> NoReturn:
+def _fail(layout: OutputLayout, shard: ShardMessage, error: str, attempts: int,
+          ledger: Ledger | None = None) -> NoReturn:
     """Record the failure where ``status`` reads it, then fail the task (acked; Flower shows it)."""
     log.error("shard %s of job %s failed: %s", shard.shard, shard.job_id, error)
     layout.mark_failed(shard.shard, error, attempts=attempts)
+    if ledger is not None:
+        try:
+            ledger.record_failure(shard.shard, error)
+        except redis.RedisError as exc:  # the failure marker is written: status finds it by listing
+            log.warning("cannot record the failure of shard %s on the broker: %s", shard.shard, exc)
     raise ShardError(f"shard {shard.shard} of job {shard.job_id} failed: {error}")
 
 
@@ -252,26 +266,114 @@ def _backoff(attempt: int, lease_seconds: float) -> float:
     return float(min(MAX_RETRY_DELAY, lease_seconds, RETRY_BACKOFF**attempt))
 
 
-def _complete_if_last(layout: OutputLayout, manifest: Manifest) -> bool:
-    """Write _SUCCESS when every shard is committed; True for the one caller that wrote it.
+def _complete_if_last(layout: OutputLayout, manifest: Manifest, shard: int | None = None,
+                      marker: dict[str, Any] | None = None, ledger: Ledger | None = None) -> bool:
+    """Count the commit of ``shard``; write _SUCCESS when it was the last. True for the one caller that wrote it.
 
-    Shards finishing together may all see every shard committed; the marker is created
-    with O_EXCL (a conditional put on object stores), so exactly one of them writes it.
+    With a ledger (the broker's count of committed shards, :mod:`jobs.ledger`) this costs
+    one Redis call, whatever the job's size; only the commit that completes the count lists
+    the marker names, once, to check that every shard has its marker, and writes the
+    ledger's totals into _SUCCESS. Without one (lost,
+    expired, never written) the marker names are listed, without reading them, and the
+    ledger is rebuilt from them. Shards finishing together may all see every shard
+    committed; the marker is created with O_EXCL (a conditional put on object stores), so
+    exactly one of them writes it.
     """
-    committed = layout.committed()
-    if len(committed) < len(manifest.shards):
+    total = len(manifest.shards)
+    counted = None
+    if ledger is not None and shard is not None and marker is not None:
+        counted = ledger.record_commit(shard, marker)
+        if counted is None:
+            _rebuild(layout, manifest, ledger, shard)
+            counted = ledger.record_commit(shard, marker)
+    if counted is not None:
+        fresh, count = counted
+        if count < total or (not fresh and layout.is_complete()):
+            return False
+    elif len(layout.marker_numbers()[0]) < total:
         return False
-    summary = {
-        "job_id": manifest.job_id,
-        "rows": sum(m["rows"] for m in committed.values()),
-        "errors": sum(m["errors"] for m in committed.values()),
-        "shards": len(committed),
-        "completed_at": time.time(),
-    }
+    summary = _totals(layout, manifest, ledger if counted is not None else None)
+    if summary is None:
+        return False
     if not layout.mark_complete(summary):
         return False
+    if ledger is not None:
+        ledger.finish(summary["completed_at"])
     log.info("batchformers: job %s complete: %s rows", manifest.job_id, summary["rows"])
     return True
+
+
+def _totals(layout: OutputLayout, manifest: Manifest, ledger: Ledger | None) -> dict[str, Any] | None:
+    """The _SUCCESS summary after one pass over the markers; None when some shard has no marker after all.
+
+    With a ledger the pass is a listing of the names (every shard must have its marker), and
+    the totals are the ledger's, plus those of any marker it has not read (after a rebuild);
+    without one, every marker is read.
+    """
+    total = len(manifest.shards)
+    tally = None
+    if ledger is not None:
+        names = layout.marker_numbers()[0] & set(range(total))
+        tally = ledger.read()
+        if tally is not None and len(names) == total:
+            for number, marker in layout.read_committed(sorted(tally.unread)).items():
+                ledger.absorb(number, marker)
+            tally = ledger.read() if tally.unread else tally
+        if tally is None or tally.unread or len(names) < total:
+            log.warning("job %s: the ledger counts every shard but %s of %s have a marker; rebuilding it",
+                        manifest.job_id, len(names), total)
+            ledger.drop()
+            ledger.rebuild(names)
+            return None
+        rows, errors, first, last = tally.rows, tally.errors, tally.first_start, tally.last_commit
+        truncated = tally.truncated
+    else:
+        markers = layout.read_committed(range(total))  # no ledger: read every marker, once
+        if len(markers) < total:
+            return None
+        rows = sum(int(m["rows"]) for m in markers.values())
+        errors = sum(int(m["errors"]) for m in markers.values())
+        first = min(marker_times(m)[0] for m in markers.values())
+        last = max(marker_times(m)[1] for m in markers.values())
+        truncated = sum(int(m.get("truncated") or 0) for m in markers.values())
+    return {"job_id": manifest.job_id, "rows": rows, "errors": errors, "truncated": truncated, "shards": total,
+            "first_start": first, "last_commit": last, "completed_at": time.time()}
+
+
+def _rebuild(layout: OutputLayout, manifest: Manifest, ledger: Ledger, shard: int) -> None:
+    """A new ledger from the marker names (committed shards are not read; the few failed ones are)."""
+    committed, failed = layout.marker_numbers()
+    log.warning("job %s: no ledger on the broker; rebuilt from %s commit markers", manifest.job_id, len(committed))
+    ledger.rebuild(committed - {shard})
+    for number, record in layout.read_failed(sorted(failed - committed)).items():
+        ledger.record_failure(number, str(record.get("error", "")))
+
+
+def _settle_committed(shard: ShardMessage, layout: OutputLayout, settings: Settings,
+                      manifest: Manifest | None = None, ledger: Ledger | None = None) -> None:
+    """A delivery of a shard that is committed already: make sure the ledger counted it.
+
+    A worker that died (or lost the broker) between writing the marker and counting it
+    leaves its message unacked; this redelivered copy does the counting, and completes
+    the job if that shard was the last.
+    """
+    try:
+        manifest = manifest or manifest_for(shard, layout)
+        ledger = ledger or Ledger.for_manifest(client_for(settings.broker_url), manifest,
+                                               settings.retention_seconds)
+        marker = layout.read_committed([shard.shard]).get(shard.shard)
+        if marker is not None:
+            _complete_if_last(layout, manifest, shard.shard, marker, ledger)
+    except (BatchformersError, OSError, redis.RedisError) as exc:
+        log.warning("shard %s of job %s is committed; cannot count it on the broker now: %s", shard.shard,
+                    shard.job_id, exc)
+
+
+def _stopped(ledger: Ledger, shard: int) -> None:
+    try:
+        ledger.stopped(shard)
+    except redis.RedisError as exc:  # status checks the lease as well: a stale entry shows as not running
+        log.debug("cannot clear the running entry of shard %s: %s", shard, exc)
 
 
 def _progress_reporter(task: ShardTask, total: int) -> Any:
