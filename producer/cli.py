@@ -146,8 +146,8 @@ def _parser() -> argparse.ArgumentParser:
     compact.set_defaults(handler=_compact)
 
     jobs = commands.add_parser("jobs", help="list the jobs submitted to the broker, newest first")
-    jobs.add_argument("--broker")
-    jobs.add_argument("--limit", type=int, default=50)
+    jobs.add_argument("--broker", help=BROKER_HELP)
+    jobs.add_argument("--limit", type=int, default=50, help="show at most this many jobs (default 50)")
     jobs.set_defaults(handler=_jobs)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of job specs")

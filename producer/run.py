@@ -89,7 +89,8 @@ def run(
             if on_submit:
                 on_submit(submission)
             with _ProgressBar(submission.rows, progress and not submission.already_complete) as bar:
-                final = wait(submission.output, timeout=timeout, on_update=bar.update)
+                final = wait(submission.output, timeout=timeout, on_update=bar.update,
+                             settings=Settings(broker_url=broker_url))
             stopping.signalled = True  # from here on a signal only hurries the stop along
             return final
         except _Signalled as signalled:
