@@ -21,6 +21,17 @@ NEWS = Path(__file__).resolve().parents[1] / "jobs" / "data" / "news_sentences.t
 LOCAL_REDIS = "redis://127.0.0.1:6379/15"
 
 
+SLOW_FIXTURES = {"start_workers"}  # a test that starts worker processes is in the slow tier, marked or not
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that starts workers ``slow``; run the fast tier (unit tests) before the slow one."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)  # a stable sort
+
+
 def _answers(url: str) -> bool:
     try:
         return bool(redis.Redis.from_url(url, socket_timeout=1).ping())

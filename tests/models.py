@@ -9,6 +9,7 @@ vocabularies whatever library versions a machine has.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 MODELS_DIR = Path(__file__).parent / "fixtures" / "models"
 
@@ -19,3 +20,11 @@ def tiny_model_path(kind: str) -> Path:
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"tiny model {kind!r} missing: run `python -m tests.fixtures.build_models {kind}`")
     return path
+
+
+def rows_of(result: Any) -> list[dict[str, Any]]:
+    """A runner's result as a list of row dicts, whether it returned rows or a ``pyarrow.Table``."""
+    if hasattr(result, "to_pylist"):
+        rows: list[dict[str, Any]] = result.to_pylist()
+        return rows
+    return list(result)
