@@ -55,6 +55,14 @@ def assert_exactly_once(output: Path | str, ids: list[str]) -> pa.Table:
     return table
 
 
+def assert_completed(output: Path | str, rows: int) -> dict[str, Any]:
+    """_SUCCESS is there (its O_EXCL create lets one writer only) with the job's totals."""
+    wait_until(lambda: OutputLayout(str(output)).is_complete(), 30, "_SUCCESS")
+    completion = OutputLayout(str(output)).completion()
+    assert completion is not None and completion["rows"] == rows, completion
+    return completion
+
+
 def committed_markers(output: Path | str) -> dict[int, dict[str, Any]]:
     return OutputLayout(str(output)).committed()
 

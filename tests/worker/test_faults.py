@@ -22,6 +22,7 @@ from jobs.settings import Settings
 from producer.status import wait
 from producer.submit import submit
 from tests.reliability import (
+    assert_completed,
     assert_exactly_once,
     committed_markers,
     lease_holders,
@@ -42,13 +43,6 @@ def _pid_of(holder: str) -> int:
 
 def _worker_number(holder: str) -> int:
     return int(holder.split("-", 1)[0].removeprefix("local"))
-
-
-def _complete_once(output: str, rows: int) -> None:
-    """_SUCCESS written (its O_EXCL create lets only one writer win) with the job's totals."""
-    wait_until(lambda: OutputLayout(output).is_complete(), 30, "_SUCCESS")
-    completion = OutputLayout(output).completion()
-    assert completion is not None and completion["rows"] == rows
 
 
 @pytest.mark.slow
@@ -79,7 +73,7 @@ def test_killed_worker_process_mid_shard(tmp_path: Path, settings: Settings, sta
     restarted = runs[shard][1] - killed_at
     assert restarted >= remaining - 0.25, "the copy ran while the dead holder's lease was still live"
     assert restarted < lease + 2.5, "not taken over at the lease's end: a visibility-timeout redelivery?"
-    _complete_once(submission.output, len(ids))
+    assert_completed(submission.output, len(ids))
     assert all(process.poll() is None for process in workers.processes)  # the worker replaced its child
 
 
@@ -108,7 +102,7 @@ def test_killed_worker_mid_shard(tmp_path: Path, settings: Settings, start_worke
     # Delivered before its first start, so back within 2 x lease + a restore sweep (every lease / 2)
     # of it, plus picking it up: far from Redis's default hour.
     assert second - first < 2 * lease + lease / 2 + 1.5
-    _complete_once(submission.output, len(ids))
+    assert_completed(submission.output, len(ids))
 
 
 @pytest.mark.slow
@@ -128,7 +122,7 @@ def test_shard_longer_than_visibility_timeout_runs_once(tmp_path: Path, settings
     assert_exactly_once(submission.output, ids)
     assert len(starts(count)[0]) == 1  # started once: never ran twice
     assert committed_markers(submission.output)[0]["attempt"] == 1
-    _complete_once(submission.output, len(ids))
+    assert_completed(submission.output, len(ids))
 
 
 def test_success_marker_is_written_once_by_concurrent_finishers(tmp_path: Path) -> None:
