@@ -28,3 +28,14 @@ def rows_of(result: Any) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = result.to_pylist()
         return rows
     return list(result)
+
+
+def close(got: Any, want: Any, tolerance: float = 1e-4) -> bool:
+    """Equal, except that floats (scores) may differ by ``tolerance``, at any depth."""
+    if isinstance(want, float) and isinstance(got, float):
+        return abs(got - want) <= tolerance
+    if isinstance(want, dict) and isinstance(got, dict):
+        return want.keys() == got.keys() and all(close(got[key], want[key], tolerance) for key in want)
+    if isinstance(want, list) and isinstance(got, list):
+        return len(got) == len(want) and all(close(g, w, tolerance) for g, w in zip(got, want, strict=True))
+    return bool(got == want)

@@ -15,7 +15,7 @@ from jobs.settings import Settings
 from jobs.spec import load_spec
 from producer.status import wait
 from producer.submit import submit
-from tests.models import rows_of, tiny_model_path
+from tests.models import close, rows_of, tiny_model_path
 
 CONTEXT = ("The Louvre in Paris closed for a day after staff went on strike over crowding. "
            "Thousands of visitors queued outside the glass pyramid in the rain. ")
@@ -25,20 +25,6 @@ def _qa_rows(texts: list[str]) -> dict[str, list[Any]]:
     contexts = [(text or "") + " " + CONTEXT * (1 + i % 4) for i, text in enumerate(texts)]
     questions = ["Who went on strike?", "Where is the pyramid?", "What happened?"]
     return {"question": [questions[i % 3] for i in range(len(texts))], "context": contexts}
-
-
-SCORE_TOLERANCE = 1e-4  # the same rows, batched differently (shards of 7, batches of 4)
-
-
-def close(got: Any, want: Any) -> bool:
-    """Equal, except that floats (scores) may differ by SCORE_TOLERANCE, at any depth."""
-    if isinstance(want, float) and isinstance(got, float):
-        return abs(got - want) <= SCORE_TOLERANCE
-    if isinstance(want, dict) and isinstance(got, dict):
-        return want.keys() == got.keys() and all(close(got[key], want[key]) for key in want)
-    if isinstance(want, list) and isinstance(got, list):
-        return len(got) == len(want) and all(close(g, w) for g, w in zip(got, want, strict=True))
-    return bool(got == want)
 
 
 JOBS = {
