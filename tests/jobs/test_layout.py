@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,7 @@ def test_names() -> None:
     assert is_data_file("part-00001.parquet")
     assert not is_data_file(".part-00001.parquet.abc.tmp") and not is_data_file("_x.parquet")
     assert not is_data_file("part-00001.parquet.tmp") and not is_data_file("00001.json")
+    assert not is_data_file(".part-00001.parquet")
 
 
 def test_commit_publishes_part_then_marker(tmp_path: Path) -> None:
@@ -82,6 +85,9 @@ def test_commit_publishes_part_then_marker(tmp_path: Path) -> None:
     assert all_files(tmp_path) == [f"{SHARDS_DIR}/00003.json", "part-00003.parquet"]
     marker = layout.committed()[3]
     assert (marker["rows"], marker["shard"], marker["part"]) == (4, 3, "part-00003.parquet")
+    assert abs(marker["committed_at"] - time.time()) < 60 and marker["worker"] == socket.gethostname()
+    assert pq.read_metadata(tmp_path / "part-00003.parquet").row_group(0).column(0).compression == "ZSTD"
+    assert layout.location == str(tmp_path)
     assert layout.is_committed(3) and not layout.is_committed(2)
     assert pq.read_table(tmp_path / "part-00003.parquet").equals(table_of(4))
     assert layout.part_url(3) == str(tmp_path / "part-00003.parquet")
@@ -124,6 +130,7 @@ def test_failed_markers(tmp_path: Path) -> None:
     layout.mark_failed(5, "bang", attempts=1)
     failed = layout.failed()
     assert set(failed) == {2, 5} and failed[2]["error"] == "boom" and failed[2]["attempts"] == 4
+    assert abs(failed[2]["failed_at"] - time.time()) < 60 and failed[2]["worker"] == socket.gethostname()
     assert failed[2]["shard"] == 2 and layout.committed() == {}
     layout.clear_failed(5)
     assert set(layout.failed()) == {2}
@@ -144,7 +151,8 @@ def test_success_cancel_and_manifest(tmp_path: Path) -> None:
     assert (tmp_path / "out" / SUCCESS_FILE).exists()
     assert not layout.is_cancelled()
     layout.cancel()
-    assert layout.is_cancelled() and (tmp_path / "out" / CANCELLED_FILE).exists()
+    assert layout.is_cancelled()
+    assert abs(json.loads((tmp_path / "out" / CANCELLED_FILE).read_text())["cancelled_at"] - time.time()) < 60
     layout.uncancel()
     assert not layout.is_cancelled()
     layout.uncancel()

@@ -49,6 +49,7 @@ def test_local_write_read_list_remove(tmp_path: Path) -> None:
     storage.remove("d", "a.json")  # already gone: nothing to do
     assert storage.list("d") == ["b.json"]
     storage.makedirs("e", "f")
+    storage.makedirs("e", "f")  # already there: fine
     assert (tmp_path / "out" / "e" / "f").is_dir()
 
 
@@ -82,6 +83,12 @@ def test_local_create_once(tmp_path: Path) -> None:
     assert storage.create_once(b"first", "m", "_SUCCESS") is True
     assert storage.create_once(b"second", "m", "_SUCCESS") is False
     assert storage.read_bytes("m", "_SUCCESS") == b"first"
+
+
+def test_remote_root(remote: Storage) -> None:
+    again = Storage.at(f"memory://{remote.root.strip('/')}/")  # a trailing slash changes nothing
+    assert again.root == remote.root and not again.root.endswith("/") and again.root.endswith("/job")
+    assert again.url("x") == remote.url("x")
 
 
 def test_remote_store(remote: Storage) -> None:

@@ -38,11 +38,16 @@ def test_key_identity_and_clients(redis_url: str) -> None:
     assert worker_identity("w1@h").startswith("w1@h/") and worker_identity("w1@h").endswith(f"/{__import__('os').getpid()}")
     assert worker_identity().split("/")[0] == __import__("socket").gethostname()
     assert client_for(redis_url) is client_for(redis_url)
-    assert client_for(redis_url).connection_pool.connection_kwargs["socket_timeout"] == 10
+    other = redis_url.rsplit("/", 1)[0] + "/14"
+    assert client_for(other) is not client_for(redis_url)  # one client per URL
+    assert client_for(other).connection_pool.connection_kwargs["db"] == 14
+    kwargs = client_for(redis_url).connection_pool.connection_kwargs
+    assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"], kwargs["health_check_interval"]) == (10, 10, 30)
 
 
 def test_one_holder_at_a_time(client: redis.Redis, job: str) -> None:
     mine = ShardLease(client, job, 0, "a/1", seconds=5)
+    assert mine.lost is False and mine.holder == "a/1" and mine.seconds == 5
     theirs = ShardLease(client, job, 0, "b/2", seconds=5)
     other_shard = ShardLease(client, job, 1, "b/2", seconds=5)
     assert mine.acquire() and mine.acquire()  # ours already: refreshed
@@ -75,6 +80,9 @@ def test_wait_hint(client: redis.Redis, job: str) -> None:
     assert hint == 4  # never more than one of our own leases
     client.pexpire(holder.key, 2000)
     assert 2.0 < waiter.wait_hint() <= 2.5  # the holder's remaining time, plus half a second
+    patient = ShardLease(client, job, 0, "c/3", seconds=100)
+    client.pexpire(holder.key, 50_000)
+    assert 50.47 < patient.wait_hint() <= 50.5  # milliseconds read as such
     client.pexpire(holder.key, 100)
     assert waiter.wait_hint() == MIN_WAIT
     client.persist(holder.key)  # no TTL at all (pttl -1): do not wait for ever
