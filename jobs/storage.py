@@ -18,6 +18,8 @@ matter (commit markers) are written by other processes.
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import inspect
 import os
 import posixpath
@@ -111,7 +113,7 @@ class Storage:
             before_publish()
         os.replace(temporary, target)
 
-    def remove_temporaries(self, *parts: str) -> list[str]:
+    def remove_temporaries(self, *parts: str) -> builtins.list[str]:
         """Delete the temporary files :meth:`write_atomic` left for ``parts`` (a writer killed
         before its rename); returns their names. Only for a writer that owns the name, as a
         shard's lease holder owns its part: another writer's temporary is not told apart."""
@@ -123,10 +125,8 @@ class Storage:
         stale = sorted(entry for entry in os.listdir(folder)
                        if entry.startswith(f".{name}.") and entry.endswith(".tmp"))
         for entry in stale:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(posixpath.join(folder, entry))
-            except FileNotFoundError:
-                pass
         return stale
 
     def create_once(self, data: bytes, *parts: str) -> bool:

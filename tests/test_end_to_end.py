@@ -109,6 +109,7 @@ def test_message_is_a_small_reference(tmp_path: Path, news_texts: list[str], ner
         assert reference["job_id"] and isinstance(reference["shard"], int)
 
 
+@pytest.mark.slow  # `batchformers run` in a subprocess: its own Redis and workers
 def test_run_command_embedded(tmp_path: Path, news_parquet: Path, ner_model: Path) -> None:
     """`batchformers run JOB.yaml` with no broker: its own Redis and workers, exit 0, Parquet out."""
     job = tmp_path / "job.yaml"
@@ -124,6 +125,7 @@ def test_run_command_embedded(tmp_path: Path, news_parquet: Path, ner_model: Pat
     assert table.num_rows == 66 and set(table.column_names) >= {"doc_id", "input_ids", "num_tokens", "error"}
 
 
+@pytest.mark.slow  # `batchformers run` in a subprocess: its own Redis and workers
 def test_run_command_exits_non_zero_when_a_shard_fails(tmp_path: Path, news_parquet: Path) -> None:
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({"task": "tokenize", "model": str(tmp_path / "no-such-model"),

@@ -46,6 +46,7 @@ def _cli(*args: str, broker: str, timeout: float = 60) -> subprocess.CompletedPr
                           timeout=timeout, env=env, cwd=ROOT)
 
 
+@pytest.mark.slow  # the CLI in subprocesses
 def test_counts_pending_running_committed_failed(submitted: Submission, settings: Settings) -> None:
     layout = OutputLayout(submitted.output)
     _commit(layout, 0)
@@ -79,6 +80,7 @@ def test_counts_pending_running_committed_failed(submitted: Submission, settings
         assert text in done.stdout, (text, done.stdout)
 
 
+@pytest.mark.slow  # the CLI in subprocesses
 def test_degrades_without_broker(submitted: Submission, refused_port: int) -> None:
     _commit(OutputLayout(submitted.output), 0)
     gone = f"redis://127.0.0.1:{refused_port}/0"
@@ -93,6 +95,7 @@ def test_degrades_without_broker(submitted: Submission, refused_port: int) -> No
     assert done.returncode == 2 and "neither an output directory" in done.stderr
 
 
+@pytest.mark.slow  # the CLI in subprocesses
 def test_watch_follows_until_complete(submitted: Submission, settings: Settings) -> None:
     layout = OutputLayout(submitted.output)
     for shard in range(6):

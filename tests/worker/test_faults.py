@@ -36,7 +36,6 @@ from worker.faults import FAULTS_ENV
 from worker.lease import lease_key
 
 
-
 def _pid_of(holder: str) -> int:
     return int(holder.rsplit("/", 1)[1])
 

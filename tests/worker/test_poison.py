@@ -21,7 +21,6 @@ from worker.faults import FAULTS_ENV
 from worker.tasks import is_permanent
 
 
-
 @pytest.mark.slow
 def test_poison_shards_are_marked_failed_and_the_rest_completes(tmp_path: Path, settings: Settings,
                                                                  start_workers: Any) -> None:

@@ -28,7 +28,6 @@ from tests.reliability import assert_exactly_once, read_back, tokenize_spec, wor
 from worker.runners import runner_for
 
 
-
 class _Exploit:
     """Unpickling this runs ``os.mkdir(path)``: proof that a worker deserialised pickle."""
 
