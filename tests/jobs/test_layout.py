@@ -282,5 +282,5 @@ class CommitProtocol(RuleBasedStateMachine):
 
 
 TestCommitProtocol = CommitProtocol.TestCase
-TestCommitProtocol.settings = settings(max_examples=40, stateful_step_count=20, deadline=None,
+TestCommitProtocol.settings = settings(max_examples=30, stateful_step_count=20, deadline=None,
                                        suppress_health_check=[HealthCheck.too_slow])

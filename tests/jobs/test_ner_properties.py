@@ -77,7 +77,7 @@ def same(want: list[dict[str, Any]], got: list[dict[str, Any]]) -> bool:
     return True
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batch=st.lists(texts(), min_size=1, max_size=6), head=st.integers(0, HEADS - 1),
        strategy=st.sampled_from(STRATEGIES), batch_size=st.sampled_from([1, 4, 64]))
 def test_entities_equal_the_pipeline_post_processing(batch: list[str], head: int, strategy: str,
