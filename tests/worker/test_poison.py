@@ -47,13 +47,14 @@ def test_poison_shards_are_marked_failed_and_the_rest_completes(tmp_path: Path, 
     assert sorted(table.column("id").to_pylist()) == sorted(ids[0:5] + ids[15:20])
     assert set(committed_markers(poisoned.output)) == {0, 3}
     # Every copy of every message is done: nothing queued, delivered or leased. Then count the runs
-    # (the test's own file, one line per start): exactly 1 + max_retries for each poison shard, and
-    # Redis's delivery count one more (the delivery that found the runs used up and gave up).
+    # (the test's own file, one line per start): exactly 1 + max_retries for each poison shard. Redis
+    # counted at least one delivery more (the one that found the runs used up and gave up; a loaded
+    # machine may see a visibility-timeout copy too), and none of those ran the shard.
     wait_drained(settings.broker_url, settings.queue, poisoned.job_id)
     runs = {shard: len(times) for shard, times in starts(count).items()}
     assert runs[1] == runs[2] == 1 + max_retries == 2
     client = redis.Redis.from_url(settings.broker_url)
-    assert int(client.get(f"{DELIVERIES_PREFIX}{poisoned.job_id}:1") or 0) == 1 + max_retries + 1
+    assert int(client.get(f"{DELIVERIES_PREFIX}{poisoned.job_id}:1") or 0) >= 1 + max_retries + 1
 
     status = wait(slow.output, timeout=60)
     assert status.state == "failed"
