@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch first: a bare `torch` requirement would pull several GB of CUDA wheels.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test lint demo bench bench-quick clean
+.PHONY: install test test-fast test-slow mutate lint demo bench bench-quick clean
 
 install: $(VENV)/.installed
 
@@ -16,8 +16,20 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[test,lint]"
 	touch $@
 
-test: install
-	$(PY) -m pytest -q -p no:cacheprovider
+# The fast tier (no worker process, no embedded server: under a minute) runs first, then the slow tier.
+test: test-fast test-slow
+
+test-fast: install
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+
+test-slow: install
+	$(PY) -m pytest -q -p no:cacheprovider -m slow
+
+# Mutation testing of the core modules ([tool.mutmut] in pyproject.toml); slow, not in CI.
+mutate: install
+	rm -rf mutants
+	PYTHONPATH= $(VENV)/bin/mutmut run --max-children 2  # mutmut puts mutants/ first on the path itself
+	$(VENV)/bin/mutmut results
 
 lint: install
 	$(VENV)/bin/ruff check jobs producer worker tests bench
@@ -33,4 +45,4 @@ bench-quick: install
 	$(PY) -m bench --quick
 
 clean:
-	rm -rf .demo out
+	rm -rf .demo out mutants

@@ -15,7 +15,12 @@ as one object (object stores), then its commit marker is written. Readers that
 list ``*.parquet`` (pandas, polars, DuckDB, Spark, ``datasets``) never see a half
 part, and names starting with ``_`` or ``.`` are ignored by them. A shard whose
 marker exists is done; one whose part exists without a marker is simply
-rewritten, byte-identical in content, when it runs again.
+rewritten, byte-identical in content, when it runs again. A writer killed before its
+rename leaves a hidden temporary (``.part-00000.parquet.<hex>.tmp``): the shard's next
+commit deletes it, and no reader or count ever sees it (see :func:`is_data_file`).
+
+``commit`` takes an optional ``fault`` hook, called as ``fault(shard, point)`` at each
+:data:`COMMIT_POINTS` step; the reliability tests kill the worker there.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import io
 import json
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -42,10 +47,23 @@ SUCCESS_FILE = f"{META_DIR}/_SUCCESS"
 CANCELLED_FILE = f"{META_DIR}/CANCELLED"
 PARQUET_COMPRESSION = "zstd"
 MARKER_READERS = 32  # markers read at once from an object store (a local disk reads them in turn)
+PART_WRITTEN = "part-written"  # the part's bytes are in a hidden temporary file, not yet visible
+PART_PUBLISHED = "part-published"  # the part is visible, its marker not yet written
+COMMIT_POINTS = (PART_WRITTEN, PART_PUBLISHED)
+CommitFault = Callable[[int, str], None]
 
 
 def part_name(shard: int) -> str:
     return f"part-{shard:05d}.parquet"
+
+
+def marker_name(shard: int) -> str:
+    return f"{shard:05d}.json"
+
+
+def is_data_file(name: str) -> bool:
+    """Whether readers of the output see ``name`` as data (hidden and ``_`` names they skip)."""
+    return name.endswith(".parquet") and not name.startswith((".", "_"))
 
 
 class OutputLayout:
@@ -79,16 +97,25 @@ class OutputLayout:
         return self.storage.url(part_name(shard))
 
     def is_committed(self, shard: int) -> bool:
-        return self.storage.exists(f"{SHARDS_DIR}/{shard:05d}.json")
+        return self.storage.exists(SHARDS_DIR, marker_name(shard))
 
-    def commit(self, shard: int, table: pa.Table, summary: dict[str, Any]) -> None:
-        """Publish the part, then its marker: the marker means the part is whole."""
+    def commit(self, shard: int, table: pa.Table, summary: dict[str, Any], fault: CommitFault | None = None) -> None:
+        """Publish the part, then its marker: the marker means the part is whole.
+
+        Only the holder of the shard's lease commits it, so temporaries left by an earlier,
+        killed run of the same shard are deleted first.
+        """
+        self.storage.remove_temporaries(part_name(shard))
+        self.storage.remove_temporaries(SHARDS_DIR, marker_name(shard))
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression=PARQUET_COMPRESSION)
-        self.storage.write_atomic(buffer.getvalue(), part_name(shard))
+        written = None if fault is None else (lambda: fault(shard, PART_WRITTEN))
+        self.storage.write_atomic(buffer.getvalue(), part_name(shard), before_publish=written)
+        if fault is not None:
+            fault(shard, PART_PUBLISHED)
         marker = {**summary, "shard": shard, "part": part_name(shard), "committed_at": time.time(),
                   "worker": socket.gethostname()}
-        self.storage.write_atomic(json.dumps(marker).encode(), SHARDS_DIR, f"{shard:05d}.json")
+        self.storage.write_atomic(json.dumps(marker).encode(), SHARDS_DIR, marker_name(shard))
         self.storage.remove(SHARDS_DIR, f"{shard:05d}.failed.json")
 
     def mark_failed(self, shard: int, error: str, attempts: int) -> None:

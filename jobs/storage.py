@@ -18,10 +18,13 @@ matter (commit markers) are written by other processes.
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import inspect
 import os
 import posixpath
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -86,10 +89,17 @@ class Storage:
         if not self.remote:
             os.makedirs(self.path(*parts), exist_ok=True)
 
-    def write_atomic(self, data: bytes, *parts: str) -> None:
-        """Readers see the old object or the whole new one, never a part of it."""
+    def write_atomic(self, data: bytes, *parts: str, before_publish: Callable[[], None] | None = None) -> None:
+        """Readers see the old object or the whole new one, never a part of it.
+
+        On a local disk the data goes to a hidden temporary file (``.NAME.<hex>.tmp``, see
+        :meth:`remove_temporaries`) that is then renamed; ``before_publish`` (a test fault
+        point) runs once the data is written and before anyone can see it.
+        """
         target = self.path(*parts)
         if self.remote:
+            if before_publish is not None:
+                before_publish()
             self.fs.pipe_file(target, data)
             return
         folder, name = posixpath.split(target)
@@ -99,7 +109,25 @@ class Storage:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        if before_publish is not None:
+            before_publish()
         os.replace(temporary, target)
+
+    def remove_temporaries(self, *parts: str) -> builtins.list[str]:
+        """Delete the temporary files :meth:`write_atomic` left for ``parts`` (a writer killed
+        before its rename); returns their names. Only for a writer that owns the name, as a
+        shard's lease holder owns its part: another writer's temporary is not told apart."""
+        if self.remote:
+            return []  # object puts leave no temporaries
+        folder, name = posixpath.split(self.path(*parts))
+        if not os.path.isdir(folder):
+            return []
+        stale = sorted(entry for entry in os.listdir(folder)
+                       if entry.startswith(f".{name}.") and entry.endswith(".tmp"))
+        for entry in stale:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(posixpath.join(folder, entry))
+        return stale
 
     def create_once(self, data: bytes, *parts: str) -> bool:
         """Write only when absent; True for the one caller that created it."""

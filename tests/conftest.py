@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,17 @@ from tests.models import tiny_model_path
 
 NEWS = Path(__file__).resolve().parents[1] / "jobs" / "data" / "news_sentences.txt"
 LOCAL_REDIS = "redis://127.0.0.1:6379/15"
+
+
+SLOW_FIXTURES = {"start_workers"}  # a test that starts worker processes is in the slow tier, marked or not
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that starts workers ``slow``; run the fast tier (unit tests) before the slow one."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)  # a stable sort
 
 
 def _answers(url: str) -> bool:
@@ -38,6 +50,14 @@ def redis_url() -> Iterator[str]:
     else:
         with EmbeddedRedis() as server:
             yield server.url
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A loopback port where connections are refused: bound (so nothing else takes it) and not listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
 
 
 @pytest.fixture

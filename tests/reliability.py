@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,9 +41,10 @@ def read_back(output: Path | str) -> pa.Table:
 
 def assert_exactly_once(output: Path | str, ids: list[str]) -> pa.Table:
     """Each input id once, row_index 0..n-1 once each, nothing else: no row lost, none twice;
-    and the only parts a reader can see are those of committed shards."""
+    the only parts a reader can see are those of committed shards, and no temporary file is left."""
     visible = {path.name for path in Path(output).glob("*.parquet")}
     assert visible == {marker["part"] for marker in committed_markers(output).values()}
+    assert temporaries(output) == []
     table = read_back(output)
     got = table.column("id").to_pylist()
     lost = set(ids) - set(got)
@@ -51,6 +53,14 @@ def assert_exactly_once(output: Path | str, ids: list[str]) -> pa.Table:
     assert sorted(got) == sorted(ids)
     assert sorted(table.column("row_index").to_pylist()) == list(range(len(ids)))
     return table
+
+
+def assert_completed(output: Path | str, rows: int) -> dict[str, Any]:
+    """_SUCCESS is there (its O_EXCL create lets one writer only) with the job's totals."""
+    wait_until(lambda: OutputLayout(str(output)).is_complete(), 30, "_SUCCESS")
+    completion = OutputLayout(str(output)).completion()
+    assert completion is not None and completion["rows"] == rows, completion
+    return completion
 
 
 def committed_markers(output: Path | str) -> dict[int, dict[str, Any]]:
@@ -85,3 +95,31 @@ def worker_logs(log_dir: Path) -> str:
 def completions_logged(log_dir: Path, job_id: str) -> int:
     """How many workers wrote the job's _SUCCESS marker (each logs it once)."""
     return worker_logs(log_dir).count(f"batchformers: job {job_id} complete")
+
+
+def temporaries(output: Path | str) -> list[str]:
+    """Temporary files anywhere under a local output (a killed writer's leftovers)."""
+    return sorted(str(path.relative_to(output)) for path in Path(output).rglob("*.tmp"))
+
+
+def starts(count_file: Path) -> dict[int, list[float]]:
+    """Shard -> times it started, from the ``count=PATH`` fault file (one line per start)."""
+    found: dict[int, list[float]] = {}
+    if count_file.exists():
+        for line in count_file.read_text().splitlines():
+            shard, _pid, when = line.split()
+            found.setdefault(int(shard), []).append(float(when))
+    return found
+
+
+def in_flight(redis_url: str, queue: str) -> int:
+    """Messages of ``queue`` waiting in it or delivered to a worker and not yet acked."""
+    client = redis.Redis.from_url(redis_url)
+    unacked = sum(1 for raw in client.hvals("unacked") if json.loads(raw)[-1] == queue)
+    return int(client.llen(queue)) + unacked
+
+
+def wait_drained(redis_url: str, queue: str, job_id: str, timeout: float = 60) -> None:
+    """Until nothing of the job is queued, delivered or leased: every copy of every message is done."""
+    wait_until(lambda: in_flight(redis_url, queue) == 0 and not lease_holders(redis_url, job_id), timeout,
+               "the queue to drain")

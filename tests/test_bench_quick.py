@@ -17,6 +17,8 @@ from bench.__main__ import main
 from bench.run import module_missing
 from bench.scenarios import many_workers
 
+pytestmark = pytest.mark.slow  # runs the benchmark harness with real workers
+
 REQUIRED = ("ner", "tokenize")
 OPTIONAL = ("qa", "summarization", "translation")
 

@@ -21,6 +21,8 @@ from producer.inspect import describe
 from producer.status import wait
 from producer.submit import submit
 
+pytestmark = pytest.mark.slow  # a real worker produces the output the readers read
+
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 66
 

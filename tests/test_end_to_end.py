@@ -76,25 +76,40 @@ def test_multi_shard_jobs_over_every_input_format(
     assert logs.count("batchformers: loaded ner model") == 1  # one load for every shard of every job
 
 
-def test_message_is_a_small_reference(tmp_path: Path, news_parquet: Path, ner_model: Path,
+def test_message_is_a_small_reference(tmp_path: Path, news_texts: list[str], ner_model: Path,
                                       settings: Settings) -> None:
+    """A message points at its rows (file, range), never carries them: its body, decoded, holds none
+    of the shard's text, and it stays small although each shard's rows are far bigger than 4 KiB."""
+    import base64
     import json
 
     import redis
 
-    spec = load_spec({"task": "ner", "model": str(ner_model), "input": str(news_parquet),
-                      "columns": {"text": "body"}, "output": str(tmp_path / "out"), "shard_rows": 5})
+    texts = [f"{text} Zanzibarquux{i}" for i, text in enumerate(news_texts * 4)]  # a word in no message
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"doc_id": [f"d{i}" for i in range(len(texts))], "body": texts}), source)
+    shard_rows = 100
+    assert len(" ".join(texts[:shard_rows]).encode()) > 2 * 4096  # inline rows could not fit the bound
+    spec = load_spec({"task": "ner", "model": str(ner_model), "input": str(source),
+                      "columns": {"text": "body"}, "output": str(tmp_path / "out"), "shard_rows": shard_rows})
     submit(spec, settings)
-    raw = redis.Redis.from_url(settings.broker_url).lrange(settings.queue, 0, -1)
-    assert len(raw) == 14
+    client = redis.Redis.from_url(settings.broker_url)
+    raw = client.lrange(settings.queue, 0, -1)
+    client.delete(settings.queue)
+    assert len(raw) == -(-len(texts) // shard_rows)
     for message in raw:
         assert len(message) < 4096
-        body = json.loads(message)
-        assert body["headers"]["task"] == "batchformers.run_shard"
-        assert "Washington" not in message.decode() and "base64" in body["properties"]["body_encoding"]
-    redis.Redis.from_url(settings.broker_url).delete(settings.queue)
+        envelope = json.loads(message)
+        assert envelope["headers"]["task"] == "batchformers.run_shard"
+        assert envelope["properties"]["body_encoding"] == "base64"
+        body = base64.b64decode(envelope["body"]).decode()
+        args, kwargs, _ = json.loads(body)
+        assert "Zanzibarquux" not in body and "Zanzibarquux" not in message.decode()
+        reference = args[0] if args else kwargs["message"]
+        assert reference["job_id"] and isinstance(reference["shard"], int)
 
 
+@pytest.mark.slow  # `batchformers run` in a subprocess: its own Redis and workers
 def test_run_command_embedded(tmp_path: Path, news_parquet: Path, ner_model: Path) -> None:
     """`batchformers run JOB.yaml` with no broker: its own Redis and workers, exit 0, Parquet out."""
     job = tmp_path / "job.yaml"
@@ -110,6 +125,7 @@ def test_run_command_embedded(tmp_path: Path, news_parquet: Path, ner_model: Pat
     assert table.num_rows == 66 and set(table.column_names) >= {"doc_id", "input_ids", "num_tokens", "error"}
 
 
+@pytest.mark.slow  # `batchformers run` in a subprocess: its own Redis and workers
 def test_run_command_exits_non_zero_when_a_shard_fails(tmp_path: Path, news_parquet: Path) -> None:
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({"task": "tokenize", "model": str(tmp_path / "no-such-model"),

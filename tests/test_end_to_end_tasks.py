@@ -15,7 +15,7 @@ from jobs.settings import Settings
 from jobs.spec import load_spec
 from producer.status import wait
 from producer.submit import submit
-from tests.models import tiny_model_path
+from tests.models import close, rows_of, tiny_model_path
 
 CONTEXT = ("The Louvre in Paris closed for a day after staff went on strike over crowding. "
            "Thousands of visitors queued outside the glass pyramid in the rain. ")
@@ -62,11 +62,7 @@ def test_task_end_to_end(task: str, tmp_path: Path, news_texts: list[str], setti
     assert errors[-1] is not None and all(e is None for e in errors[:-1])
 
     runner = spec.task_type().load(spec.load_options())
-    direct = runner.run({role: table.column(role).to_pylist() for role in spec.input_columns()})
-    direct_rows = direct.to_pylist() if isinstance(direct, pa.Table) else direct
+    direct = rows_of(runner.run({role: table.column(role).to_pylist() for role in spec.input_columns()}))
     for name in spec.task_type().output_schema().names:
-        got, want = output.column(name).to_pylist(), [row[name] for row in direct_rows]
-        if name in ("score", "answers", "entities"):
-            assert len(got) == len(want)
-        else:
-            assert got == want, name
+        got, want = output.column(name).to_pylist(), [row[name] for row in direct]
+        assert close(got, want), name

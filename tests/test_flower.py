@@ -27,6 +27,8 @@ from producer.flower import check_basic_auth, flower_command, flower_environment
 from producer.status import wait
 from producer.submit import submit
 
+pytestmark = pytest.mark.slow  # a Flower process and workers
+
 ROOT = Path(__file__).resolve().parents[1]
 USER, PASSWORD = "ops", "s3cret-pw"
 

@@ -22,7 +22,6 @@ import pytest
 from jobs.settings import Settings
 from jobs.spec import load_spec
 from jobs.storage import Storage
-from producer.embedded import free_port
 from producer.status import wait
 from producer.submit import submit
 
@@ -33,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def s3_endpoint() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # the OS picks a free port
     server.start()
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
@@ -89,6 +88,17 @@ def test_storage_sees_other_writers_and_creates_once(bucket: str) -> None:
     assert not storage.exists("_SUCCESS")
 
 
+def test_success_is_a_conditional_put_not_check_then_put(bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two finishers that both looked before either wrote: a check-then-put lets both "create" it;
+    only the store refusing the second put (If-None-Match) keeps it to one."""
+    storage = Storage.at(f"s3://{bucket}/job")
+    monkeypatch.setattr(Storage, "exists", lambda self, *parts: False)  # every check races the other writer
+    assert storage.create_once(b"first", "_SUCCESS") is True
+    assert storage.create_once(b"second", "_SUCCESS") is False
+    assert storage.read_bytes("_SUCCESS") == b"first"
+
+
+@pytest.mark.slow
 def test_job_reads_and_writes_s3(bucket: str, s3_env: dict[str, str], news_parquet: Path, ner_model: Path,
                                  settings: Settings, start_workers: Any) -> None:
     source = Storage.at(f"s3://{bucket}/input")

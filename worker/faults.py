@@ -1,12 +1,25 @@
 """Fault injection for the reliability tests. Inert unless ``BATCHFORMERS_TEST_FAULTS`` is set.
 
-The variable holds comma-separated faults, applied inside a shard after its rows were
-processed and before its part is committed (the moment where a crash hurts most)::
+The variable holds comma-separated faults. Unless said otherwise they apply inside a shard
+after its rows were processed and before its part is committed (:func:`before_commit`)::
 
     sleep=SECONDS   every shard sleeps that long (a slow shard, to kill a worker inside it)
     kill=SHARD      the process running shard SHARD kills itself with SIGKILL (a poison shard)
     raise=SHARD     shard SHARD raises RuntimeError (a shard that always fails)
     hang=SHARD      shard SHARD blocks the soft time limit's signal and sleeps (only the hard limit ends it)
+
+Kills inside the commit (:func:`commit_point`), at the points of :mod:`jobs.layout`::
+
+    kill-part-written=SHARD     the part's bytes are in a hidden temporary file, not yet renamed
+    kill-part-published=SHARD   the part is visible, its commit marker not yet written
+    kill-committed=SHARD        the marker is written, ``_SUCCESS`` not yet considered
+
+And two that change the others or only record::
+
+    once=DIR        each kill/raise/hang fires only once per shard (a file in DIR remembers it),
+                    so the shard's next run succeeds: a worker killed once, not a poison shard
+    count=PATH      every start of a shard appends ``SHARD PID TIME`` to PATH (:func:`started`),
+                    so a test counts runs itself instead of trusting the code's own counter
 
 Never set it in production.
 """
@@ -19,23 +32,65 @@ import time
 
 FAULTS_ENV = "BATCHFORMERS_TEST_FAULTS"
 HANG_SECONDS = 3600.0
+COMMIT_KILLS = {"kill-part-written": "part-written", "kill-part-published": "part-published",
+                "kill-committed": "committed"}
 
 
 class InjectedFault(RuntimeError):
     """Raised by the ``raise=SHARD`` fault."""
 
 
+def _faults() -> list[tuple[str, str]]:
+    spec = os.environ.get(FAULTS_ENV, "")
+    return [(name, value) for name, _, value in
+            (item.partition("=") for item in filter(None, (part.strip() for part in spec.split(","))))]
+
+
+def _fires(name: str, shard: int) -> bool:
+    """Whether fault ``name`` of ``shard`` fires now: always, or its first time only under ``once=DIR``."""
+    folder = dict(_faults()).get("once")
+    if folder is None:
+        return True
+    os.makedirs(folder, exist_ok=True)
+    try:
+        os.close(os.open(os.path.join(folder, f"{name}-{shard}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _kill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def started(shard: int) -> None:
+    """Record one start of ``shard`` in the ``count=PATH`` file, if configured."""
+    for name, value in _faults():
+        if name == "count":
+            line = f"{shard} {os.getpid()} {time.time():.3f}\n".encode()
+            descriptor = os.open(value, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o644)
+            try:
+                os.write(descriptor, line)  # one write under O_APPEND: lines of racing writers never mix
+            finally:
+                os.close(descriptor)
+
+
 def before_commit(shard: int) -> None:
     """Apply the faults configured for ``shard``, if any."""
-    spec = os.environ.get(FAULTS_ENV, "")
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        name, _, value = item.partition("=")
+    for name, value in _faults():
         if name == "sleep":
             time.sleep(float(value))
-        elif name == "kill" and int(value) == shard:
-            os.kill(os.getpid(), signal.SIGKILL)
-        elif name == "hang" and int(value) == shard:
+        elif name == "kill" and int(value) == shard and _fires(name, shard):
+            _kill()
+        elif name == "hang" and int(value) == shard and _fires(name, shard):
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})  # Celery's soft time limit signal
             time.sleep(HANG_SECONDS)
-        elif name == "raise" and int(value) == shard:
+        elif name == "raise" and int(value) == shard and _fires(name, shard):
             raise InjectedFault(f"injected failure of shard {shard} ({FAULTS_ENV})")
+
+
+def commit_point(shard: int, point: str) -> None:
+    """Kill the process at ``point`` of ``shard``'s commit when a ``kill-<point>`` fault asks for it."""
+    for name, value in _faults():
+        if COMMIT_KILLS.get(name) == point and int(value) == shard and _fires(name, shard):
+            _kill()

@@ -151,6 +151,7 @@ def _run_leased(
     deliveries.record_error(WORKER_LOST.format(holder=lease.holder))
     if attempt > 1:
         log.warning("shard %s of job %s: attempt %s of %s", shard.shard, shard.job_id, attempt, allowed)
+    faults.started(shard.shard)
     try:
         with lease.kept():
             _check_source(manifest.sources[plan.source], plan, settings)
@@ -163,7 +164,8 @@ def _run_leased(
                           lease.current_holder())
                 return {"shard": shard.shard, "skipped": "lease lost"}
             summary["attempt"] = attempt
-            layout.commit(shard.shard, table, summary)
+            layout.commit(shard.shard, table, summary, fault=faults.commit_point)
+            faults.commit_point(shard.shard, "committed")
     except Exception as exc:
         _after_error(task, layout, shard, spec, deliveries, attempt, exc, settings.lease_seconds, ledger)
     metrics.shard_committed(spec.task, summary)

@@ -13,8 +13,10 @@ from jobs.base import LoadOptions
 from jobs.engine import RunOptions
 from jobs.ner import NerTask
 
-CASES = [("none", None), ("simple", None), ("simple", 8), ("first", None), ("first", 8),
-         ("average", None), ("average", 8), ("max", None), ("max", 8)]
+FAST = {("none", None), ("simple", 8), ("max", None)}  # the fast tier's share; every case runs in `make test`
+CASES = [case if case in FAST else pytest.param(*case, marks=pytest.mark.slow)
+         for case in [("none", None), ("simple", None), ("simple", 8), ("first", None), ("first", 8),
+                      ("average", None), ("average", 8), ("max", None), ("max", 8)]]
 
 
 @pytest.fixture(scope="module")

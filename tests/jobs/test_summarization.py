@@ -40,7 +40,7 @@ def fits_schema(params: dict[str, Any], rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema.append(pa.field("error", pa.string())))
 
 
-@pytest.mark.parametrize("batch_size", [1, 5])
+@pytest.mark.parametrize("batch_size", [pytest.param(1, marks=pytest.mark.slow), 5])  # one row a batch: slow tier
 @pytest.mark.parametrize("case", CASES, ids=[case["name"] for case in CASES])
 def test_summaries_equal_the_457_pipeline(case: dict[str, Any], batch_size: int) -> None:
     runner = load(case["params"], case["model"], batch_size)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import yaml
 
 from jobs.settings import Settings
@@ -16,10 +14,10 @@ from producer.cli import main
 from producer.status import wait
 from tests.models import tiny_model_path
 from tests.reliability import (
+    assert_completed,
     assert_exactly_once,
     committed_markers,
-    completions_logged,
-    lease_holders,
+    wait_drained,
     wait_until,
     write_rows,
 )
@@ -66,7 +64,7 @@ def _part_times(output: Path) -> dict[str, int]:
 def test_cancel_stops_new_shards_and_submit_resumes(tmp_path: Path, cli_env: Settings, start_workers: Any,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     job, ids, output = _job_file(tmp_path, 30)  # 6 shards
-    workers = start_workers(1, **{FAULTS_ENV: "sleep=1"})
+    start_workers(1, **{FAULTS_ENV: "sleep=1"})
     code, out, err = _cli(capsys, "submit", str(job))
     assert code == 0 and "6 of 6 shards enqueued" in err
     job_id = out.strip()
@@ -76,14 +74,9 @@ def test_cancel_stops_new_shards_and_submit_resumes(tmp_path: Path, cli_env: Set
     assert code == 0 and "cancelled" in out
     assert _status(capsys, job_id)["state"] == "cancelled"
     # The shard running at the cancel may finish; every other queued shard is dropped unstarted.
-    client = redis.Redis.from_url(cli_env.broker_url)
-
-    def drained() -> bool:
-        return client.llen(cli_env.queue) == 0 and not lease_holders(cli_env.broker_url, job_id)
-
-    wait_until(drained, 30, "the queue to drain")
-    time.sleep(1.5)  # longer than a shard: one that had just started would have committed by now
-    wait_until(drained, 30, "the queue to drain")
+    # Drained: nothing queued, nothing delivered and unacked (a shard just taken but not yet
+    # leased counts), nothing leased.
+    wait_drained(cli_env.broker_url, cli_env.queue, job_id, timeout=30)
     stopped_at = len(committed_markers(output))
     assert stopped_at < 6
     status = _status(capsys, job_id)
@@ -97,7 +90,7 @@ def test_cancel_stops_new_shards_and_submit_resumes(tmp_path: Path, cli_env: Set
     assert_exactly_once(output, ids)
     after = _part_times(output)
     assert all(after[name] == mtime for name, mtime in before.items())  # done shards were not redone
-    assert completions_logged(workers.log_dir, job_id) == 1
+    assert_completed(output, len(ids))
 
 
 def test_retry_reruns_only_failed_shards(tmp_path: Path, cli_env: Settings, start_workers: Any,
@@ -115,7 +108,7 @@ def test_retry_reruns_only_failed_shards(tmp_path: Path, cli_env: Settings, star
     before = _part_times(output)
 
     broken.stop()
-    fixed = start_workers(1)  # the fault is gone
+    start_workers(1)  # the fault is gone
     code, out, _ = _cli(capsys, "retry", job_id)
     assert code == 0 and "re-enqueued 1 failed shard(s)" in out
     assert wait(str(output), timeout=60).state == "complete"
@@ -124,7 +117,7 @@ def test_retry_reruns_only_failed_shards(tmp_path: Path, cli_env: Settings, star
     after = _part_times(output)
     assert all(after[name] == mtime for name, mtime in before.items())  # only shard 2 ran again
     assert set(after) - set(before) == {"part-00002.parquet"}
-    assert completions_logged(broken.log_dir, job_id) == 0 and completions_logged(fixed.log_dir, job_id) == 1
+    assert_completed(output, len(ids))
 
     code, _, err = _cli(capsys, "submit", str(job))  # and running the job again does nothing
     assert code == 0 and "0 of 4 shards enqueued" in err

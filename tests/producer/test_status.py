@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import redis
 from jobs.layout import OutputLayout
 from jobs.settings import Settings
 from jobs.spec import load_spec
-from producer.embedded import free_port
 from producer.status import LEASE_PREFIX, _ranges, job_status, render, status
 from producer.submit import Submission, submit
 
@@ -29,10 +27,11 @@ def submitted(tmp_path: Path, news_parquet: Path, ner_model: Path, settings: Set
     """A 7-shard job enqueued with no worker to run it; its queue is dropped afterwards."""
     spec = load_spec({"task": "tokenize", "model": str(ner_model), "input": str(news_parquet),
                       "columns": {"text": "body"}, "output": str(tmp_path / "out"), "shard_rows": 10})
-    yield submit(spec, settings)
+    submitted = submit(spec, settings)
+    yield submitted
     client = redis.Redis.from_url(settings.broker_url)
     client.delete(settings.queue)
-    for key in client.scan_iter(match=f"{LEASE_PREFIX}*"):
+    for key in client.scan_iter(match=f"{LEASE_PREFIX}{submitted.job_id}*"):  # this job's leases only
         client.delete(key)
 
 
@@ -47,6 +46,7 @@ def _cli(*args: str, broker: str, timeout: float = 60) -> subprocess.CompletedPr
                           timeout=timeout, env=env, cwd=ROOT)
 
 
+@pytest.mark.slow  # the CLI in subprocesses
 def test_counts_pending_running_committed_failed(submitted: Submission, settings: Settings) -> None:
     layout = OutputLayout(submitted.output)
     _commit(layout, 0)
@@ -80,9 +80,10 @@ def test_counts_pending_running_committed_failed(submitted: Submission, settings
         assert text in done.stdout, (text, done.stdout)
 
 
-def test_degrades_without_broker(submitted: Submission) -> None:
+@pytest.mark.slow  # the CLI in subprocesses
+def test_degrades_without_broker(submitted: Submission, refused_port: int) -> None:
     _commit(OutputLayout(submitted.output), 0)
-    gone = f"redis://127.0.0.1:{free_port()}/0"
+    gone = f"redis://127.0.0.1:{refused_port}/0"
     current = job_status(submitted.output, Settings(broker_url=gone))
     assert current.running is None and current.broker.startswith("unreachable")
     assert current.pending == 6 and current.committed == 1
@@ -94,6 +95,7 @@ def test_degrades_without_broker(submitted: Submission) -> None:
     assert done.returncode == 2 and "neither an output directory" in done.stderr
 
 
+@pytest.mark.slow  # the CLI in subprocesses
 def test_watch_follows_until_complete(submitted: Submission, settings: Settings) -> None:
     layout = OutputLayout(submitted.output)
     for shard in range(6):
@@ -105,7 +107,8 @@ def test_watch_follows_until_complete(submitted: Submission, settings: Settings)
     assert watcher.stdout is not None
     first = json.loads(watcher.stdout.readline())
     assert first["state"] == "running" and first["committed"] == 6
-    time.sleep(0.5)
+    second = json.loads(watcher.stdout.readline())  # it refreshes, and does not stop while running
+    assert second["state"] == "running" and second["committed"] == 6
     _commit(layout, 6, rows=6)
     out, _ = watcher.communicate(timeout=30)
     assert watcher.returncode == 0

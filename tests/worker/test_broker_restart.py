@@ -13,17 +13,17 @@ from producer.embedded import EmbeddedRedis, LocalWorkers
 from producer.run import run
 from producer.status import JobStatus, job_status
 from tests.reliability import (
+    assert_completed,
     assert_exactly_once,
     committed_markers,
-    completions_logged,
     tokenize_spec,
     wait_until,
-    worker_logs,
     write_rows,
 )
 from worker.faults import FAULTS_ENV
 
 pytestmark = pytest.mark.slow
+OUTAGE_SECONDS = 3.5  # a lease (3 s) and then some
 
 
 def test_job_survives_a_broker_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,14 +46,17 @@ def test_job_survives_a_broker_restart(tmp_path: Path, monkeypatch: pytest.Monke
         thread.start()
         wait_until(lambda: committed_markers(spec.output), 60, "a first shard to commit")
         broker.stop(keep_data=True)  # mid-job: shards running, others queued, the run waiting
-        time.sleep(3)
+        at_stop = len(committed_markers(spec.output))
+        assert at_stop < 8  # the job really was in the middle
+        # The outage itself (a scenario, not a wait for a condition): longer than a lease, so every
+        # lease refresh, delivery count and progress update of the running shards meets a dead broker.
+        time.sleep(OUTAGE_SECONDS)
         broker.start()  # same port, same append-only file
         thread.join(timeout=170)
         assert not thread.is_alive() and "error" not in result, result
         status: JobStatus = result["status"]
         assert status.state == "complete", status
         assert status.committed == 8
-        assert "Connection to broker lost" in worker_logs(tmp_path / "logs")  # it did happen mid-job
     assert_exactly_once(spec.output, ids)
     assert job_status(spec.output).rows_done == 40
-    assert completions_logged(tmp_path / "logs", status.job_id) == 1
+    assert_completed(spec.output, 40)

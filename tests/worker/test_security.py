@@ -27,8 +27,6 @@ from producer.submit import prepare, submit
 from tests.reliability import assert_exactly_once, read_back, tokenize_spec, worker_logs, write_rows
 from worker.runners import runner_for
 
-pytestmark = pytest.mark.slow
-
 
 class _Exploit:
     """Unpickling this runs ``os.mkdir(path)``: proof that a worker deserialised pickle."""
@@ -81,16 +79,31 @@ def test_worker_rejects_pickle_and_paths_outside_allowed_roots(tmp_path: Path, s
     assert all(process.poll() is None for process in workers.processes)  # and it kept running
 
 
-def test_trust_remote_code_needs_the_job_and_the_worker(tmp_path: Path) -> None:
+def test_trust_remote_code_needs_the_job_and_the_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the model loader is given, not what the spec says: trust_remote_code reaches it only when
+    the job asks for it and the worker allows it."""
+    from worker import runners
+
     write_rows(tmp_path / "in.parquet", 5)
     spec = tokenize_spec(tmp_path / "in.parquet", tmp_path / "out", trust_remote_code=True)
+    plain = tokenize_spec(tmp_path / "in.parquet", tmp_path / "out")
+    given: list[Any] = []
+
+    def load(task: Any, options: Any) -> object:
+        given.append(options)
+        return object()
+
+    monkeypatch.setattr(type(spec.task_type()), "load", load)
+    monkeypatch.setattr(runners, "_cache", {})
     with pytest.raises(SpecError, match="BATCHFORMERS_ALLOW_TRUST_REMOTE_CODE"):
         runner_for(spec, Settings(allow_trust_remote_code=False))
-    _, runner = runner_for(spec, Settings(allow_trust_remote_code=True))  # both agree: allowed
-    assert runner is not None
-    plain = tokenize_spec(tmp_path / "in.parquet", tmp_path / "out")
-    assert plain.load_options().trust_remote_code is False  # the worker allowing it is not enough
-    assert spec.load_options().trust_remote_code is True
+    assert given == []  # refused before anything was loaded
+    runner_for(spec, Settings(allow_trust_remote_code=True))  # both agree: allowed
+    assert len(given) == 1 and given[-1].trust_remote_code is True
+    runner_for(plain, Settings(allow_trust_remote_code=True))  # the worker allowing it is not enough
+    assert len(given) == 2 and given[-1].trust_remote_code is False
+    runner_for(plain, Settings(allow_trust_remote_code=False))
+    assert len(given) == 2  # the same setup again: the loaded model is reused
 
 
 def test_allowed_roots_are_checked_at_submit(tmp_path: Path) -> None:
@@ -208,6 +221,7 @@ def tls_broker(tmp_path: Path) -> Iterator[tuple[str, str, _TlsProxy]]:
             proxy.close()
 
 
+@pytest.mark.slow
 def test_password_and_tls_broker_work_and_the_secret_never_shows(
     tmp_path: Path, tls_broker: tuple[str, str, _TlsProxy]
 ) -> None:

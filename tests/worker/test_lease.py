@@ -1,0 +1,168 @@
+"""Shard leases and delivery counts against the real test Redis, without any worker process."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.reliability import wait_until
+from worker import deliveries
+from worker.deliveries import DeliveryCount
+from worker.lease import KEY_PREFIX, MIN_WAIT, ShardLease, client_for, lease_key, worker_identity
+
+
+@pytest.fixture
+def client(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+@pytest.fixture
+def job() -> Iterator[str]:
+    yield f"lease-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(autouse=True)
+def _own_keys(client: redis.Redis, job: str) -> Iterator[None]:
+    yield
+    for key in client.scan_iter(f"batchformers:*{job}*"):  # only this test's keys
+        client.delete(key)
+
+
+def test_key_identity_and_clients(redis_url: str) -> None:
+    assert lease_key("j", 3) == f"{KEY_PREFIX}j:3" == "batchformers:lease:j:3"
+    assert worker_identity("w1@h").startswith("w1@h/") and worker_identity("w1@h").endswith(f"/{__import__('os').getpid()}")
+    assert worker_identity().split("/")[0] == __import__("socket").gethostname()
+    assert client_for(redis_url) is client_for(redis_url)
+    other = redis_url.rsplit("/", 1)[0] + "/14"
+    assert client_for(other) is not client_for(redis_url)  # one client per URL
+    assert client_for(other).connection_pool.connection_kwargs["db"] == 14
+    kwargs = client_for(redis_url).connection_pool.connection_kwargs
+    assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"], kwargs["health_check_interval"]) == (10, 10, 30)
+
+
+def test_one_holder_at_a_time(client: redis.Redis, job: str) -> None:
+    mine = ShardLease(client, job, 0, "a/1", seconds=5)
+    assert mine.lost is False and mine.holder == "a/1" and mine.seconds == 5
+    theirs = ShardLease(client, job, 0, "b/2", seconds=5)
+    other_shard = ShardLease(client, job, 1, "b/2", seconds=5)
+    assert mine.acquire() and mine.acquire()  # ours already: refreshed
+    assert not theirs.acquire() and not theirs.held()
+    assert other_shard.acquire()
+    assert mine.held() and mine.current_holder() == "a/1" == theirs.current_holder()
+    ttl = client.pttl(mine.key)
+    assert 4000 < ttl <= 5000
+    theirs.release()  # not theirs to release
+    assert mine.current_holder() == "a/1"
+    mine.release()
+    assert mine.current_holder() is None and theirs.acquire() and theirs.current_holder() == "b/2"
+
+
+def test_lease_expires_when_not_refreshed(client: redis.Redis, job: str) -> None:
+    dead = ShardLease(client, job, 0, "dead/1", seconds=0.3)
+    assert dead.acquire()
+    heir = ShardLease(client, job, 0, "heir/2", seconds=5)
+    assert not heir.acquire()
+    wait_until(heir.acquire, 5, "the dead holder's lease to expire", poll=0.05)
+    assert heir.current_holder() == "heir/2"
+
+
+def test_wait_hint(client: redis.Redis, job: str) -> None:
+    holder = ShardLease(client, job, 0, "a/1", seconds=8)
+    waiter = ShardLease(client, job, 0, "b/2", seconds=4)
+    assert waiter.wait_hint() == MIN_WAIT  # no lease: look again soon
+    holder.acquire()
+    hint = waiter.wait_hint()
+    assert hint == 4  # never more than one of our own leases
+    client.pexpire(holder.key, 2000)
+    assert 2.0 < waiter.wait_hint() <= 2.5  # the holder's remaining time, plus half a second
+    patient = ShardLease(client, job, 0, "c/3", seconds=100)
+    client.pexpire(holder.key, 50_000)
+    assert 50.47 < patient.wait_hint() <= 50.5  # milliseconds read as such
+    client.pexpire(holder.key, 100)
+    assert waiter.wait_hint() == MIN_WAIT
+    client.persist(holder.key)  # no TTL at all (pttl -1): do not wait for ever
+    assert waiter.wait_hint() == MIN_WAIT
+
+
+def test_kept_refreshes_in_the_background(client: redis.Redis, job: str) -> None:
+    held = ShardLease(client, job, 0, "a/1", seconds=0.6)
+    assert held.acquire()
+    with held.kept():
+        time.sleep(1.5)  # the work being done: longer than two leases
+        assert held.current_holder() == "a/1" and not held.lost
+    assert not [t for t in threading.enumerate() if t.name == f"lease-{held.key}"]  # heartbeat stopped
+    wait_until(lambda: held.current_holder() is None, 5, "the lease to lapse once no longer kept", poll=0.05)
+
+
+def test_kept_notices_a_takeover(client: redis.Redis, job: str) -> None:
+    held = ShardLease(client, job, 0, "a/1", seconds=0.6)
+    assert held.acquire()
+    with held.kept():
+        client.set(held.key, "thief/9", px=5000)
+        wait_until(lambda: held.lost, 5, "the heartbeat to see the takeover", poll=0.05)
+        assert not held.held()
+    assert held.current_holder() == "thief/9"
+
+
+def test_held_when_the_broker_is_unreachable(job: str, refused_port: int) -> None:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    gone = redis.Redis(port=refused_port, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    unreachable = ShardLease(gone, job, 0, "a/1", seconds=1)
+    assert unreachable.held()  # cannot confirm: assume still held, as the heartbeat saw it
+    unreachable.lost = True
+    assert not unreachable.held()
+    unreachable.release()  # logged, not raised
+
+
+def test_heartbeat_survives_broker_errors(job: str, monkeypatch: pytest.MonkeyPatch, client: redis.Redis) -> None:
+    held = ShardLease(client, job, 0, "a/1", seconds=0.3)
+    calls: list[int] = []
+
+    def flaky(*_args: object) -> bool:
+        calls.append(1)
+        raise redis.ConnectionError("down")
+
+    monkeypatch.setattr(held, "_take_or_refresh", flaky)
+    with held.kept():
+        wait_until(lambda: len(calls) >= 2, 5, "two failed refreshes", poll=0.05)
+    assert not held.lost
+
+
+def test_delivery_counts(client: redis.Redis, job: str) -> None:
+    counts = DeliveryCount(client, job, 4)
+    assert counts.key == f"{deliveries.KEY_PREFIX}{job}:4" and counts.error_key == f"{deliveries.ERROR_PREFIX}{job}:4"
+    assert [counts.increment() for _ in range(3)] == [1, 2, 3]
+    assert 0 < client.ttl(counts.key) <= deliveries.KEEP_SECONDS and client.ttl(counts.key) > deliveries.KEEP_SECONDS - 60
+    assert counts.last_error() is None
+    counts.record_error("boom")
+    counts.record_error("bang")
+    assert counts.last_error() == "bang"
+    assert client.ttl(counts.error_key) > deliveries.KEEP_SECONDS - 60
+    other = DeliveryCount(client, job, 5)
+    assert other.increment() == 1  # counted per shard
+    counts.clear()
+    assert counts.last_error() is None and counts.increment() == 1
+    assert other.increment() == 2
+
+
+def test_reset_forgets_only_the_named_shards(client: redis.Redis, job: str) -> None:
+    shards = range(2500)  # more than one DELETE's worth of keys
+    pipe = client.pipeline()
+    for shard in shards:
+        pipe.set(f"{deliveries.KEY_PREFIX}{job}:{shard}", 1).set(f"{deliveries.ERROR_PREFIX}{job}:{shard}", "x")
+    pipe.set(f"{deliveries.KEY_PREFIX}{job}-other:0", 1)
+    pipe.execute()
+    deliveries.reset(client, job, [s for s in shards if s != 7])
+    assert client.get(f"{deliveries.KEY_PREFIX}{job}:7") == b"1"
+    assert client.get(f"{deliveries.ERROR_PREFIX}{job}:7") == b"x"
+    assert sum(1 for _ in client.scan_iter(f"batchformers:*:{job}:*", count=1000)) == 2
+    assert client.get(f"{deliveries.KEY_PREFIX}{job}-other:0") == b"1"
+    client.delete(f"{deliveries.KEY_PREFIX}{job}-other:0")
+    deliveries.reset(client, job, [])  # nothing to forget
