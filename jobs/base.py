@@ -56,6 +56,11 @@ class Runner(ABC):
         ``error``, never an exception.
         """
 
+    def using(self, options: Any) -> Runner:
+        """This runner with other default run options (:class:`jobs.engine.RunOptions`); the model is shared."""
+        self.options = options
+        return self
+
     def run(self, inputs: dict[str, list[Any]], progress: ProgressCallback | None = None,
             options: Any = None) -> list[dict[str, Any]]:
         """:meth:`run_table` as one dict per row (tests and small jobs)."""

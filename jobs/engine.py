@@ -156,11 +156,6 @@ class StagedRunner(Runner):
         self.with_type_ids = with_type_ids
         self.last_stats = RunStats()
 
-    def using(self, options: RunOptions) -> StagedRunner:
-        """This runner with other default run options (the loaded model is shared)."""
-        self.options = options
-        return self
-
     # -- the stages a task declares ---------------------------------------------
 
     def row_error(self, values: dict[str, Any]) -> str | None:

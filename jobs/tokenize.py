@@ -20,7 +20,6 @@ class TokenizeParams(TaskParams):
     add_special_tokens: bool = Field(True, description="Add [CLS]/[SEP] or the model's equivalents.")
     truncation: bool | str = Field(False, description="True, 'longest_first', 'only_first', ... or False.")
     max_length: int | None = Field(None, gt=0, description="Truncate to this many tokens (with truncation).")
-    stride: int = Field(0, ge=0, description="Overlap kept when truncating (as in transformers).")
 
 
 class TokenizeTask(TaskType):
@@ -65,7 +64,6 @@ class TokenizeRunner(StagedRunner):
             add_special_tokens=self.params.add_special_tokens,
             truncation=self.params.truncation,
             max_length=self.params.max_length,
-            stride=self.params.stride,
             return_attention_mask=False,  # all ones without padding: built in decode as one array
             return_token_type_ids=False,
         )

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from jobs.base import LoadOptions, Runner
+from jobs.base import LoadOptions
 from jobs.batching import observe_batches
+from jobs.engine import Runner, RunOptions
 from jobs.registry import TASKS, get_task_class
 from tests.models import close, rows_of, tiny_model_path
 
@@ -54,17 +55,11 @@ QA_GOLDEN = next(s for s in json.loads((Path(__file__).parents[1] / "golden" / "
                  if s["name"] == "bert-top5-impossible")["cases"]
 QA_IMPOSSIBLE = {"question": [c["question"] for c in QA_GOLDEN], "context": [c["context"] for c in QA_GOLDEN]}
 EOS_IDS = {"bart": 2, "marian": 0}
-TOKENIZE_STRIDE = pytest.param(
-    "tokenize", "bert-ner", {"truncation": True, "max_length": 8}, "stride", 3, {"text": TEXTS},
-    marks=pytest.mark.xfail(strict=True, reason="bug for the task engine: tokenize passes stride to the tokenizer "
-                            "without return_overflowing_tokens, so it can never change the output"),
-    id="tokenize-bert-ner-stride=3")
 # (task, model, base params, parameter, changed value, inputs)
 CASES: list[Any] = [
     ("tokenize", "bert-ner", {}, "add_special_tokens", False, {"text": TEXTS}),
     ("tokenize", "bert-ner", {"max_length": 8}, "truncation", True, {"text": TEXTS}),
     ("tokenize", "bert-ner", {"truncation": True}, "max_length", 8, {"text": TEXTS}),
-    TOKENIZE_STRIDE,
     ("ner", "bert-ner", {}, "aggregation_strategy", "simple", {"text": TEXTS}),
     ("ner", "bert-ner", {"aggregation_strategy": "simple"}, "aggregation_strategy", "max", {"text": TEXTS}),
     ("ner", "bert-ner", {}, "ignore_labels", ["I-LOC"], {"text": TEXTS}),  # the tiny model never says "O"
@@ -105,9 +100,9 @@ def model_path(kind: str) -> str:
 @cache
 def runner_for(task: str, kind: str, params_json: str, dtype: str = "auto", batch_size: int = 4,
                max_batch_tokens: int | None = None) -> Runner:
-    options = LoadOptions(model=model_path(kind), device="cpu", dtype=dtype, batch_size=batch_size,
-                          max_batch_tokens=max_batch_tokens)
-    return get_task_class(task).from_params(json.loads(params_json)).load(options)
+    options = LoadOptions(model=model_path(kind), device="cpu", dtype=dtype)
+    runner = get_task_class(task).from_params(json.loads(params_json)).load(options)
+    return runner.using(RunOptions(batch_size=batch_size, max_batch_tokens=max_batch_tokens))
 
 
 def run(task: str, kind: str, params: dict[str, Any], inputs: dict[str, list[Any]], **options: Any) -> list[Any]:
@@ -174,9 +169,7 @@ def batches_seen(task: str, kind: str, params: dict[str, Any], inputs: dict[str,
 
 @pytest.mark.parametrize(("task", "kind", "inputs"), [
     ("ner", "bert-ner", {"text": TEXTS * 3}),
-    pytest.param("qa", "bert-qa", QA, marks=pytest.mark.xfail(strict=True, reason=(
-        "bug for the task engine: qa.py's tokenization pass runs through length_sorted_batches with character "
-        "lengths and no budget, so batch observers (the worker's batch metrics) count it as a model batch"))),
+    ("qa", "bert-qa", QA),
     ("summarization", "bart", SEQ2SEQ),
 ])
 def test_batch_size_and_max_batch_tokens_are_held(task: str, kind: str, inputs: dict[str, list[Any]]) -> None:

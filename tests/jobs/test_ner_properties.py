@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobs.base import LoadOptions
+from jobs.engine import RunOptions
 from jobs.registry import get_task_class
 from tests.models import rows_of, tiny_model_path
 
@@ -57,7 +58,7 @@ def reference(head: int, strategy: str) -> Any:
 @cache
 def runner(head: int, strategy: str, batch_size: int) -> Any:
     task = get_task_class("ner").from_params({"aggregation_strategy": strategy})
-    return task.load(LoadOptions(model=model(head), device="cpu", batch_size=batch_size))
+    return task.load(LoadOptions(model=model(head), device="cpu")).using(RunOptions(batch_size=batch_size))
 
 
 @st.composite

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from jobs.base import LoadOptions
+from jobs.engine import RunOptions
 from jobs.registry import get_task_class
 from tests.models import rows_of, tiny_model_path
 
@@ -59,7 +60,7 @@ def test_ner_on_a_full_shard_equals_the_pipeline(ner_model: Path, news_texts: li
     assert sum(map(len, expected)) > len(pool)  # real entities to compare
     order = scrambled(len(pool))
     runner = get_task_class("ner").from_params(params).load(
-        LoadOptions(model=str(ner_model), device="cpu", batch_size=64, max_batch_tokens=2048))
+        LoadOptions(model=str(ner_model), device="cpu")).using(RunOptions(batch_size=64, max_batch_tokens=2048))
     rows = rows_of(runner.run({"text": [pool[i] for i in order]}))
     assert len(rows) == SHARD_ROWS
     mismatched = [row for row, (index, result) in enumerate(zip(order, rows, strict=True))
@@ -73,7 +74,7 @@ def test_qa_on_a_full_shard_equals_the_goldens() -> None:
     top_k = golden_set["params"].get("top_k", 1)
     order = scrambled(len(cases))
     runner = get_task_class("qa").from_params(golden_set["params"]).load(
-        LoadOptions(model=str(tiny_model_path(golden_set["model"])), device="cpu", batch_size=64))
+        LoadOptions(model=str(tiny_model_path(golden_set["model"])), device="cpu")).using(RunOptions(batch_size=64))
     rows = rows_of(runner.run({"question": [cases[i]["question"] for i in order],
                                "context": [cases[i]["context"] for i in order]}))
     assert len(rows) == len(order)
