@@ -34,9 +34,6 @@ def _success(output: str) -> dict[str, Any]:
     return json.loads((Path(output) / "_batchformers" / "_SUCCESS").read_text())
 
 
-@pytest.mark.xfail(strict=True, reason="bug for issue 13: a copy finding its shard committed returns before "
-                                        "_complete_if_last, so a kill between the last marker and _SUCCESS "
-                                        "leaves the job without _SUCCESS for ever")
 def test_kill_between_marker_and_success(tmp_path: Path, settings: Settings, start_workers: Any) -> None:
     """A one-shard job killed after its marker and before _SUCCESS: the shard is the job's last,
     so only the redelivered copy can write _SUCCESS."""
