@@ -59,7 +59,7 @@ def test_one_parquet_dataset_with_a_stable_schema(ner_output: Path) -> None:
     schema = pq.read_schema(parts[0])
     arrow_names = [(c["name"], c["type"].replace("list<item: ", "list<element: ")) for c in manifest["output_schema"]]
     assert [(f.name, str(f.type)) for f in schema] == arrow_names  # ...the manifest's (Parquet says "element")
-    assert schema.names == ["doc_id", "source", "row_index", "entities", "error"]
+    assert schema.names == ["doc_id", "source", "row_index", "entities", "truncated", "error"]
     # The manifest says what made the data.
     assert manifest["spec"]["model"].endswith("bert-ner") and "revision" in manifest["spec"]
     assert {"transformers", "torch", "pyarrow", "batchformers"} <= set(manifest["versions"])

@@ -19,6 +19,8 @@ from jobs.settings import Settings
 from jobs.spec import load_spec
 from producer.status import wait
 from producer.submit import submit
+from tests.models import tiny_model_path
+from worker.faults import FAULTS_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,11 +130,12 @@ def test_run_command_embedded(tmp_path: Path, news_parquet: Path, ner_model: Pat
 @pytest.mark.slow  # `batchformers run` in a subprocess: its own Redis and workers
 def test_run_command_exits_non_zero_when_a_shard_fails(tmp_path: Path, news_parquet: Path) -> None:
     job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump({"task": "tokenize", "model": str(tmp_path / "no-such-model"),
+    job.write_text(yaml.safe_dump({"task": "tokenize", "model": str(tiny_model_path("bert-ner")),
                                    "input": str(news_parquet), "columns": {"text": "body"},
                                    "output": str(tmp_path / "out"), "shard_rows": 40, "max_retries": 0}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHFORMERS_")}
+    env[FAULTS_ENV] = "raise=0"  # the first shard fails every time (a missing model is refused at submit)
     done = subprocess.run([sys.executable, "-m", "producer.cli", "run", str(job), "--no-progress"],
                           capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
-    assert done.returncode == 1
-    assert "failed" in done.stdout and "no-such-model" in done.stdout
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "failed" in done.stdout and "InjectedFault" in done.stdout
