@@ -74,6 +74,15 @@ def require() -> None:
         raise SpecError("engine", f"engine ctranslate2 needs the ctranslate2 package: {INSTALL_HINT}")
 
 
+def check_params(params: dict[str, Any]) -> None:
+    """Job parameters CTranslate2 cannot express, refused at submit time (the model's own settings
+    are checked when a worker loads it)."""
+    if params.get("early_stopping") == "never":
+        raise SpecError("params.early_stopping", "engine ctranslate2 cannot express early_stopping='never' "
+                                                 "(it stops once num_beams hypotheses are finished); "
+                                                 "use true or false, or engine: transformers")
+
+
 # -- device and compute type ----------------------------------------------------------
 
 
