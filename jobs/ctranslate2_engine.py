@@ -52,7 +52,7 @@ CACHE_SUBDIR = "ctranslate2"
 CPU_COMPUTE_TYPES = {"auto": "float32", "float32": "float32", "int8": "int8"}
 CUDA_COMPUTE_TYPES = {"float32": "float32", "int8": "int8", "float16": "float16", "bfloat16": "bfloat16"}
 _HASH_CHUNK = 1 << 20
-CONVERSION_RECIPE = "1"
+CONVERSION_RECIPE = "3"
 """Bumped when how batchformers converts changes, so older cache entries are not reused."""
 CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
     "bart": {"normalize_before": False},
@@ -232,7 +232,7 @@ def convert_model(model: Any, tokenizer: Any, name: str, quantization: str, outp
 
     registry = loaders._MODEL_LOADERS
     original = registry.get("MarianConfig")
-    if model.config.model_type == "marian" and _pad_embedding_is_set(model):
+    if model.config.model_type == "marian" and _marian_needs_pad_start(model):
         registry["MarianConfig"] = _marian_from_pad_loader()
     try:
         _LoadedConverter(name).convert(output_dir, quantization=quantization)
@@ -243,15 +243,18 @@ def convert_model(model: Any, tokenizer: Any, name: str, quantization: str, outp
             registry["MarianConfig"] = original
 
 
-def _pad_embedding_is_set(model: Any) -> bool:
-    """Whether a Marian decoder's start token (pad) has a non-zero embedding.
+def _marian_needs_pad_start(model: Any) -> bool:
+    """Whether a Marian model breaks what CTranslate2's Marian converter assumes.
 
-    CTranslate2 starts Marian decoders from a zero vector, which is what the pad row holds
-    in trained opus-mt models; a model whose pad row is not zero must start from it instead.
+    It drops ``<pad>`` as the last vocabulary entry and starts the decoder from a zero vector,
+    which is what trained opus-mt models hold there. A model whose start token (pad) is not the
+    last entry, or whose pad embedding is not zero, must keep it and start from it instead.
     """
     pad = model.config.decoder_start_token_id
     weight = model.get_decoder().embed_tokens.weight
-    return bool(pad is not None and pad < weight.shape[0] and weight[pad].abs().max().item() > 0)
+    if pad is None or pad >= weight.shape[0]:
+        return False
+    return bool(pad != weight.shape[0] - 1 or weight[pad].abs().max().item() > 0)
 
 
 def _marian_from_pad_loader() -> Any:
@@ -265,8 +268,8 @@ def _marian_from_pad_loader() -> Any:
             return BartLoader.get_model_spec(self, model)
 
         def set_config(self, config: Any, model: Any, tokenizer: Any) -> None:
-            config.eos_token = tokenizer.eos_token
-            config.unk_token = tokenizer.unk_token
+            config.eos_token = tokenizer.eos_token or tokenizer.convert_ids_to_tokens(model.config.eos_token_id)
+            config.unk_token = tokenizer.unk_token or config.unk_token
             config.decoder_start_token = tokenizer.convert_ids_to_tokens(model.config.decoder_start_token_id)
 
         def set_decoder(self, spec: Any, decoder: Any) -> None:
