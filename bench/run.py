@@ -70,7 +70,8 @@ def bench_task(name: str, mode: str, workdir: Path, pool: WorkerPool, rows: int 
         errors = table.num_rows - table.column("error").null_count
         if errors:
             result.notes.append(f"{errors} row errors, e.g. {next(e for e in table.column('error').to_pylist() if e)}")
-    engine_outputs = {} if missing else _engine_runs(bench, name, mode, input_path, workdir, pool, result, log)
+    engine_outputs = ({} if missing or mode != "full"
+                      else _engine_runs(bench, name, mode, input_path, workdir, pool, result, log))
     log(f"[{name}] baseline")
     baseline, expected = bench.baseline(columns)
     result.measurements["baseline"] = baseline
