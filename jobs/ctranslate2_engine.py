@@ -52,7 +52,7 @@ CACHE_SUBDIR = "ctranslate2"
 CPU_COMPUTE_TYPES = {"auto": "float32", "float32": "float32", "int8": "int8"}
 CUDA_COMPUTE_TYPES = {"float32": "float32", "int8": "int8", "float16": "float16", "bfloat16": "bfloat16"}
 _HASH_CHUNK = 1 << 20
-CONVERSION_RECIPE = "3"
+CONVERSION_RECIPE = "4"
 """Bumped when how batchformers converts changes, so older cache entries are not reused."""
 CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
     "bart": {"normalize_before": False},
@@ -225,6 +225,11 @@ def convert_model(model: Any, tokenizer: Any, name: str, quantization: str, outp
         def load_tokenizer(self, tokenizer_class: Any, model_name_or_path: str, **kwargs: Any) -> Any:
             return tokenizer
 
+        def _load(self) -> Any:
+            spec = super()._load()
+            _fill_special_tokens(spec.config, model, tokenizer)
+            return spec
+
     for attribute, value in CONFIG_DEFAULTS.get(model.config.model_type, {}).items():
         if not hasattr(model.config, attribute):
             setattr(model.config, attribute, value)
@@ -241,6 +246,18 @@ def convert_model(model: Any, tokenizer: Any, name: str, quantization: str, outp
     finally:
         if original is not None:
             registry["MarianConfig"] = original
+
+
+SPECIAL_DEFAULTS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+
+
+def _fill_special_tokens(config: Any, model: Any, tokenizer: Any) -> None:
+    """Special tokens the tokenizer does not name (a WordPiece vocabulary has no ``eos_token``) come
+    from the model config's ids; CTranslate2 needs every one of them as a string."""
+    for name, default in SPECIAL_DEFAULTS.items():
+        if getattr(config, name, None) is None:
+            index = getattr(model.config, f"{name}_id", None)
+            setattr(config, name, tokenizer.convert_ids_to_tokens(index) if index is not None else default)
 
 
 def _marian_needs_pad_start(model: Any) -> bool:
