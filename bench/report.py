@@ -21,6 +21,11 @@ TARGETS: dict[str, dict[str, float]] = {
     "summarization": {"vs_baseline": 2.0, "vs_floor": 0.9},
     "translation": {"vs_baseline": 2.0, "vs_floor": 0.9},
 }
+ENGINE_TARGETS: dict[str, dict[str, float]] = {
+    "summarization": {"ctranslate2 float32": 2.0},
+    "translation": {"ctranslate2 float32": 3.0},
+}
+"""Another engine's run ÷ the baseline (issue 16: CPU, float32)."""
 SHARD_OVERHEAD_TARGET = 0.01
 
 
@@ -35,6 +40,8 @@ class TaskResult:
     max_batch_tokens: int | None = None
     measurements: dict[str, Measurement] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
+    engine_parity: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per other-engine method: outputs equal to the baseline's."""
     skipped: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -57,6 +64,16 @@ class TaskResult:
             found[name] = {"target": wanted, "measured": value, "met": value is not None and value >= wanted}
         return found
 
+    def engine_targets(self) -> dict[str, dict[str, Any]]:
+        """Each other engine's speed-up over the baseline against its target."""
+        found = {}
+        baseline = self.measurements.get("baseline")
+        for method, wanted in ENGINE_TARGETS.get(self.task, {}).items():
+            mine = self.measurements.get(method)
+            value = baseline.seconds / mine.seconds if baseline and mine and mine.seconds else None
+            found[method] = {"target": wanted, "measured": value, "met": value is not None and value >= wanted}
+        return found
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "task": self.task, "model": self.model, "rows": self.rows, "batch_size": self.batch_size,
@@ -65,6 +82,7 @@ class TaskResult:
             "ratios": {"vs_baseline": self.ratio("baseline"), "vs_floor": self.ratio("floor"),
                        "vs_floor_steady": self.steady_ratio()},
             "targets": self.targets(), "parity": self.parity, "notes": self.notes,
+            "engine_parity": self.engine_parity, "engine_targets": self.engine_targets(),
         }
 
 
@@ -133,7 +151,8 @@ def markdown(payload: dict[str, Any]) -> str:
             lines.append(f"| {task['task']} | skipped: {task['skipped']} | | | | | | | |")
             continue
         bf = task["measurements"].get("batchformers")
-        for method in ("baseline", "batchformers", "floor"):
+        engines = [m for m in task["measurements"] if m not in ("baseline", "batchformers", "floor")]
+        for method in ("baseline", "batchformers", "floor", *engines):
             m = task["measurements"].get(method)
             if m is None:
                 continue
@@ -143,6 +162,12 @@ def markdown(payload: dict[str, Any]) -> str:
                 extra = m["extra"]
                 label += (f" ({extra['workers']:.0f} worker{'s' if extra['workers'] > 1 else ''}; start-up "
                           f"{extra['startup_seconds']:.1f} s, stop {extra['stop_seconds']:.1f} s)")
+            if method in engines:
+                same = task.get("engine_parity", {}).get(method, {})
+                base = task["measurements"].get("baseline")
+                vs = f"{base['seconds'] / m['seconds']:.2f}× baseline, " if base and m["seconds"] else ""
+                label = (f"batchformers, engine {method} ({vs}{same.get('equal', 0)}/{same.get('rows', 0)} "
+                         "outputs identical to baseline)")
             lines.append(
                 f"| {task['task']} | {label} | {m['rows']:,} | {_fmt(m['seconds'], 1)} | {_fmt(m['cpu_seconds'], 1)} | "
                 f"{_fmt(m['rows_per_second'], 1)} | {_fmt(m['tokens_per_second'], 0)} | "
@@ -161,6 +186,13 @@ def markdown(payload: dict[str, Any]) -> str:
                 f"| {task['task']} | batchformers ÷ {name.removeprefix('vs_')} ≥ {target['target']} | "
                 f"{_fmt(target['measured'], 2, '×')} | {'yes' if target['met'] else '**no**'} | "
                 f"{_fmt(steady, 2, '×') if steady else ''} | {same} |"
+            )
+        engine_parity = task.get("engine_parity", {})
+        for method, target in task.get("engine_targets", {}).items():
+            same = engine_parity.get(method, {})
+            lines.append(
+                f"| {task['task']} | {method} ÷ baseline ≥ {target['target']} | {_fmt(target['measured'], 2, '×')} | "
+                f"{'yes' if target['met'] else '**no**'} | | {same.get('equal', 0)}/{same.get('rows', 0)} |"
             )
     scenarios = payload.get("scenarios", {})
     if "shard_overhead" in scenarios:

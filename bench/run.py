@@ -70,6 +70,8 @@ def bench_task(name: str, mode: str, workdir: Path, pool: WorkerPool, rows: int 
         errors = table.num_rows - table.column("error").null_count
         if errors:
             result.notes.append(f"{errors} row errors, e.g. {next(e for e in table.column('error').to_pylist() if e)}")
+    engine_outputs = ({} if missing or mode != "full"
+                      else _engine_runs(bench, name, mode, input_path, workdir, pool, result, log))
     log(f"[{name}] baseline")
     baseline, expected = bench.baseline(columns)
     result.measurements["baseline"] = baseline
@@ -79,7 +81,41 @@ def bench_task(name: str, mode: str, workdir: Path, pool: WorkerPool, rows: int 
     if not missing:
         equal = sum(bench.same(want, got) for want, got in zip(expected, bf_outputs, strict=True))
         result.parity = {"rows": len(expected), "equal": equal}
+    for method, outputs in engine_outputs.items():
+        equal = sum(bench.same(want, got) for want, got in zip(expected, outputs, strict=True))
+        result.engine_parity[method] = {"rows": len(expected), "equal": equal}
     return result
+
+
+def _engine_runs(bench: TaskBench, name: str, mode: str, input_path: Path, workdir: Path, pool: WorkerPool,
+                 result: TaskResult, log: Any) -> dict[str, list[Any]]:
+    """batchformers again on each of the task's other engines; their outputs, by method name.
+
+    The model is converted before the clock starts (a worker converts once per model and compute
+    type, then every job reuses the cache), so the runs time the engine, not the conversion.
+    """
+    from jobs.ctranslate2_engine import available
+    from jobs.spec import load_spec
+
+    outputs: dict[str, list[Any]] = {}
+    for engine, dtype in bench.engines:
+        method = f"{engine} {dtype}"
+        if engine == "ctranslate2" and not available():
+            result.notes.append(f"{method} not measured: ctranslate2 is not installed")
+            continue
+        spec = {**bench.spec(input_path, workdir / "runs" / f"{name}-{mode}-{engine}-{dtype}"),
+                "engine": engine, "dtype": dtype, "device": "cpu"}
+        log(f"[{name}] converting for {method}")
+        loaded = load_spec(spec)
+        loaded.task_type().load(loaded.load_options())
+        log(f"[{name}] batchformers {method} ({pool.workers} worker(s))")
+        timing, table, phases = run_batchformers(spec, pool, JOB_TIMEOUT)
+        floor = result.measurements.get("floor")
+        result.measurements[method] = Measurement(method, timing.seconds, timing.cpu_seconds, table.num_rows,
+                                                  floor.tokens if floor else 0, floor.padding if floor else None,
+                                                  phases)
+        outputs[method] = bench.outputs(table)
+    return outputs
 
 
 def default_shard_seconds(measurement: dict[str, Any]) -> float:

@@ -55,6 +55,8 @@ class Prepared:
 class TaskBench(ABC):
     name: ClassVar[str]
     input_columns: ClassVar[tuple[str, ...]] = ("text",)
+    engines: ClassVar[tuple[tuple[str, str], ...]] = ()
+    """Other (engine, dtype) runs of batchformers measured in the same run, each with its parity."""
     sizes: ClassVar[dict[str, Size]]
     """``quick`` and ``full`` sizes."""
 
@@ -318,6 +320,8 @@ class QaBench(TaskBench):
 class Seq2SeqBench(TaskBench):
     task_key: ClassVar[str]
     text_column: ClassVar[str]
+    engines: ClassVar[tuple[tuple[str, str], ...]] = (("ctranslate2", "float32"), ("ctranslate2", "int8"))
+    """(engine, dtype) runs measured beside the transformers one (issue 16)."""
 
     def prepare(self, rows: dict[str, list[str]], prefix: str = "") -> Prepared:
         from transformers import AutoTokenizer

@@ -41,6 +41,8 @@ class LoadOptions:
     device: str = "auto"
     dtype: str = "auto"
     trust_remote_code: bool = False
+    engine: str = "transformers"
+    """What runs the model: ``transformers`` (PyTorch) or ``ctranslate2`` (generation tasks)."""
 
 
 class Runner(ABC):
@@ -75,6 +77,8 @@ class TaskType(ABC):
     input_roles: ClassVar[tuple[str, ...]]
     Params: ClassVar[type[TaskParams]]
     default_model: ClassVar[str | None] = None
+    engines: ClassVar[tuple[str, ...]] = ("transformers",)
+    """The spec's ``engine`` values this task runs on."""
 
     def __init__(self, params: TaskParams) -> None:
         self.params = params

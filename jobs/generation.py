@@ -217,9 +217,22 @@ class Seq2SeqSettings:
     """(src_lang, tgt_lang) for tokenizers with ``_build_translation_inputs`` (mBART, NLLB, M2M100)."""
 
 
+SEQ2SEQ_ENGINES = ("transformers", "ctranslate2")
+"""What summarization and translation run on (the spec's ``engine``)."""
+
+
 def load_seq2seq(options: LoadOptions) -> tuple[Any, Any, Any]:
-    """Tokenizer, ``AutoModelForSeq2SeqLM`` and device for ``options``."""
+    """Tokenizer, ``AutoModelForSeq2SeqLM`` and device for ``options``.
+
+    For another engine than transformers the model is only read (settings, conversion):
+    it is loaded on the CPU in float32 whatever the job's device and dtype.
+    """
+    from dataclasses import replace
+
     from transformers import AutoModelForSeq2SeqLM
+
+    if options.engine != "transformers":
+        options = replace(options, device="cpu", dtype="float32")
 
     with warnings.catch_warnings():
         # MarianTokenizer warns on every load that sacremoses is missing; 4.57 ran without it too.
@@ -262,6 +275,27 @@ def resolve_generation(
             f"{params.returns} sequences need num_beams >= {params.returns} (this model uses {config['num_beams']})",
         )
     return config, prefix or ""
+
+
+def seq2seq_runner(task: TaskType, model: Any, tokenizer: Any, device: Any, settings: Seq2SeqSettings,
+                   options: LoadOptions) -> StagedRunner:
+    """The runner of ``options.engine`` for a loaded model and its resolved settings."""
+    return _RUNNERS[options.engine](task, model, tokenizer, device, settings, options)
+
+
+def _transformers_runner(task: TaskType, model: Any, tokenizer: Any, device: Any, settings: Seq2SeqSettings,
+                         options: LoadOptions) -> StagedRunner:
+    return Seq2SeqRunner(task, model, tokenizer, device, settings)
+
+
+def _ctranslate2_runner(task: TaskType, model: Any, tokenizer: Any, device: Any, settings: Seq2SeqSettings,
+                        options: LoadOptions) -> StagedRunner:
+    from jobs.ctranslate2_engine import load_runner
+
+    return load_runner(task, model, tokenizer, settings, options)
+
+
+_RUNNERS = {"transformers": _transformers_runner, "ctranslate2": _ctranslate2_runner}
 
 
 def _set_fields(generation_config: Any) -> dict[str, Any]:
@@ -388,3 +422,78 @@ def _generation_config(settings: dict[str, Any], model_generation: Any) -> Any:
             if hasattr(config, key):
                 setattr(config, key, value)
     return config
+
+
+# -- the same settings on CTranslate2 (engine: ctranslate2) ---------------------------------
+
+CTRANSLATE2_MAPPED = (
+    "max_length", "min_length", "num_beams", "length_penalty", "no_repeat_ngram_size", "early_stopping",
+    "num_return_sequences", "forced_bos_token_id", "forced_eos_token_id", "eos_token_id", "bad_words_ids",
+    "suppress_tokens", "repetition_penalty",
+)
+"""Resolved settings that become ``translate_batch`` options (see :func:`ctranslate2_options`)."""
+
+CTRANSLATE2_INERT = (
+    "max_new_tokens", "pad_token_id", "bos_token_id", "decoder_start_token_id", "use_cache", "output_attentions",
+    "output_hidden_states", "output_scores", "output_logits", "return_dict_in_generate", "remove_invalid_values",
+    "temperature", "top_k", "top_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "min_p", "is_assistant",
+    "num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold", "assistant_lookbehind",
+    "target_lookbehind", "disable_compile", "cache_implementation", "cache_config", "compile_config",
+    "generation_kwargs", "transformers_version", "prefill_chunk_size", "assistant_early_exit", "low_memory",
+    "return_legacy_cache", "trust_remote_code", "token_healing",
+)
+"""Settings with no effect on what greedy or beam search returns (sampling knobs apply only with
+``do_sample``, which is refused), or already applied elsewhere (the decoder start token is the
+converted model's own, pad is CTranslate2's)."""
+
+
+def ctranslate2_options(generation: dict[str, Any], tokenizer: Any) -> tuple[dict[str, Any], list[str] | None]:
+    """``translate_batch`` keyword arguments and target prefix for 4.57's resolved ``generation``.
+
+    Lengths: 4.57's ``max_length`` counts the decoder start token, which CTranslate2 does not
+    (-1); with ``forced_eos_token_id`` 4.57 spends the last position on the forced end token,
+    which never reaches the text (-1 more), where CTranslate2 stops without one. ``min_length``
+    counts the start token too. The forced BOS (NLLB/mBART target language, BART's ``<s>``) is
+    a one-token target prefix, which CTranslate2 counts in both lengths as 4.57 does. The end
+    token is kept in hypotheses so that length penalties divide by 4.57's length.
+
+    Raises SpecError naming the first setting CTranslate2 cannot express.
+    """
+    for name, value in generation.items():
+        if name in CTRANSLATE2_MAPPED or name in CTRANSLATE2_INERT or name.startswith("_"):
+            continue
+        default = GLOBAL_DEFAULTS.get(name)
+        if value != default and value not in (None, [], {}):
+            raise SpecError(f"params.{name}", f"engine ctranslate2 cannot express {name}={value!r} (resolved from "
+                                              "the model's generation config and the job); use engine: transformers")
+    if generation.get("early_stopping") == "never":
+        raise SpecError("params.early_stopping", "engine ctranslate2 cannot express early_stopping='never' "
+                                                 "(it stops once num_beams hypotheses are finished)")
+    eos = generation.get("eos_token_id")
+    end_ids = list(eos) if isinstance(eos, list | tuple) else [eos] if eos is not None else [tokenizer.eos_token_id]
+    forced_eos = generation.get("forced_eos_token_id")
+    if forced_eos is not None and forced_eos not in end_ids:
+        raise SpecError("params.forced_eos_token_id", f"engine ctranslate2 cannot force {forced_eos}, which is not "
+                                                      "an end token of this model; use engine: transformers")
+    forced_bos = generation.get("forced_bos_token_id")
+    prefix = [tokenizer.convert_ids_to_tokens(int(forced_bos))] if forced_bos is not None else None
+    max_length = int(generation["max_length"]) - DECODER_PROMPT_LENGTH - (1 if forced_eos is not None else 0)
+    suppress = [list(tokenizer.convert_ids_to_tokens(list(ids))) for ids in generation.get("bad_words_ids") or []]
+    suppress += [[tokenizer.convert_ids_to_tokens(int(i))] for i in generation.get("suppress_tokens") or []]
+    beams = int(generation.get("num_beams") or 1)
+    options: dict[str, Any] = {
+        "beam_size": beams,
+        "num_hypotheses": int(generation.get("num_return_sequences") or 1),
+        "length_penalty": float(generation.get("length_penalty", 1.0)) if beams > 1 else 0.0,
+        "no_repeat_ngram_size": int(generation.get("no_repeat_ngram_size") or 0),
+        "repetition_penalty": float(generation.get("repetition_penalty") or 1.0),
+        "max_decoding_length": max(1, max_length),
+        "min_decoding_length": max(0, int(generation.get("min_length") or 0) - DECODER_PROMPT_LENGTH),
+        "end_token": [int(i) for i in end_ids],
+        "return_end_token": True,
+        "max_input_length": 0,
+        "patience": 1.0,
+    }
+    if suppress:
+        options["suppress_sequences"] = suppress
+    return options, prefix

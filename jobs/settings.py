@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -13,6 +14,8 @@ DEFAULT_SHARD_TIME_LIMIT = 3600.0
 DEFAULT_LEASE_SECONDS = 60.0
 DEFAULT_FLOWER_PORT = 5555
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
+CACHE_SUBDIR = "batchformers"
+"""``BATCHFORMERS_CACHE_DIR`` defaults to this directory under ``HF_HOME`` (``~/.cache/huggingface``)."""
 
 
 class Settings(BaseSettings):
@@ -45,6 +48,10 @@ class Settings(BaseSettings):
         True, description="Run host stages (tokenize, pad, decode) in threads beside the device stage; "
         "results are identical either way."
     )
+    cache_dir: str | None = Field(
+        None, description="Where workers keep derived model files (CTranslate2 conversions); "
+        "default HF_HOME/batchformers. Share it between the workers of a machine."
+    )
     metrics_port: int | None = Field(
         None, gt=0, lt=65536, description="Port a worker serves Prometheus metrics on (/metrics); off when unset."
     )
@@ -55,6 +62,14 @@ class Settings(BaseSettings):
 
     def backend_url(self) -> str:
         return self.result_backend or self.broker_url
+
+    def resolved_cache_dir(self) -> Path:
+        """``cache_dir``, else ``batchformers`` under ``HF_HOME`` (default ``~/.cache/huggingface``)."""
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser()
+        hf_home = os.environ.get("HF_HOME") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "huggingface")
+        return Path(hf_home).expanduser() / CACHE_SUBDIR
 
     def roots(self) -> list[str]:
         return [root.strip() for root in self.allowed_roots.split(",") if root.strip()]

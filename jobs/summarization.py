@@ -12,12 +12,13 @@ import pyarrow as pa
 
 from jobs.base import LoadOptions, Runner, TaskType
 from jobs.generation import (
+    SEQ2SEQ_ENGINES,
     GenerationParams,
-    Seq2SeqRunner,
     Seq2SeqSettings,
     load_seq2seq,
     output_schema,
     resolve_generation,
+    seq2seq_runner,
 )
 
 TEXT_COLUMN = "summary_text"
@@ -31,6 +32,7 @@ class SummarizationTask(TaskType):
     name = "summarization"
     input_roles = ("text",)
     Params = SummarizationParams
+    engines = SEQ2SEQ_ENGINES
     default_model = "sshleifer/distilbart-cnn-12-6"
     params: SummarizationParams
 
@@ -47,4 +49,4 @@ class SummarizationTask(TaskType):
             truncation=self.params.truncation,
             prefix=prefix,
         )
-        return Seq2SeqRunner(self, model, tokenizer, device, settings)
+        return seq2seq_runner(self, model, tokenizer, device, settings, options)

@@ -19,12 +19,13 @@ from pydantic import Field, model_validator
 from jobs.base import LoadOptions, Runner, TaskType
 from jobs.errors import SpecError
 from jobs.generation import (
+    SEQ2SEQ_ENGINES,
     GenerationParams,
-    Seq2SeqRunner,
     Seq2SeqSettings,
     load_seq2seq,
     output_schema,
     resolve_generation,
+    seq2seq_runner,
 )
 
 TEXT_COLUMN = "translation_text"
@@ -56,6 +57,7 @@ class TranslationTask(TaskType):
     name = "translation"
     input_roles = ("text",)
     Params = TranslationParams
+    engines = SEQ2SEQ_ENGINES
     default_model = None
     params: TranslationParams
 
@@ -84,7 +86,7 @@ class TranslationTask(TaskType):
             prefix="" if languages else prefix,
             languages=languages,
         )
-        return Seq2SeqRunner(self, model, tokenizer, device, settings)
+        return seq2seq_runner(self, model, tokenizer, device, settings, options)
 
     def _multilingual_languages(self, tokenizer: Any, model: str) -> tuple[str, str] | None:
         """(src_lang, tgt_lang) when the tokenizer is multilingual; both are then required."""
