@@ -85,7 +85,6 @@ def build_bert_embeddings(directory: Path, seed: int = 0) -> None:
                "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
                "pooling_mode_mean_sqrt_len_tokens": False}
     (directory / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2) + "\n")
-    (directory / "2_Normalize").mkdir(exist_ok=True)
 
 
 def build_gpt2(directory: Path, seed: int = 0) -> None:
