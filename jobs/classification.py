@@ -119,7 +119,6 @@ class ClassificationRunner(LogitsRunner):
         return len(values["text"]) + (len(values[TEXT_PAIR]) if isinstance(values.get(TEXT_PAIR), str) else 0)
 
     def encode(self, inputs: dict[str, list[Any]], rows: list[int]) -> Encoded:
-        texts = [inputs["text"][row] for row in rows]
         pairs = inputs.get(TEXT_PAIR)
         errors: dict[int, str] = {}
         if pairs is not None:
@@ -128,16 +127,22 @@ class ClassificationRunner(LogitsRunner):
                 if error:
                     errors[row] = error
             rows = [row for row in rows if row not in errors]
-            texts = [inputs["text"][row] for row in rows]
-        if not rows:
-            return Encoded([], errors)
-        second = [pairs[row] for row in rows] if pairs is not None else None
-        encoded = self.tokenizer(texts, second, truncation=self.limit is not None, max_length=self.limit,
-                                 return_attention_mask=False, return_token_type_ids=self.with_type_ids)
-        type_ids = encoded.get("token_type_ids") if pairs is not None else None
-        items = [Item(row, encoded["input_ids"][i], None, type_ids[i] if type_ids is not None else None)
-                 for i, row in enumerate(rows)]
+        # An empty text_pair is no pair at all to the tokenizer's single-text call (what the pipeline makes)
+        paired = [row for row in rows if pairs is not None and pairs[row]]
+        alone = [row for row in rows if pairs is None or not pairs[row]]
+        items = self._items(inputs, alone, None) + self._items(inputs, paired, pairs)
         return Encoded(items, errors)
+
+    def _items(self, inputs: dict[str, list[Any]], rows: list[int], pairs: list[Any] | None) -> list[Item]:
+        if not rows:
+            return []
+        second = [pairs[row] for row in rows] if pairs is not None else None
+        encoded = self.tokenizer([inputs["text"][row] for row in rows], second, truncation=self.limit is not None,
+                                 max_length=self.limit, return_attention_mask=False,
+                                 return_token_type_ids=self.with_type_ids)
+        type_ids = encoded.get("token_type_ids") if pairs is not None else None
+        return [Item(row, encoded["input_ids"][i], None, type_ids[i] if type_ids is not None else None)
+                for i, row in enumerate(rows)]
 
     def decode(self, inputs: dict[str, list[Any]], finished: Finished) -> pa.Table:
         scores = apply_function(self.function, np.stack([outputs[0] for outputs in finished.outputs]))

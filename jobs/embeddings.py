@@ -128,7 +128,9 @@ class EmbeddingsTask(TaskType):
         """Pooling, normalisation and max length: the job's, else the model's, else the defaults."""
         model = sentence_config(options)
         pooling = self.params.pooling or model.pooling or DEFAULT_POOLING
-        normalize = self.params.normalize if self.params.normalize is not None else model.normalize
+        # A Normalize module scales sentence embeddings; per-token vectors stay as the model gives them
+        normalize = self.params.normalize if self.params.normalize is not None else (
+            model.normalize and pooling != "none")
         return pooling, normalize, self.params.max_length or model.max_seq_length
 
     def load(self, options: LoadOptions) -> Runner:

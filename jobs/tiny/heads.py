@@ -31,6 +31,13 @@ def _classifier(directory: Path, labels: list[str], seed: int) -> None:
     tokenizer = train_wordpiece_tokenizer(model_max_length=64)
     torch.manual_seed(seed)
     model = BertForSequenceClassification(_bert_config(len(tokenizer), max_positions=128, **_labelled(labels)))
+    generator = torch.Generator().manual_seed(seed + 2)
+    with torch.no_grad():  # words, not the tiny init, decide the [CLS] vector: labels vary from text to text
+        embeddings = model.get_input_embeddings().weight
+        embeddings.copy_(torch.randn(embeddings.shape, generator=generator))
+        for name, weight in model.bert.named_parameters():
+            if weight.dim() == 2 and "embeddings" not in name:
+                weight.copy_(torch.randn(weight.shape, generator=generator) * 2.0 / weight.shape[1] ** 0.5)
     _sharpen(model.classifier, seed)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
