@@ -89,6 +89,7 @@ class TaskType(ABC):
     def bind_model(self, options: LoadOptions) -> None:
         """Read what the output schema needs from the model's config, at submit time and on workers
         (embeddings: the vector width). Most tasks need nothing."""
+        del options
 
     @abstractmethod
     def output_schema(self) -> pa.Schema:
