@@ -33,7 +33,7 @@ def _classifier(directory: Path, labels: list[str], seed: int) -> None:
     model = BertForSequenceClassification(_bert_config(len(tokenizer), max_positions=128, **_labelled(labels)))
     generator = torch.Generator().manual_seed(seed + 2)
     with torch.no_grad():  # words, not the tiny init, decide the [CLS] vector: labels vary from text to text
-        embeddings = model.get_input_embeddings().weight
+        embeddings: Any = model.get_input_embeddings().weight
         embeddings.copy_(torch.randn(embeddings.shape, generator=generator))
         for name, weight in model.bert.named_parameters():
             if weight.dim() == 2 and "embeddings" not in name:
@@ -63,7 +63,7 @@ def build_bert_mlm(directory: Path, seed: int = 0) -> None:
     model = BertForMaskedLM(_bert_config(len(tokenizer), max_positions=128))
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # sharper predictions than the tiny init: the top-k differ from mask to mask
-        embeddings = model.get_input_embeddings().weight
+        embeddings: Any = model.get_input_embeddings().weight
         embeddings.copy_(torch.randn(embeddings.shape, generator=generator))
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -98,7 +98,7 @@ def build_gpt2(directory: Path, seed: int = 0) -> None:
     """A GPT-2-shaped causal LM: byte-level BPE, ``<|endoftext|>`` as bos/eos, no pad token."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast  # type: ignore[attr-defined]
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -115,7 +115,7 @@ def build_gpt2(directory: Path, seed: int = 0) -> None:
     model = GPT2LMHeadModel(config)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # varied continuations that sometimes end on their own
-        embeddings = model.get_input_embeddings().weight
+        embeddings: Any = model.get_input_embeddings().weight
         embeddings.copy_(torch.randn(embeddings.shape, generator=generator))
         embeddings[eos] *= 1.5
     model.save_pretrained(directory)
