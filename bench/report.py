@@ -20,6 +20,9 @@ TARGETS: dict[str, dict[str, float]] = {
     "qa": {"vs_baseline": 2.0, "vs_floor": 0.9},
     "summarization": {"vs_baseline": 2.0, "vs_floor": 0.9},
     "translation": {"vs_baseline": 2.0, "vs_floor": 0.9},
+    "classification": {"vs_baseline": 2.0, "vs_floor": 0.9},
+    "zero_shot": {"vs_baseline": 2.0, "vs_floor": 0.9},
+    "embeddings": {"vs_baseline": 2.0, "vs_floor": 0.9},
 }
 SHARD_OVERHEAD_TARGET = 0.01
 

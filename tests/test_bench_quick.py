@@ -18,7 +18,8 @@ from bench.run import module_missing
 from bench.scenarios import many_workers
 
 REQUIRED = ("ner", "tokenize")
-OPTIONAL = ("qa", "summarization", "translation")
+OPTIONAL = ("qa", "summarization", "translation", "classification", "zero_shot", "embeddings", "fill_mask",
+            "generation")
 
 
 @pytest.fixture(scope="module")
