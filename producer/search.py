@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,7 @@ from jobs.spec import JobSpec
 EMBEDDING = "embedding"
 SCORE = "score"
 DEFAULT_TOP_K = 10
+Scorer = Callable[[pa.Table, np.ndarray, int, "str | None", list[str]], pa.Table]
 _runners: dict[str, Any] = {}
 _lock = threading.Lock()
 
@@ -52,11 +53,23 @@ def search(output: str, query: str, top_k: int = DEFAULT_TOP_K, where: str | Non
                         "one vector per row (pooling other than none)")
     vector = embed_query(spec, query)
     kept = list(dict.fromkeys([*spec.kept_columns(), ROW_INDEX]))
+
+    def parts() -> Iterator[pa.Table]:
+        for shard in sorted(layout.committed()):
+            with layout.storage.open(part_name(shard)) as handle:
+                yield pq.read_table(handle, columns=[*kept, EMBEDDING, "error"])
+
+    return nearest(parts(), vector, kept, top_k, where, scorer)
+
+
+def nearest(parts: Iterable[pa.Table], vector: np.ndarray, kept: list[str], top_k: int = DEFAULT_TOP_K,
+            where: str | None = None, scorer: Scorer | None = None) -> pa.Table:
+    """The ``top_k`` rows of ``parts`` (tables with ``embedding`` and ``error``) nearest to ``vector``;
+    one part at a time, keeping only the best rows between parts."""
+    score = scorer or SCORERS["duckdb"]
     best: pa.Table | None = None
-    for shard in sorted(layout.committed()):
-        with layout.storage.open(part_name(shard)) as handle:
-            part = pq.read_table(handle, columns=[*kept, EMBEDDING, "error"])
-        hits = scorer(part, vector, top_k, where, kept)
+    for part in parts:
+        hits = score(part, vector, top_k, where, kept)
         best = hits if best is None else _top(pa.concat_tables([best, hits]), top_k)
     if best is None:
         return pa.table({**{name: pa.array([], pa.null()) for name in kept}, SCORE: pa.array([], pa.float64())})
@@ -123,7 +136,7 @@ def _numpy(part: pa.Table, vector: np.ndarray, top_k: int, where: str | None, ke
     return hits.append_column(SCORE, pa.array(scores[picked].astype(np.float64)))
 
 
-SCORERS: dict[str, Callable[[pa.Table, np.ndarray, int, str | None, list[str]], pa.Table]] = {
+SCORERS: dict[str, Scorer] = {
     "duckdb": _duckdb,
     "numpy": _numpy,
 }
