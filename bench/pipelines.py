@@ -28,7 +28,7 @@ def _pipeline_over_dataset(task: str, model_dir: str, texts: list[str], batch_si
     from transformers.pipelines.pt_utils import KeyDataset
 
     with baselines.tokenizers_parallelism_kept():
-        pipe: Any = pipeline(task, model=model_dir, device="cpu")
+        pipe: Any = pipeline(task, model=model_dir, device="cpu")  # type: ignore[call-overload]
         if pipe.tokenizer.pad_token_id is None:  # GPT-2: what users set to batch it
             pipe.tokenizer.pad_token_id = pipe.tokenizer.eos_token_id
         dataset = datasets.Dataset.from_dict({"text": texts})
