@@ -23,6 +23,8 @@ TARGETS: dict[str, dict[str, float]] = {
     "classification": {"vs_baseline": 2.0, "vs_floor": 0.9},
     "zero_shot": {"vs_baseline": 2.0, "vs_floor": 0.9},
     "embeddings": {"vs_baseline": 2.0, "vs_floor": 0.9},
+    "fill_mask": {"vs_baseline": 2.0, "vs_floor": 0.9},
+    "generation": {"vs_baseline": 2.0, "vs_floor": 0.9},
 }
 SHARD_OVERHEAD_TARGET = 0.01
 
