@@ -28,7 +28,9 @@ from jobs.tiny.encoders import NER_LABELS
 COMPLETE = ".bench-model-complete"
 TINY_FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "models"
 QUICK_MODELS = {"tokenize": "bert-ner", "ner": "bert-ner", "qa": "distilbert-qa",
-                "summarization": "bart", "translation": "marian"}
+                "summarization": "bart", "translation": "marian", "classification": "bert-classifier",
+                "zero_shot": "bert-nli", "embeddings": "bert-embeddings", "fill_mask": "bert-mlm",
+                "generation": "gpt2"}
 """Quick mode: the committed tiny fixtures, or jobs.tiny builds for the seq2seq kinds."""
 O_BIAS = 3.0
 """Added to the random NER head's "O" logit so most tokens are outside entities, as in real text."""
@@ -65,7 +67,7 @@ def model_dir(task: str, quick: bool, workdir: Path) -> Path:
         if (fixture / "config.json").exists():
             return fixture
         return build_tiny_model(kind, workdir / "models" / f"tiny-{kind}")
-    if task == "tokenize":
+    if task in ("tokenize", "embeddings"):
         return minilm_dir()
     directory = workdir / "models" / task
     if not (directory / COMPLETE).exists():
@@ -163,7 +165,52 @@ def build_translation(directory: Path, seed: int = 0) -> None:
     tokenizer.save_pretrained(directory)
 
 
+def _minilm_with_head(directory: Path, auto_class: str, seed: int = 0, **config: Any) -> None:
+    """All-MiniLM-L6-v2's real encoder with a random head (classifier, NLI or masked LM)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    model = getattr(transformers, auto_class).from_pretrained(str(minilm_dir()), **config)
+    model.save_pretrained(directory)
+    _bert_tokenizer().save_pretrained(directory)
+
+
+def build_classification(directory: Path, seed: int = 0) -> None:
+    labels = ["negative", "positive"]
+    _minilm_with_head(directory, "BertForSequenceClassification", seed, id2label=dict(enumerate(labels)),
+                      label2id={label: i for i, label in enumerate(labels)})
+
+
+def build_zero_shot(directory: Path, seed: int = 0) -> None:
+    labels = ["contradiction", "neutral", "entailment"]
+    _minilm_with_head(directory, "BertForSequenceClassification", seed, id2label=dict(enumerate(labels)),
+                      label2id={label: i for i, label in enumerate(labels)})
+
+
+def build_fill_mask(directory: Path, seed: int = 0) -> None:
+    _minilm_with_head(directory, "BertForMaskedLM", seed)
+
+
+def build_generation(directory: Path, seed: int = 0) -> None:
+    """distilgpt2's shape (6 x 768, 1024 positions) with random weights and MiniLM's vocabulary."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = _bert_tokenizer()
+    config = GPT2Config(vocab_size=len(tokenizer), n_layer=6, n_embd=768, n_head=12, n_positions=1024,
+                        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
 FULL_BUILDERS: dict[str, Callable[[Path], None]] = {
+    "classification": build_classification,
+    "zero_shot": build_zero_shot,
+    "fill_mask": build_fill_mask,
+    "generation": build_generation,
     "ner": build_ner,
     "qa": build_qa,
     "summarization": build_summarization,

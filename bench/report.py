@@ -20,6 +20,11 @@ TARGETS: dict[str, dict[str, float]] = {
     "qa": {"vs_baseline": 2.0, "vs_floor": 0.9},
     "summarization": {"vs_baseline": 2.0, "vs_floor": 0.9},
     "translation": {"vs_baseline": 2.0, "vs_floor": 0.9},
+    "classification": {"vs_baseline": 2.0, "vs_floor": 0.9},
+    "zero_shot": {"vs_baseline": 2.0, "vs_floor": 0.9},
+    "embeddings": {"vs_baseline": 2.0, "vs_floor": 0.9},
+    "fill_mask": {"vs_baseline": 2.0, "vs_floor": 0.9},
+    "generation": {"vs_baseline": 2.0, "vs_floor": 0.9},
 }
 ENGINE_TARGETS: dict[str, dict[str, float]] = {
     "summarization": {"ctranslate2 float32": 2.0},

@@ -19,7 +19,9 @@ from bench.tasks import BENCHES, TaskBench
 DEFAULT_SHARD_ROWS = 10_000
 JOB_TIMEOUT = 1800.0
 TASK_MODULES = {"tokenize": "jobs.tokenize", "ner": "jobs.ner", "qa": "jobs.qa",
-                "summarization": "jobs.summarization", "translation": "jobs.translation"}
+                "summarization": "jobs.summarization", "translation": "jobs.translation",
+                "classification": "jobs.classification", "zero_shot": "jobs.zero_shot",
+                "embeddings": "jobs.embeddings", "fill_mask": "jobs.fill_mask", "generation": "jobs.text_generation"}
 
 
 def module_missing(task: str) -> str | None:

@@ -380,9 +380,14 @@ class TranslationBench(Seq2SeqBench):
         return {"text": data.sentence_rows(self.size.rows, self.seed, self.size.max_words)}
 
 
-BENCHES: dict[str, type[TaskBench]] = {
-    bench.name: bench for bench in (TokenizeBench, NerBench, QaBench, SummarizationBench, TranslationBench)
-}
+def _benches() -> dict[str, type[TaskBench]]:
+    from bench.pipelines import PIPELINE_BENCHES
+
+    own = (TokenizeBench, NerBench, QaBench, SummarizationBench, TranslationBench)
+    return {bench.name: bench for bench in (*own, *PIPELINE_BENCHES)}
+
+
+BENCHES: dict[str, type[TaskBench]] = _benches()
 
 
 def shard_count(rows: int, shard_rows: int) -> int:

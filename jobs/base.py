@@ -75,6 +75,8 @@ class TaskType(ABC):
 
     name: ClassVar[str]
     input_roles: ClassVar[tuple[str, ...]]
+    optional_roles: ClassVar[tuple[str, ...]] = ()
+    """Roles read only when the spec maps them in ``columns`` (classification's ``text_pair``)."""
     Params: ClassVar[type[TaskParams]]
     default_model: ClassVar[str | None] = None
     engines: ClassVar[tuple[str, ...]] = ("transformers",)
@@ -92,6 +94,11 @@ class TaskType(ABC):
     def default_model_for(cls, params: dict[str, Any]) -> str | None:
         """The model used when the spec names none (translation derives it from languages)."""
         return cls.default_model
+
+    def bind_model(self, options: LoadOptions) -> None:
+        """Read what the output schema needs from the model's config, at submit time and on workers
+        (embeddings: the vector width). Most tasks need nothing."""
+        del options
 
     @abstractmethod
     def output_schema(self) -> pa.Schema:

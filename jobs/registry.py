@@ -1,5 +1,8 @@
 """Task types by name. Entries are import paths so that looking up a task's
-schema does not import torch; the module is imported on first use."""
+schema does not import torch; the module is imported on first use.
+
+``ALIASES`` maps the transformers pipeline names to our task names; a spec may use
+either, and is stored with ours."""
 
 from __future__ import annotations
 
@@ -14,16 +17,41 @@ TASKS: dict[str, str] = {
     "qa": "jobs.qa:QuestionAnsweringTask",
     "summarization": "jobs.summarization:SummarizationTask",
     "translation": "jobs.translation:TranslationTask",
+    "classification": "jobs.classification:ClassificationTask",
+    "zero_shot": "jobs.zero_shot:ZeroShotTask",
+    "fill_mask": "jobs.fill_mask:FillMaskTask",
+    "embeddings": "jobs.embeddings:EmbeddingsTask",
+    "generation": "jobs.text_generation:TextGenerationTask",
+}
+
+ALIASES: dict[str, str] = {
+    "token-classification": "ner",
+    "question-answering": "qa",
+    "text-classification": "classification",
+    "sentiment-analysis": "classification",
+    "zero-shot-classification": "zero_shot",
+    "fill-mask": "fill_mask",
+    "feature-extraction": "embeddings",
+    "sentence-similarity": "embeddings",
+    "text-generation": "generation",
 }
 
 
+def task_name(name: str) -> str:
+    """Our name for ``name``, which may be a pipeline alias; ValueError listing the valid names."""
+    canonical = ALIASES.get(name, name)
+    if canonical not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))} "
+                         f"(or the pipeline names {', '.join(sorted(ALIASES))})")
+    return canonical
+
+
 def get_task_class(name: str) -> type[TaskType]:
-    """Return the TaskType class registered as ``name``."""
+    """Return the TaskType class registered as ``name`` (or under the pipeline alias ``name``)."""
     try:
-        target = TASKS[name]
-    except KeyError:
-        valid = ", ".join(sorted(TASKS))
-        raise SpecError("task", f"unknown task {name!r}; valid tasks: {valid}") from None
+        target = TASKS[task_name(name)]
+    except ValueError as exc:
+        raise SpecError("task", str(exc)) from None
     module_name, class_name = target.split(":")
     cls: type[TaskType] = getattr(importlib.import_module(module_name), class_name)
     return cls

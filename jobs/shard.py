@@ -45,8 +45,10 @@ def run_shard(
     wanted = list(dict.fromkeys(kept + list(roles.values())))
     table = read_rows(manifest.sources[plan.source], plan.start, plan.stop, wanted)
     inputs = {role: table.column(column).to_pylist() for role, column in roles.items()}
-    produced = runner.run_table(inputs, progress, spec.run_options(overlap))
     base = first_row(manifest, plan)
+    if getattr(runner, "wants_row_index", False):  # per-row seeds that do not depend on the sharding
+        inputs[ROW_INDEX] = list(range(base, base + table.num_rows))
+    produced = runner.run_table(inputs, progress, spec.run_options(overlap))
     kept_table = table.select(kept)
     schema = output_schema(task, kept_table.schema)
     columns = list(kept_table.columns) + [pa.array(np.arange(base, base + table.num_rows, dtype=np.int64))]

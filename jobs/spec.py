@@ -26,7 +26,7 @@ from jobs.base import LoadOptions, TaskType
 from jobs.batching import DEFAULT_BATCH_SIZE
 from jobs.engine import RunOptions
 from jobs.errors import SpecError
-from jobs.registry import TASKS, get_task_class
+from jobs.registry import TASKS, get_task_class, task_name
 from jobs.sources import datasets_loader
 
 DEFAULT_SHARD_ROWS = 10_000
@@ -109,9 +109,7 @@ class JobSpec(BaseModel):
     @field_validator("task")
     @classmethod
     def _known_task(cls, value: str) -> str:
-        if value not in TASKS:
-            raise ValueError(f"unknown task {value!r}; valid tasks: {', '.join(sorted(TASKS))}")
-        return value
+        return task_name(value)  # pipeline aliases (text-classification ...) are stored under our name
 
     @field_validator("dataset")
     @classmethod
@@ -137,7 +135,8 @@ class JobSpec(BaseModel):
         task = info.data.get("task")
         if task is None:
             return value
-        roles = set(get_task_class(task).input_roles) | {ID_ROLE}
+        task_class = get_task_class(task)
+        roles = set(task_class.input_roles) | set(task_class.optional_roles) | {ID_ROLE}
         unknown = sorted(set(value) - roles)
         if unknown:
             raise ValueError(
@@ -166,15 +165,19 @@ class JobSpec(BaseModel):
         """The validated task object; raises SpecError naming the bad parameter."""
         cls = get_task_class(self.task)
         try:
-            return cls.from_params(self.params)
+            task = cls.from_params(self.params)
         except ValidationError as exc:
             raise SpecError(_params_field(exc), _first_message(exc)) from None
         except (ValueError, TypeError) as exc:
             raise SpecError("params", str(exc)) from None
+        if cls.bind_model is not TaskType.bind_model:  # only tasks whose schema depends on the model
+            task.bind_model(self.load_options())
+        return task
 
     def input_columns(self) -> dict[str, str]:
         """Role -> input column for every role the task reads."""
-        roles = get_task_class(self.task).input_roles
+        cls = get_task_class(self.task)
+        roles = cls.input_roles + tuple(role for role in cls.optional_roles if role in self.columns)
         return {role: self.columns.get(role, role) for role in roles}
 
     def id_column(self) -> str | None:

@@ -10,6 +10,7 @@ What the ``batchformers`` command does is importable::
     current = status(submission.job_id)                # JobStatus (job id or output location)
     final = wait(submission.output, timeout=3600)      # poll until every shard is done
     described = inspect_output(submission.output)      # schema, counts, first rows
+    hits = search("out/corpus-embeddings", "query text", top_k=10)   # nearest rows of an embeddings job
 """
 
 from jobs.settings import Settings
@@ -17,6 +18,7 @@ from jobs.spec import JobSpec, load_spec
 from producer.inspect import OutputDescription
 from producer.inspect import describe as inspect_output
 from producer.run import run
+from producer.search import search
 from producer.status import JobStatus, job_status, status, wait
 from producer.submit import Submission, submit
 
@@ -30,6 +32,7 @@ __all__ = [
     "job_status",
     "load_spec",
     "run",
+    "search",
     "status",
     "submit",
     "wait",

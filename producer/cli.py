@@ -149,6 +149,14 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("--broker", help=BROKER_HELP)
     jobs.add_argument("--limit", type=int, default=50, help="show at most this many jobs (default 50)")
     jobs.set_defaults(handler=_jobs)
+    search = commands.add_parser("search", help="rows of an embeddings job nearest to a query (cosine)")
+    search.add_argument("output", help="output directory or URL of an embeddings job")
+    search.add_argument("query", help="text to search for")
+    search.add_argument("--top-k", type=int, default=10, help="how many rows to return")
+    search.add_argument("--where", help="SQL condition on the rows' columns (DuckDB), e.g. \"lang = 'en'\"")
+    search.add_argument("--method", default="duckdb", choices=["duckdb", "numpy"], help="scorer")
+    search.add_argument("--json", action="store_true", help="one JSON object per row")
+    search.set_defaults(handler=_search)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of job specs")
     schema.set_defaults(handler=lambda args: _print_json(spec_json_schema()))
@@ -297,6 +305,15 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.json:
         return _print_json(described.to_dict())
     Console().print(render(described))
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from producer.search import search
+
+    hits = search(args.output, args.query, top_k=args.top_k, where=args.where, method=args.method)
+    for row in hits.to_pylist():
+        print(json.dumps(row, default=str) if args.json else "  ".join(f"{k}={v}" for k, v in row.items()))
     return 0
 
 

@@ -20,7 +20,8 @@ from bench.scenarios import many_workers
 pytestmark = pytest.mark.slow  # runs the benchmark harness with real workers
 
 REQUIRED = ("ner", "tokenize")
-OPTIONAL = ("qa", "summarization", "translation")
+OPTIONAL = ("qa", "summarization", "translation", "classification", "zero_shot", "embeddings", "fill_mask",
+            "generation")
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,11 @@ BUILDERS: dict[str, str] = {
     "t5": "jobs.tiny.seq2seq:build_t5",
     "marian": "jobs.tiny.seq2seq:build_marian",
     "multilingual": "jobs.tiny.seq2seq:build_multilingual",
+    "bert-classifier": "jobs.tiny.heads:build_bert_classifier",
+    "bert-nli": "jobs.tiny.heads:build_bert_nli",
+    "bert-mlm": "jobs.tiny.heads:build_bert_mlm",
+    "bert-embeddings": "jobs.tiny.heads:build_bert_embeddings",
+    "gpt2": "jobs.tiny.heads:build_gpt2",
 }
 
 COMPLETE_MARKER = ".tiny-model-complete"

@@ -218,10 +218,13 @@ def test_the_batch_observer_sees_each_model_batch() -> None:
 # -- every task type on the engine --------------------------------------------------
 
 TASK_MODELS = {"tokenize": "bert-ner", "ner": "bert-ner", "qa": "bert-qa", "summarization": "bart",
-               "translation": "marian"}
+               "translation": "marian", "classification": "bert-classifier", "zero_shot": "bert-nli",
+               "fill_mask": "bert-mlm", "embeddings": "bert-embeddings", "generation": "gpt2"}
 TASK_PARAMS: dict[str, dict[str, Any]] = {"ner": {"aggregation_strategy": "simple", "stride": 8},
                                           "summarization": {"max_length": 12, "num_beams": 2},
-                                          "translation": {"max_length": 12}}
+                                          "translation": {"max_length": 12},
+                                          "zero_shot": {"candidate_labels": ["news", "sport"]},
+                                          "generation": {"max_new_tokens": 6}}
 
 
 def test_every_registered_task_is_covered() -> None:
@@ -232,8 +235,12 @@ def test_every_registered_task_is_covered() -> None:
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_overlap_on_and_off_give_identical_tables(name: str, news_texts: list[str]) -> None:
     task = get_task_class(name).from_params(TASK_PARAMS.get(name, {}))
-    runner = task.load(LoadOptions(model=str(tiny_model_path(TASK_MODELS[name])), device="cpu"))
+    options = LoadOptions(model=str(tiny_model_path(TASK_MODELS[name])), device="cpu")
+    task.bind_model(options)
+    runner = task.load(options)
     texts = news_texts[:30] + ["", None, " ".join(news_texts[:5])]
+    if name == "fill_mask":
+        texts = [text.replace(" ", " [MASK] ", 1) if text else text for text in texts]
     inputs = {role: texts for role in task.input_roles}
     if name == "qa":
         inputs = {"question": [f"Who is in row {i}?" for i in range(len(texts))], "context": texts}

@@ -43,7 +43,7 @@ def _other_job_output(tmp_path: Path, news_parquet: Path, ner_model: Path, setti
 
 
 BAD_SPECS = [
-    ("unknown task", lambda t, p, m, s: {"task": "sentiment"}, "task", "valid tasks: ner, qa, summarization"),
+    ("unknown task", lambda t, p, m, s: {"task": "sentiment"}, "task", "valid tasks: classification, embeddings, fill_mask, generation, ner, qa"),
     ("missing column", lambda t, p, m, s: {"columns": {"text": "content"}}, "columns.text", "'content' is not in"),
     ("unknown role", lambda t, p, m, s: {"columns": {"txt": "body"}}, "columns", "unknown role"),
     ("unknown param", lambda t, p, m, s: {"params": {"aggregation": "simple"}}, "params.aggregation", "unknown field"),
