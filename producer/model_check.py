@@ -60,6 +60,15 @@ REQUIREMENTS: dict[str, ModelRequirement] = {
                                       "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", encoder_decoder=True),
     "translation": ModelRequirement("an encoder-decoder (seq2seq) model",
                                     "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", encoder_decoder=True),
+    "classification": ModelRequirement("a sequence-classification model",
+                                       "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+                                       head_weights=("classifier", "score"), needs_labels=True),
+    "zero_shot": ModelRequirement("a sequence-classification (NLI) model",
+                                  "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+                                  head_weights=("classifier", "score"), needs_labels=True),
+    "fill_mask": ModelRequirement("a masked language model", "MODEL_FOR_MASKED_LM_MAPPING_NAMES"),
+    "embeddings": ModelRequirement("a transformers encoder", "MODEL_MAPPING_NAMES"),
+    "generation": ModelRequirement("a decoder-only (causal) language model", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"),
 }
 
 

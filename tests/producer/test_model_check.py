@@ -139,3 +139,10 @@ def test_a_job_with_committed_shards_keeps_its_output(tmp_path: Path, news_parqu
         layout.mark_failed(plan.index, "boom", attempts=1)
     with pytest.raises(SpecError, match="holds another job"):
         prepare(_spec(tmp_path, news_parquet, "tokenize", tiny_model_path("t5")), settings)
+
+
+def test_every_task_type_says_what_model_it_needs() -> None:
+    from jobs.registry import TASKS
+    from producer.model_check import REQUIREMENTS
+
+    assert set(REQUIREMENTS) == set(TASKS)
