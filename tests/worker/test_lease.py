@@ -38,9 +38,10 @@ def test_key_identity_and_clients(redis_url: str) -> None:
     assert worker_identity("w1@h").startswith("w1@h/") and worker_identity("w1@h").endswith(f"/{__import__('os').getpid()}")
     assert worker_identity().split("/")[0] == __import__("socket").gethostname()
     assert client_for(redis_url) is client_for(redis_url)
-    other = redis_url.rsplit("/", 1)[0] + "/14"
+    other_db = 13 if redis_url.endswith("/14") else 14
+    other = redis_url.rsplit("/", 1)[0] + f"/{other_db}"
     assert client_for(other) is not client_for(redis_url)  # one client per URL
-    assert client_for(other).connection_pool.connection_kwargs["db"] == 14
+    assert client_for(other).connection_pool.connection_kwargs["db"] == other_db
     kwargs = client_for(redis_url).connection_pool.connection_kwargs
     assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"], kwargs["health_check_interval"]) == (10, 10, 30)
 
