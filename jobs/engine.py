@@ -71,7 +71,8 @@ class RunOptions:
     batch_size: int = DEFAULT_BATCH_SIZE
     max_batch_tokens: int | None = None
     overlap: bool = True
-    encode_rows: int = ENCODE_ROWS
+    encode_rows: int | None = None
+    """Rows per ``encode`` call; None: the runner's own (``StagedRunner.encode_rows``)."""
 
 
 @dataclass
@@ -140,6 +141,7 @@ class StagedRunner(Runner):
     """Base of every task's runner: declare the stages, the engine runs them."""
 
     input_roles: ClassVar[tuple[str, ...]] = ("text",)
+    encode_rows: ClassVar[int] = ENCODE_ROWS
     device_stage: ClassVar[bool] = True
     """False for tasks with nothing to run on a device (tokenize): encoded rows go straight to ``decode``."""
     isolate_failures: ClassVar[bool] = False
@@ -287,7 +289,7 @@ class Execution:
                 lengths.append((-self.runner.row_length(values), row))
         self._finished_rows(len(self.errors))
         order = [row for _, row in sorted(lengths)]
-        size = max(1, self.options.encode_rows)
+        size = max(1, self.options.encode_rows or self.runner.encode_rows)
         return [order[i : i + size] for i in range(0, len(order), size)]
 
     def encode(self, block: list[int]) -> tuple[list[int], Encoded]:

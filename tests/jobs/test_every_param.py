@@ -55,6 +55,10 @@ QA_GOLDEN = next(s for s in json.loads((Path(__file__).parents[1] / "golden" / "
                  if s["name"] == "bert-top5-impossible")["cases"]
 QA_IMPOSSIBLE = {"question": [c["question"] for c in QA_GOLDEN], "context": [c["context"] for c in QA_GOLDEN]}
 EOS_IDS = {"bart": 2, "marian": 0}
+ZERO_SHOT = {"candidate_labels": ["politics", "sports"]}
+MASKED = {"text": ["The [MASK] rose on Monday.", "Prices [MASK] and [MASK] fell.", "[MASK]"]}
+GREEDY = {"max_new_tokens": 4, "do_sample": False, "temperature": 5.0}  # the tiny GPT-2 is peaked: sample hot
+SAMPLING = {"max_new_tokens": 4, "do_sample": True, "seed": 3, "temperature": 5.0}
 # (task, model, base params, parameter, changed value, inputs)
 CASES: list[Any] = [
     ("tokenize", "bert-ner", {}, "add_special_tokens", False, {"text": TEXTS}),
@@ -75,6 +79,24 @@ CASES: list[Any] = [
       for name, value, base, suffix in GENERATION],
     ("translation", "multilingual", NLLB, "src_lang", "fra_Latn", {"text": TEXTS[:4]}),
     ("translation", "multilingual", NLLB, "tgt_lang", "spa_Latn", {"text": TEXTS[:4]}),
+    ("classification", "bert-classifier", {"top_k": 1}, "top_k", None, {"text": TEXTS}),
+    ("classification", "bert-classifier", {}, "function_to_apply", "sigmoid", {"text": TEXTS}),
+    ("zero_shot", "bert-nli", ZERO_SHOT, "candidate_labels", ["weather", "sports", "money"], {"text": TEXTS[:4]}),
+    ("zero_shot", "bert-nli", ZERO_SHOT, "hypothesis_template", "Was it {}?", {"text": TEXTS[:4]}),
+    ("zero_shot", "bert-nli", ZERO_SHOT, "multi_label", True, {"text": TEXTS[:4]}),
+    ("fill_mask", "bert-mlm", {}, "top_k", 2, MASKED),
+    ("fill_mask", "bert-mlm", {}, "targets", ["the", "and"], MASKED),
+    ("embeddings", "bert-embeddings", {}, "pooling", "cls", {"text": TEXTS}),
+    ("embeddings", "bert-embeddings", {"normalize": True}, "normalize", False, {"text": TEXTS}),
+    ("embeddings", "bert-embeddings", {}, "max_length", 4, {"text": TEXTS}),
+    ("generation", "gpt2", GREEDY, "max_new_tokens", 6, {"text": TEXTS[:4]}),
+    ("generation", "gpt2", GREEDY, "do_sample", True, {"text": TEXTS[:4]}),
+    ("generation", "gpt2", SAMPLING, "seed", 7, {"text": TEXTS[:4]}),
+    ("generation", "gpt2", SAMPLING, "temperature", 0.5, {"text": TEXTS[:4]}),
+    ("generation", "gpt2", SAMPLING, "top_k", 1, {"text": TEXTS[:4]}),
+    ("generation", "gpt2", SAMPLING, "top_p", 0.01, {"text": TEXTS[:4]}),
+    ("generation", "gpt2", SAMPLING, "num_return_sequences", 2, {"text": TEXTS[:4]}),
+    ("generation", "gpt2", GREEDY, "return_full_text", False, {"text": TEXTS[:4]}),
 ]
 
 
@@ -101,7 +123,9 @@ def model_path(kind: str) -> str:
 def runner_for(task: str, kind: str, params_json: str, dtype: str = "auto", batch_size: int = 4,
                max_batch_tokens: int | None = None) -> Runner:
     options = LoadOptions(model=model_path(kind), device="cpu", dtype=dtype)
-    runner = get_task_class(task).from_params(json.loads(params_json)).load(options)
+    task_type = get_task_class(task).from_params(json.loads(params_json))
+    task_type.bind_model(options)
+    runner = task_type.load(options)
     return runner.using(RunOptions(batch_size=batch_size, max_batch_tokens=max_batch_tokens))
 
 
@@ -126,9 +150,9 @@ def documented_params() -> dict[str, set[str]]:
     """Task -> its params, from the README's task table."""
     found: dict[str, set[str]] = {}
     for line in README.read_text().splitlines():
-        match = re.match(r"\| `(\w+)` \| [^|]+ \| ([^|]+) \|", line)
+        match = re.match(r"\| `(\w+)`(?: \([^|]*\))? \| [^|]+ \| ([^|]+) \|", line)
         if match and match.group(1) in TASKS:
-            found[match.group(1)] = set(re.findall(r"`(\w+)`", match.group(2)))
+            found[match.group(1)] = set(re.findall(r"`(\w+)`", match.group(2))) - {"null"}
     return found
 
 
