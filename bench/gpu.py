@@ -65,25 +65,10 @@ def seq2seq_flops(config: Any, input_tokens: int, output_tokens: int) -> float:
     return float(input_tokens * encoder + output_tokens * decoder)
 
 
-class BatchTimes:
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self.items = 0
-        self.real = 0
-        self.padded = 0
-
-    def __call__(self, items: int, real: int, padded: int, seconds: float) -> None:
-        self.seconds += seconds
-        self.items += items
-        self.real += real
-        self.padded += padded
-
-
 def measure(task: str, model_dir: Path, texts: list[str], params: dict[str, Any], batch_size: int,
             peak: float, device: str = "cuda") -> list[dict[str, Any]]:
     import torch
 
-    from jobs import batching
     from jobs.base import LoadOptions
     from jobs.registry import get_task_class
 
@@ -92,25 +77,23 @@ def measure(task: str, model_dir: Path, texts: list[str], params: dict[str, Any]
     runner.run_table({"text": texts[:256]}, options=RunOptions(batch_size=batch_size))  # warm up
     results = []
     for overlap in (False, True):
-        times = BatchTimes()
-        batching.observe_batches(times)
         if device != "cpu":
             torch.cuda.synchronize()
         started = time.perf_counter()
         table = runner.run_table({"text": texts}, options=RunOptions(batch_size=batch_size, overlap=overlap))
         wall = time.perf_counter() - started
-        batching._observers.remove(times)
+        times = runner.last_stats
         if task == "ner":
-            flops = encoder_flops(runner.model.config, times.real, times.padded, times.padded / max(1, times.items))
+            flops = encoder_flops(runner.model.config, times.tokens, times.padded_tokens, times.padded_tokens / max(1, times.items))
             output_tokens = 0
         else:
             column = table.column("translation_text").to_pylist()
             output_tokens = sum(len(ids) for ids in runner.tokenizer(column)["input_ids"])
-            flops = seq2seq_flops(runner.model.config, times.real, output_tokens) * max(1, params.get("num_beams", 1))
+            flops = seq2seq_flops(runner.model.config, times.tokens, output_tokens) * max(1, params.get("num_beams", 1))
         results.append({
-            "task": task, "overlap": overlap, "rows": len(texts), "tokens": times.real, "padded_tokens": times.padded,
-            "output_tokens": output_tokens, "wall_seconds": wall, "forward_seconds": times.seconds,
-            "tokens_per_second": times.real / wall, "forward_share": times.seconds / wall,
+            "task": task, "overlap": overlap, "rows": len(texts), "tokens": times.tokens, "padded_tokens": times.padded_tokens,
+            "output_tokens": output_tokens, "wall_seconds": wall, "forward_seconds": times.forward_seconds,
+            "tokens_per_second": times.tokens / wall, "forward_share": times.forward_seconds / wall,
             "mfu": flops / wall / (peak * 1e12), "dtype": str(runner.model.dtype),
             "errors": table.num_rows - table.column("error").null_count,
         })

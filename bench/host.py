@@ -123,60 +123,40 @@ def raw_tokenizer(model_dir: Path, rows: dict[str, list[str]]) -> tuple[Timed, i
     return result, sum(tokens)
 
 
-class PaddedTokens:
-    """Counts the padded tokens of every model batch (what the device stand-in sleeps for) and the
-    seconds spent in forwards."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self.seconds = 0.0
-
-    def __call__(self, items: int, real: int, padded: int, seconds: float) -> None:
-        self.total += padded
-        self.seconds += seconds
-
-
 def in_process(task: str, model_dir: Path, rows: dict[str, list[str]], batch_size: int) -> dict[str, Any]:
     """Host time, then host + simulated device time with overlap off and on, in this process."""
     import torch
 
-    from jobs import batching
     from jobs.base import LoadOptions
     from jobs.registry import get_task_class
 
     torch.set_num_threads(1)
     runner: Any = get_task_class(task).from_params(PARAMS.get(task, {})).load(
         LoadOptions(model=str(model_dir), device="cpu"))
-    padded = PaddedTokens()
-    batching.observe_batches(padded)
-    try:
-        runner.run_table({k: v[:50] for k, v in rows.items()}, options=RunOptions(batch_size=batch_size))
-        padded.total = 0
-        host = timed(lambda: runner.run_table(rows, options=RunOptions(batch_size=batch_size, overlap=True)))
-        padded.seconds = 0.0
-        host_serial = timed(lambda: runner.run_table(rows, options=RunOptions(batch_size=batch_size, overlap=False)))
-        result: dict[str, Any] = {"host_seconds": host.seconds, "host_cpu_seconds": host.cpu_seconds,
-                                  "host_serial_seconds": host_serial.seconds,
-                                  "forward_share": padded.seconds / host_serial.seconds}
-        if not runner.device_stage:
-            return result
-        per_token = host_serial.seconds / max(1, padded.total // 2)
-        os.environ[DEVICE_SECONDS_ENV] = repr(per_token)
-        try:
-            device = per_token * (padded.total // 2)
-            for overlap in (False, True):
-                both = timed(lambda o=overlap: runner.run_table(rows, options=RunOptions(batch_size=batch_size,
-                                                                                         overlap=o)))
-                base = host_serial.seconds if not overlap else host.seconds
-                key = "overlap" if overlap else "serial"
-                result[f"both_{key}_seconds"] = both.seconds
-                result[f"hidden_{key}"] = (base + device - both.seconds) / device
-            result["device_seconds"] = device
-        finally:
-            os.environ.pop(DEVICE_SECONDS_ENV, None)
+    runner.run_table({k: v[:50] for k, v in rows.items()}, options=RunOptions(batch_size=batch_size))
+    host = timed(lambda: runner.run_table(rows, options=RunOptions(batch_size=batch_size, overlap=True)))
+    host_serial = timed(lambda: runner.run_table(rows, options=RunOptions(batch_size=batch_size, overlap=False)))
+    stats = runner.last_stats  # of the serial run: the batches are the same with overlap on
+    result: dict[str, Any] = {"host_seconds": host.seconds, "host_cpu_seconds": host.cpu_seconds,
+                              "host_serial_seconds": host_serial.seconds,
+                              "forward_share": stats.forward_seconds / host_serial.seconds}
+    if not runner.device_stage:
         return result
+    per_token = host_serial.seconds / max(1, stats.padded_tokens)
+    os.environ[DEVICE_SECONDS_ENV] = repr(per_token)
+    try:
+        device = per_token * stats.padded_tokens
+        for overlap in (False, True):
+            both = timed(lambda o=overlap: runner.run_table(rows, options=RunOptions(batch_size=batch_size,
+                                                                                     overlap=o)))
+            base = host_serial.seconds if not overlap else host.seconds
+            key = "overlap" if overlap else "serial"
+            result[f"both_{key}_seconds"] = both.seconds
+            result[f"hidden_{key}"] = (base + device - both.seconds) / device
+        result["device_seconds"] = device
     finally:
-        batching._observers.remove(padded)
+        os.environ.pop(DEVICE_SECONDS_ENV, None)
+    return result
 
 
 def end_to_end_ner(model_dir: Path, rows: dict[str, list[str]], workdir: Path, host_seconds: float,

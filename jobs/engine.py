@@ -77,11 +77,13 @@ class RunOptions:
 
 @dataclass
 class RunStats:
-    """What one run fed the model: batches, real tokens and padded tokens (items x longest)."""
+    """What one run fed the model: batches, items, real tokens, padded tokens (items x longest) and forward seconds."""
 
     batches: int = 0
+    items: int = 0
     tokens: int = 0
     padded_tokens: int = 0
+    forward_seconds: float = 0.0
 
 
 @dataclass
@@ -372,8 +374,11 @@ class Execution:
             if not runner.isolate_failures or is_out_of_memory(exc):
                 raise
             outputs = [self._alone(run, i) for i in indices]
-        notify_batch(len(batch.items), batch.real_tokens, batch.padded_tokens, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        notify_batch(len(batch.items), batch.real_tokens, batch.padded_tokens, seconds)
         self.stats.batches += 1
+        self.stats.items += len(batch.items)
+        self.stats.forward_seconds += seconds
         self.stats.tokens += batch.real_tokens
         self.stats.padded_tokens += batch.padded_tokens
         return outputs
