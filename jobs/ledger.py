@@ -50,6 +50,22 @@ DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600  # a finished job's broker state lives
 PART_KEYS = ("committed", "unread", "failed", "running")
 MISSING = -1
 
+
+def _add_totals(rows: int, errors: int, started: int, committed_at: int, truncated: int) -> str:
+    """Lua adding one marker's totals to the job's hash; the numbers are the marker's ARGV positions."""
+    return f"""
+redis.call('HINCRBY', KEYS[1], 'rows', ARGV[{rows}])
+redis.call('HINCRBY', KEYS[1], 'errors', ARGV[{errors}])
+redis.call('HINCRBY', KEYS[1], 'truncated', ARGV[{truncated}])
+local first = tonumber(redis.call('HGET', KEYS[1], 'first_start'))
+if first == nil or tonumber(ARGV[{started}]) < first then redis.call('HSET', KEYS[1], 'first_start', ARGV[{started}]) end
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_commit'))
+if last == nil or tonumber(ARGV[{committed_at}]) > last then
+    redis.call('HSET', KEYS[1], 'last_commit', ARGV[{committed_at}])
+end
+"""
+
+
 # KEYS: hash, committed, unread, failed, running
 # ARGV: generation, shards, shard, rows, errors, started, committed_at, ttl, truncated
 # Returns {fresh, committed count}: fresh is 1 for the first commit of the shard, MISSING without a ledger.
@@ -58,13 +74,7 @@ if redis.call('HGET', KEYS[1], 'generation') ~= ARGV[1] then return {-1, 0} end
 local added = redis.call('SADD', KEYS[2], ARGV[3])
 local fresh = added == 1 or redis.call('SREM', KEYS[3], ARGV[3]) == 1
 if fresh then
-    redis.call('HINCRBY', KEYS[1], 'rows', ARGV[4])
-    redis.call('HINCRBY', KEYS[1], 'errors', ARGV[5])
-    redis.call('HINCRBY', KEYS[1], 'truncated', ARGV[9])
-    local first = tonumber(redis.call('HGET', KEYS[1], 'first_start'))
-    if first == nil or tonumber(ARGV[6]) < first then redis.call('HSET', KEYS[1], 'first_start', ARGV[6]) end
-    local last = tonumber(redis.call('HGET', KEYS[1], 'last_commit'))
-    if last == nil or tonumber(ARGV[7]) > last then redis.call('HSET', KEYS[1], 'last_commit', ARGV[7]) end
+""" + _add_totals(rows=4, errors=5, started=6, committed_at=7, truncated=9) + """
 end
 redis.call('HDEL', KEYS[4], ARGV[3])
 redis.call('SREM', KEYS[5], ARGV[3])
@@ -97,13 +107,7 @@ return count
 _ABSORB = """
 if redis.call('HGET', KEYS[1], 'generation') ~= ARGV[1] then return 0 end
 if redis.call('SREM', KEYS[2], ARGV[2]) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[1], 'rows', ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'errors', ARGV[4])
-redis.call('HINCRBY', KEYS[1], 'truncated', ARGV[7])
-local first = tonumber(redis.call('HGET', KEYS[1], 'first_start'))
-if first == nil or tonumber(ARGV[5]) < first then redis.call('HSET', KEYS[1], 'first_start', ARGV[5]) end
-local last = tonumber(redis.call('HGET', KEYS[1], 'last_commit'))
-if last == nil or tonumber(ARGV[6]) > last then redis.call('HSET', KEYS[1], 'last_commit', ARGV[6]) end
+""" + _add_totals(rows=3, errors=4, started=5, committed_at=6, truncated=7) + """
 return 1
 """
 
