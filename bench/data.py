@@ -1,6 +1,6 @@
 """Deterministic benchmark datasets built from English text that ships offline.
 
-Sources: the demo's news sentences (``jobs/data/news_sentences.txt``) and the prose
+Sources: the demo's news sentences (``jobs/testing/data/news_sentences.txt``) and the prose
 of Python's own documentation (``pydoc_data.topics``, in every CPython). Rows are
 drawn with a seeded generator, so the same arguments always give the same rows,
 with a realistic spread of lengths: mostly single sentences, some short passages,
@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-NEWS = Path(__file__).resolve().parents[1] / "jobs" / "data" / "news_sentences.txt"
+NEWS = Path(__file__).resolve().parents[1] / "jobs" / "testing" / "data" / "news_sentences.txt"
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"“(])")
 WORD = re.compile(r"[A-Za-z][A-Za-z-]{3,}")
 QUESTION_TEMPLATES = (

@@ -1,7 +1,7 @@
 """The floor: the model's own forward passes (or ``generate`` calls) and nothing else.
 
 Rows are tokenized, grouped into the same length-sorted batches batchformers forms
-(``jobs.batching.length_sorted_batches`` per shard) and padded into tensors before
+(``jobs.engine.batching.length_sorted_batches`` per shard) and padded into tensors before
 the clock starts; only the model calls are timed. The floor uses the same layout
 of processes and threads as batchformers' local workers (``workers`` processes,
 ``cores // workers`` torch threads each, shards dealt out in turn), so that the
@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.batching import length_sorted_batches
+from jobs.engine.batching import length_sorted_batches
 
 
 @dataclass(frozen=True)

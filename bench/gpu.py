@@ -17,7 +17,7 @@ from typing import Any
 
 from bench.data import sentence_rows, text_rows
 from bench.models import COMPLETE, _bert_tokenizer, build_translation
-from jobs.engine import RunOptions
+from jobs.engine.staged import RunOptions
 
 NER_ROWS = 40_000
 TRANSLATION_ROWS = 4_000
@@ -29,7 +29,7 @@ def build_bert_large_ner(directory: Path) -> Path:
     import torch
     from transformers import BertConfig, BertForTokenClassification
 
-    from jobs.tiny.encoders import NER_LABELS
+    from jobs.testing.tiny.encoders import NER_LABELS
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=30522, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
@@ -69,8 +69,8 @@ def measure(task: str, model_dir: Path, texts: list[str], params: dict[str, Any]
             peak: float, device: str = "cuda") -> list[dict[str, Any]]:
     import torch
 
-    from jobs.base import LoadOptions
-    from jobs.registry import get_task_class
+    from jobs.engine.base import LoadOptions
+    from jobs.tasks.registry import get_task_class
 
     runner: Any = get_task_class(task).from_params(params).load(
         LoadOptions(model=str(model_dir), device=device, dtype="auto"))

@@ -27,7 +27,7 @@ from typing import Any
 
 from bench.data import qa_rows, sentence_rows, text_rows, write_parquet
 from bench.models import COMPLETE, _bert_tokenizer
-from jobs.engine import DEVICE_SECONDS_ENV, RunOptions
+from jobs.engine.staged import DEVICE_SECONDS_ENV, RunOptions
 
 HOST_TARGET = 0.5
 HIDDEN_TARGET = 0.6
@@ -56,7 +56,7 @@ def build_near_free(task: str, directory: Path) -> Path:
         MarianMTModel,
     )
 
-    from jobs.tiny.encoders import NER_LABELS
+    from jobs.testing.tiny.encoders import NER_LABELS
 
     torch.manual_seed(0)
     tokenizer = _bert_tokenizer()
@@ -127,8 +127,8 @@ def in_process(task: str, model_dir: Path, rows: dict[str, list[str]], batch_siz
     """Host time, then host + simulated device time with overlap off and on, in this process."""
     import torch
 
-    from jobs.base import LoadOptions
-    from jobs.registry import get_task_class
+    from jobs.engine.base import LoadOptions
+    from jobs.tasks.registry import get_task_class
 
     torch.set_num_threads(1)
     runner: Any = get_task_class(task).from_params(PARAMS.get(task, {})).load(

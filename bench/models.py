@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jobs.tiny import build_tiny_model
-from jobs.tiny.encoders import NER_LABELS
+from jobs.testing.tiny import build_tiny_model
+from jobs.testing.tiny.encoders import NER_LABELS
 
 COMPLETE = ".bench-model-complete"
 TINY_FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "models"
@@ -31,7 +31,7 @@ QUICK_MODELS = {"tokenize": "bert-ner", "ner": "bert-ner", "qa": "distilbert-qa"
                 "summarization": "bart", "translation": "marian", "classification": "bert-classifier",
                 "zero_shot": "bert-nli", "embeddings": "bert-embeddings", "fill_mask": "bert-mlm",
                 "generation": "gpt2"}
-"""Quick mode: the committed tiny fixtures, or jobs.tiny builds for the seq2seq kinds."""
+"""Quick mode: the committed tiny fixtures, or jobs.testing.tiny builds for the seq2seq kinds."""
 O_BIAS = 3.0
 """Added to the random NER head's "O" logit so most tokens are outside entities, as in real text."""
 SUMMARY_GENERATION = {"num_beams": 4, "max_length": 32, "min_length": 8, "no_repeat_ngram_size": 3,

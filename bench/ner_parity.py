@@ -3,7 +3,7 @@
 Checks every aggregation strategy, with and without ``stride``, on benchmark rows
 plus hard cases (unknown characters, subwords, over-long and empty texts), with
 small batches so that many chunks share padded batches. Run it before and after
-any change to ``jobs/ner.py``; it exits non-zero on the first mismatch.
+any change to ``jobs/tasks/ner.py``; it exits non-zero on the first mismatch.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ def check(model: str, rows: list[str]) -> int:
 
     from transformers import pipeline
 
-    from jobs.base import LoadOptions
-    from jobs.ner import NerTask
+    from jobs.engine.base import LoadOptions
+    from jobs.tasks.ner import NerTask
 
     failures = 0
     for strategy, stride in CASES:

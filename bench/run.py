@@ -18,10 +18,10 @@ from bench.tasks import BENCHES, TaskBench
 
 DEFAULT_SHARD_ROWS = 10_000
 JOB_TIMEOUT = 1800.0
-TASK_MODULES = {"tokenize": "jobs.tokenize", "ner": "jobs.ner", "qa": "jobs.qa",
-                "summarization": "jobs.summarization", "translation": "jobs.translation",
-                "classification": "jobs.classification", "zero_shot": "jobs.zero_shot",
-                "embeddings": "jobs.embeddings", "fill_mask": "jobs.fill_mask", "generation": "jobs.text_generation"}
+TASK_MODULES = {"tokenize": "jobs.tasks.tokenize", "ner": "jobs.tasks.ner", "qa": "jobs.tasks.qa",
+                "summarization": "jobs.tasks.summarization", "translation": "jobs.tasks.translation",
+                "classification": "jobs.tasks.classification", "zero_shot": "jobs.tasks.zero_shot",
+                "embeddings": "jobs.tasks.embeddings", "fill_mask": "jobs.tasks.fill_mask", "generation": "jobs.tasks.text_generation"}
 
 
 def module_missing(task: str) -> str | None:
@@ -96,7 +96,7 @@ def _engine_runs(bench: TaskBench, name: str, mode: str, input_path: Path, workd
     The model is converted before the clock starts (a worker converts once per model and compute
     type, then every job reuses the cache), so the runs time the engine, not the conversion.
     """
-    from jobs.ctranslate2_engine import available
+    from jobs.engine.ctranslate2 import available
     from jobs.spec import load_spec
 
     outputs: dict[str, list[Any]] = {}

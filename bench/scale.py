@@ -85,7 +85,7 @@ def _spec(model: str, input_url: str, output: str, shard_rows: int) -> dict[str,
 
 
 def _put(url: str, data: bytes) -> None:
-    from jobs.storage import Storage
+    from jobs.io.storage import Storage
 
     storage = Storage.at(url)
     storage.fs.pipe_file(storage.root, data)
@@ -99,7 +99,7 @@ def _parquet_bytes(texts: list[str], first_id: int = 0) -> bytes:
 
 def _markers(output: str) -> list[dict[str, Any]]:
     """Every commit marker of ``output``, read concurrently (measurement only)."""
-    from jobs.storage import Storage
+    from jobs.io.storage import Storage
 
     storage = Storage.at(output)
     names = [n for n in storage.list("_batchformers", "shards") if not n.endswith(".failed.json")]
@@ -118,7 +118,7 @@ def many_shards(model: str, s3: MotoS3, broker_url: str, queue: str, shards: int
     On the S3 server, or under the local directory ``local`` when given.
     """
     from bench import data
-    from jobs.layout import OutputLayout
+    from jobs.io.layout import OutputLayout
     from jobs.settings import Settings
     from jobs.spec import load_spec
     from producer.status import job_status
@@ -219,7 +219,7 @@ def status_at_scale(model: str, s3: MotoS3, broker_url: str, shards: int) -> dic
     if cli.returncode != 0:
         raise RuntimeError(f"status failed: {cli.stderr}")
     began = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import producer.cli, producer.status, jobs.layout, redis, rich"],
+    subprocess.run([sys.executable, "-c", "import producer.cli, producer.status, jobs.io.layout, redis, rich"],
                    env=env, check=True, timeout=120)
     import_seconds = time.perf_counter() - began
     if ledger is not None and getattr(current, "source", "") != "ledger":

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from bench import baselines, data, floor
 from bench.measure import Measurement, clock
-from jobs.batching import length_sorted_batches
+from jobs.engine.batching import length_sorted_batches
 
 SCORE_TOLERANCE = 1e-4
 
@@ -273,7 +273,7 @@ class QaBench(TaskBench):
         return Prepared(features, shard_of, row_of)
 
     def worker_padding(self, prepared: Prepared) -> float:
-        """jobs/qa.py groups ``batch_size`` rows (by character length) per tokenizer call and sorts
+        """jobs/tasks/qa.py groups ``batch_size`` rows (by character length) per tokenizer call and sorts
         only the chunks of that group: simulated here for its padding."""
         contexts_by_row: dict[int, list[int]] = {}
         for index, row in enumerate(prepared.row_of):

@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from jobs.sources import SourceFile
+from jobs.io.sources import SourceFile
 from jobs.spec import JobSpec
 
 MANIFEST_VERSION = 1

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from jobs.base import ProgressCallback, Runner, TaskType
+from jobs.engine.base import ProgressCallback, Runner, TaskType
+from jobs.io.sources import read_rows
 from jobs.manifest import Manifest, ShardPlan
-from jobs.sources import read_rows
 
 ROW_INDEX = "row_index"
 ERROR = "error"

@@ -22,12 +22,12 @@ from pydantic import (
     model_validator,
 )
 
-from jobs.base import LoadOptions, TaskType
-from jobs.batching import DEFAULT_BATCH_SIZE
-from jobs.engine import RunOptions
+from jobs.engine.base import LoadOptions, TaskType
+from jobs.engine.batching import DEFAULT_BATCH_SIZE
+from jobs.engine.staged import RunOptions
 from jobs.errors import SpecError
-from jobs.registry import TASKS, get_task_class, task_name
-from jobs.sources import datasets_loader
+from jobs.io.sources import datasets_loader
+from jobs.tasks.registry import TASKS, get_task_class, task_name
 
 DEFAULT_SHARD_ROWS = 10_000
 DEFAULT_MAX_RETRIES = 3
@@ -153,7 +153,7 @@ class JobSpec(BaseModel):
         if self.dtype == "int8" and self.engine != "ctranslate2":
             raise SpecError("dtype", "int8 needs engine: ctranslate2")
         if self.engine == "ctranslate2":
-            from jobs.ctranslate2_engine import check_params, require
+            from jobs.engine.ctranslate2 import check_params, require
 
             require()
             check_params(self.params)

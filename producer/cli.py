@@ -325,7 +325,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from jobs.layout import OutputLayout
+    from jobs.io.layout import OutputLayout
     from producer.job_index import resolve
 
     OutputLayout(resolve(_settings(args), args.job)).cancel()
@@ -334,7 +334,7 @@ def _cancel(args: argparse.Namespace) -> int:
 
 
 def _retry(args: argparse.Namespace) -> int:
-    from jobs.layout import OutputLayout
+    from jobs.io.layout import OutputLayout
     from producer.job_index import resolve
     from producer.submit import retry_failed
 

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.errors import OutputError
-from jobs.layout import META_DIR, PARQUET_COMPRESSION, OutputLayout, part_name
+from jobs.io.layout import META_DIR, PARQUET_COMPRESSION, OutputLayout, part_name
 
 COMPACT_DIR = f"{META_DIR}/compact"
 JOURNAL_FILE = f"{META_DIR}/compaction.json"

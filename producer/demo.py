@@ -17,10 +17,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from jobs.spec import load_spec
-from jobs.tiny import build_tiny_model
+from jobs.testing.tiny import build_tiny_model
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-SENTENCES = Path(__file__).resolve().parents[1] / "jobs" / "data" / "news_sentences.txt"
+SENTENCES = Path(__file__).resolve().parents[1] / "jobs" / "testing" / "data" / "news_sentences.txt"
 HUB_HOST = ("huggingface.co", 443)
 
 

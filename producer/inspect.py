@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from jobs.layout import OutputLayout, part_name
+from jobs.io.layout import OutputLayout, part_name
 
 CELL_WIDTH = 200  # the console cuts a value at its width anyway
 

@@ -21,7 +21,7 @@ import socket
 import time
 from typing import Any
 
-from jobs.layout import META_DIR, OutputLayout
+from jobs.io.layout import META_DIR, OutputLayout
 
 INTERRUPTED_FILE = f"{META_DIR}/INTERRUPTED"
 RUN_FILE = f"{META_DIR}/RUN"

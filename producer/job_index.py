@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import redis
 
 from jobs.errors import BrokerUnavailable, OutputError
-from jobs.layout import OutputLayout
+from jobs.io.layout import OutputLayout
+from jobs.io.storage import is_remote
 from jobs.ledger import JOB_INDEX_PREFIX
 from jobs.settings import Settings
-from jobs.storage import is_remote
 
 KEY_PREFIX = JOB_INDEX_PREFIX
 JOBS_KEY = "batchformers:jobs"  # sorted set: job id, scored by its latest submit time

@@ -1,7 +1,7 @@
 """Turn a spec into a manifest: discover inputs, check them, plan shards as row ranges.
 
 Only file metadata is read: sizes, times and Parquet footers (row counts and schemas),
-``jobs.sources.PLAN_READERS`` files at a time, so that planning 10,000 files on object
+``jobs.io.sources.PLAN_READERS`` files at a time, so that planning 10,000 files on object
 storage takes seconds rather than the sum of 40,000 round trips. Progress goes to
 ``progress(done, total)``, by default a line on standard error when it is a terminal
 and the input has more than ``PROGRESS_FROM`` files.
@@ -16,9 +16,9 @@ from importlib import metadata
 from typing import TextIO
 
 from jobs.errors import InputError, SpecError
+from jobs.io.sources import Progress, SourceFile, discover, fingerprint, schema_of
 from jobs.manifest import Manifest, ShardPlan
 from jobs.shard import output_schema
-from jobs.sources import Progress, SourceFile, discover, fingerprint, schema_of
 from jobs.spec import JobSpec
 
 VERSIONED_PACKAGES = ("batchformers", "transformers", "torch", "tokenizers", "pyarrow", "celery")

@@ -19,7 +19,7 @@ from types import FrameType
 from typing import Any
 
 from jobs.errors import BatchformersError
-from jobs.layout import OutputLayout
+from jobs.io.layout import OutputLayout
 from jobs.settings import Settings
 from jobs.spec import JobSpec
 from producer.embedded import EmbeddedRedis, LocalWorkers

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.errors import SpecError
-from jobs.layout import OutputLayout, part_name
+from jobs.io.layout import OutputLayout, part_name
 from jobs.shard import ROW_INDEX
 from jobs.spec import JobSpec
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from jobs.layout import OutputLayout, part_name
+from jobs.io.layout import OutputLayout, part_name
 from jobs.ledger import LEASE_PREFIX, Ledger, Tally, marker_times
 from jobs.manifest import Manifest
 from jobs.settings import Settings

@@ -25,9 +25,9 @@ from typing import Any, NoReturn
 import redis
 
 from jobs.errors import BrokerUnavailable, OutputError, SpecError
-from jobs.layout import OutputLayout
+from jobs.io.layout import OutputLayout
 from jobs.manifest import Manifest
-from jobs.message import TASK_NAME, ShardMessage
+from jobs.protocol import TASK_NAME, ShardMessage
 from jobs.settings import Settings
 from jobs.spec import JobSpec
 from producer.interruption import clear_interrupted, interruption, mark_interrupted

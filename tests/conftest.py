@@ -17,7 +17,7 @@ from jobs.settings import Settings
 from producer.embedded import EmbeddedRedis, LocalWorkers
 from tests.models import tiny_model_path
 
-NEWS = Path(__file__).resolve().parents[1] / "jobs" / "data" / "news_sentences.txt"
+NEWS = Path(__file__).resolve().parents[1] / "jobs" / "testing" / "data" / "news_sentences.txt"
 LOCAL_REDIS = "redis://127.0.0.1:6379/15"
 
 

@@ -13,7 +13,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import redis
 
-from jobs.layout import OutputLayout
+from jobs.io.layout import OutputLayout
 from jobs.spec import JobSpec, load_spec
 from tests.models import tiny_model_path
 from worker.lease import KEY_PREFIX as LEASE_PREFIX

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.errors import OutputError
-from jobs.layout import OutputLayout
+from jobs.io.layout import OutputLayout
 from jobs.settings import Settings
 from producer import compact as compaction
 from producer.cli import main

@@ -11,8 +11,8 @@ import pyarrow.dataset as ds
 import pytest
 
 from jobs.errors import InputError, SpecError
+from jobs.io.sources import datasets_loader, discover, fingerprint, read_rows
 from jobs.settings import Settings
-from jobs.sources import datasets_loader, discover, fingerprint, read_rows
 from jobs.spec import DatasetOptions, load_spec
 from producer.status import wait
 from producer.submit import submit

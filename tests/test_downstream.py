@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.layout import MANIFEST_FILE, SUCCESS_FILE
+from jobs.io.layout import MANIFEST_FILE, SUCCESS_FILE
 from jobs.settings import Settings
 from jobs.spec import load_spec
 from producer.embedded import LocalWorkers

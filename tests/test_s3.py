@@ -19,9 +19,9 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from jobs.io.storage import Storage
 from jobs.settings import Settings
 from jobs.spec import load_spec
-from jobs.storage import Storage
 from producer.status import wait
 from producer.submit import submit
 

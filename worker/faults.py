@@ -8,7 +8,7 @@ after its rows were processed and before its part is committed (:func:`before_co
     raise=SHARD     shard SHARD raises RuntimeError (a shard that always fails)
     hang=SHARD      shard SHARD blocks the soft time limit's signal and sleeps (only the hard limit ends it)
 
-Kills inside the commit (:func:`commit_point`), at the points of :mod:`jobs.layout`::
+Kills inside the commit (:func:`commit_point`), at the points of :mod:`jobs.io.layout`::
 
     kill-part-written=SHARD     the part's bytes are in a hidden temporary file, not yet renamed
     kill-part-published=SHARD   the part is visible, its commit marker not yet written

@@ -7,7 +7,7 @@ temporary directory unless set) and the worker's main process serves their sum
 on ``http://<host>:<port>/metrics``. Scrape one port per worker (per GPU).
 
 Shard figures come from :func:`shard_committed`, called by the shard task; batch
-figures from the batch hook in :mod:`jobs.batching`, so ``jobs`` never imports
+figures from the batch hook in :mod:`jobs.engine.batching`, so ``jobs`` never imports
 prometheus_client.
 """
 
@@ -22,8 +22,8 @@ from typing import Any
 
 from celery.signals import task_failure, task_retry, worker_init, worker_process_shutdown, worker_shutdown
 
-from jobs import batching
-from jobs.message import TASK_NAME
+from jobs.engine import batching
+from jobs.protocol import TASK_NAME
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)

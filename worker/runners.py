@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 
-from jobs.base import Runner, TaskType
+from jobs.engine.base import Runner, TaskType
 from jobs.errors import SpecError
 from jobs.settings import Settings
 from jobs.spec import JobSpec

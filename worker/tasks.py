@@ -21,15 +21,15 @@ from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from jobs.errors import BatchformersError, InputError, RetryableError, ShardError
-from jobs.layout import OutputLayout
+from jobs.io.layout import OutputLayout
+from jobs.io.sources import SourceFile, file_stamp
+from jobs.io.storage import Storage
 from jobs.ledger import Ledger, marker_times
 from jobs.manifest import Manifest, ShardPlan
-from jobs.message import TASK_NAME, ShardMessage
+from jobs.protocol import TASK_NAME, ShardMessage
 from jobs.settings import Settings
 from jobs.shard import run_shard
-from jobs.sources import SourceFile, file_stamp
 from jobs.spec import JobSpec
-from jobs.storage import Storage
 from worker import faults, metrics
 from worker.app import app
 from worker.deliveries import DeliveryCount

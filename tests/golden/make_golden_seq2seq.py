@@ -22,7 +22,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "tests" / "fixtures" / "models"
-NEWS = ROOT / "jobs" / "data" / "news_sentences.txt"
+NEWS = ROOT / "jobs" / "testing" / "data" / "news_sentences.txt"
 OUTPUT = Path(__file__).with_name("seq2seq.json")
 LANGUAGE_PARAMS = ("src_lang", "tgt_lang")
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobs.batching import (
+from jobs.engine.batching import (
     DEFAULT_BATCH_SIZE,
     OOM_TEST_ENV,
     InjectedOutOfMemory,
@@ -82,7 +82,7 @@ def test_observers_see_every_batch_once_even_if_registered_twice() -> None:
         notify_batch(2, 8, 10, 0.5)
         notify_batch(2, 3, 4, 0.0)
     finally:
-        from jobs import batching
+        from jobs.engine import batching
 
         batching._observers.remove(observer)
     assert seen == [(2, 8, 10), (2, 3, 4)]

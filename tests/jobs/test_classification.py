@@ -8,10 +8,10 @@ import pytest
 from pydantic import ValidationError
 from transformers import pipeline
 
-from jobs.base import LoadOptions
-from jobs.classification import ClassificationTask
-from jobs.engine import RunOptions
+from jobs.engine.base import LoadOptions
+from jobs.engine.staged import RunOptions
 from jobs.spec import load_spec
+from jobs.tasks.classification import ClassificationTask
 from tests.models import tiny_model_path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -42,7 +42,8 @@ def test_scores_equal_the_pipeline(model: str, texts: list[str], params: dict[st
         want = _labels(reference(text, truncation=True, **params) if params else reference(text, truncation=True)[0])
         have = row["labels"] if "labels" in row else [{"label": row["label"], "score": row["score"]}]
         assert [w["label"] for w in want] == [h["label"] for h in have]
-        assert all(abs(w["score"] - h["score"]) < 1e-5 for w, h in zip(want, have, strict=True))
+        # Raw logits (function_to_apply: none) reach ~20: fp32 differences of padded batches scale with them.
+        assert all(abs(w["score"] - h["score"]) <= 1e-5 * max(1.0, abs(w["score"])) for w, h in zip(want, have, strict=True))
     assert len({row.get("label") or row["labels"][0]["label"] for row in got}) > 1  # the model tells rows apart
 
 

@@ -15,15 +15,15 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import ctranslate2_engine as ct2
-from jobs.base import LoadOptions, Runner
-from jobs.engine import RunOptions
+from jobs.engine import ctranslate2 as ct2
+from jobs.engine.base import LoadOptions, Runner
+from jobs.engine.staged import RunOptions
 from jobs.errors import SpecError
-from jobs.generation import GLOBAL_DEFAULTS, ctranslate2_options
 from jobs.settings import Settings
 from jobs.spec import load_spec
-from jobs.summarization import SummarizationTask
-from jobs.translation import TranslationTask
+from jobs.tasks.seq2seq import GLOBAL_DEFAULTS, ctranslate2_options
+from jobs.tasks.summarization import SummarizationTask
+from jobs.tasks.translation import TranslationTask
 from tests.models import tiny_model_path
 
 pytest.importorskip("ctranslate2")

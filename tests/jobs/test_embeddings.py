@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 from transformers import pipeline
 
-from jobs.base import LoadOptions
-from jobs.embeddings import EmbeddingsTask
-from jobs.engine import RunOptions
+from jobs.engine.base import LoadOptions
+from jobs.engine.staged import RunOptions
+from jobs.tasks.embeddings import EmbeddingsTask
 from tests.models import tiny_model_path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

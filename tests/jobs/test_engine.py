@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs import batching
-from jobs.base import LoadOptions
-from jobs.batching import OOM_TEST_ENV
-from jobs.engine import (
+from jobs.engine import batching
+from jobs.engine.base import LoadOptions
+from jobs.engine.batching import OOM_TEST_ENV
+from jobs.engine.staged import (
     BLOCK_DEPTH,
     QUEUE_DEPTH,
     Batch,
@@ -30,7 +30,7 @@ from jobs.engine import (
     attention_mask,
     pad,
 )
-from jobs.registry import TASKS, get_task_class
+from jobs.tasks.registry import TASKS, get_task_class
 from tests.models import tiny_model_path
 
 SCHEMA = pa.schema([pa.field("total", pa.int64()), pa.field("parts", pa.int64()), pa.field("error", pa.string())])
@@ -257,7 +257,7 @@ def test_cuda_without_a_gpu_is_a_clear_error_at_load() -> None:
     import torch
 
     from jobs.errors import ModelLoadError
-    from jobs.ner import NerTask
+    from jobs.tasks.ner import NerTask
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -270,7 +270,7 @@ def test_cuda_without_a_gpu_is_a_clear_error_at_load() -> None:
 def test_auto_dtype_is_float32_on_cpu_and_attention_is_sdpa() -> None:
     import torch
 
-    from jobs.runtime import resolve_dtype
+    from jobs.engine.loading import resolve_dtype
 
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16

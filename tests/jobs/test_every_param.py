@@ -17,15 +17,15 @@ from typing import Any
 
 import pytest
 
-from jobs.base import LoadOptions
-from jobs.batching import observe_batches
-from jobs.engine import Runner, RunOptions
-from jobs.registry import TASKS, get_task_class
+from jobs.engine.base import LoadOptions
+from jobs.engine.batching import observe_batches
+from jobs.engine.staged import Runner, RunOptions
+from jobs.tasks.registry import TASKS, get_task_class
 from tests.models import close, rows_of, tiny_model_path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 README = Path(__file__).resolve().parents[2] / "README.md"
-NEWS = [line for line in (Path(__file__).resolve().parents[2] / "jobs" / "data" / "news_sentences.txt")
+NEWS = [line for line in (Path(__file__).resolve().parents[2] / "jobs" / "testing" / "data" / "news_sentences.txt")
         .read_text().splitlines() if line.strip()]
 LONG = " ".join(NEWS[:8])  # hundreds of tokens: many chunks for the tiny models' 64-128 positions
 TEXTS = NEWS[:5] + [LONG, "", "Zürich, Ñandú and Ωmega met São Paulo."]
@@ -176,7 +176,7 @@ def test_every_documented_parameter_has_a_case() -> None:
 
 def batches_seen(task: str, kind: str, params: dict[str, Any], inputs: dict[str, list[Any]],
                  **options: Any) -> list[tuple[int, int]]:
-    from jobs import batching
+    from jobs.engine import batching
 
     seen: list[tuple[int, int]] = []
 

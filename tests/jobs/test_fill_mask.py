@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from transformers import pipeline
 
-from jobs.base import LoadOptions
-from jobs.engine import RunOptions
-from jobs.fill_mask import FillMaskTask
+from jobs.engine.base import LoadOptions
+from jobs.engine.staged import RunOptions
+from jobs.tasks.fill_mask import FillMaskTask
 from tests.models import tiny_model_path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from jobs.errors import OutputError
-from jobs.layout import (
+from jobs.io.layout import (
     CANCELLED_FILE,
     COMMIT_POINTS,
     MANIFEST_FILE,

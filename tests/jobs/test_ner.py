@@ -9,9 +9,9 @@ import pytest
 from pydantic import ValidationError
 from transformers import pipeline
 
-from jobs.base import LoadOptions
-from jobs.engine import RunOptions
-from jobs.ner import NerTask
+from jobs.engine.base import LoadOptions
+from jobs.engine.staged import RunOptions
+from jobs.tasks.ner import NerTask
 
 FAST = {("none", None), ("simple", 8), ("max", None)}  # the fast tier's share; every case runs in `make test`
 CASES = [case if case in FAST else pytest.param(*case, marks=pytest.mark.slow)

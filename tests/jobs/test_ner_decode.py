@@ -17,8 +17,8 @@ import pytest
 from transformers import AutoModelForTokenClassification, AutoTokenizer, TokenClassificationPipeline
 from transformers.pipelines.token_classification import AggregationStrategy
 
-from jobs.engine import Item
-from jobs.ner_decode import EntityDecoder
+from jobs.engine.staged import Item
+from jobs.tasks.ner_decode import EntityDecoder
 from tests.models import tiny_model_path
 
 STRATEGIES = ["none", "simple", "first", "average", "max"]

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jobs.base import LoadOptions
-from jobs.engine import RunOptions
-from jobs.registry import get_task_class
+from jobs.engine.base import LoadOptions
+from jobs.engine.staged import RunOptions
+from jobs.tasks.registry import get_task_class
 from tests.models import rows_of, tiny_model_path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import torch
 
-from jobs.base import LoadOptions
-from jobs.batching import OOM_TEST_ENV, RowOutOfMemory, run_splitting_on_oom
-from jobs.engine import RunOptions
-from jobs.ner import NerTask
+from jobs.engine.base import LoadOptions
+from jobs.engine.batching import OOM_TEST_ENV, RowOutOfMemory, run_splitting_on_oom
+from jobs.engine.staged import RunOptions
+from jobs.tasks.ner import NerTask
 
 
 class _Model:

@@ -12,11 +12,11 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from jobs.base import LoadOptions, Runner
-from jobs.batching import OOM_TEST_ENV
-from jobs.engine import RunOptions
+from jobs.engine.base import LoadOptions, Runner
+from jobs.engine.batching import OOM_TEST_ENV
+from jobs.engine.staged import RunOptions
 from jobs.errors import SpecError
-from jobs.qa import QuestionAnsweringTask
+from jobs.tasks.qa import QuestionAnsweringTask
 from tests.models import tiny_model_path
 
 GOLDEN = json.loads((Path(__file__).parents[1] / "golden" / "qa.json").read_text())

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from jobs.base import LoadOptions
-from jobs.engine import RunOptions
-from jobs.registry import get_task_class
+from jobs.engine.base import LoadOptions
+from jobs.engine.staged import RunOptions
+from jobs.tasks.registry import get_task_class
 from tests.models import rows_of, tiny_model_path
 
 SHARD_ROWS = 10_000

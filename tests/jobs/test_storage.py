@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.storage import Storage, _exclusive_put, _protocols, is_remote
+from jobs.io.storage import Storage, _exclusive_put, _protocols, is_remote
 
 
 @pytest.fixture

@@ -15,11 +15,11 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from jobs.base import LoadOptions, Runner
-from jobs.engine import RunOptions
+from jobs.engine.base import LoadOptions, Runner
+from jobs.engine.staged import RunOptions
 from jobs.errors import SpecError
-from jobs.generation import generate_config, pipeline_generation_config
-from jobs.summarization import SummarizationTask
+from jobs.tasks.seq2seq import generate_config, pipeline_generation_config
+from jobs.tasks.summarization import SummarizationTask
 from tests.models import tiny_model_path
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "seq2seq.json"

@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import pipeline
 
-from jobs.base import LoadOptions
-from jobs.engine import RunOptions
+from jobs.engine.base import LoadOptions
+from jobs.engine.staged import RunOptions
 from jobs.errors import ModelLoadError
-from jobs.text_generation import ROW_INDEX, TextGenerationTask
+from jobs.tasks.text_generation import ROW_INDEX, TextGenerationTask
 from tests.models import tiny_model_path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
-from jobs.base import LoadOptions
-from jobs.tokenize import TokenizeTask
+from jobs.engine.base import LoadOptions
+from jobs.tasks.tokenize import TokenizeTask
 
 
 @pytest.mark.parametrize("params", [{}, {"truncation": True, "max_length": 12}, {"add_special_tokens": False}])

@@ -16,10 +16,10 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from jobs.base import LoadOptions, Runner
-from jobs.engine import RunOptions
+from jobs.engine.base import LoadOptions, Runner
+from jobs.engine.staged import RunOptions
 from jobs.errors import SpecError
-from jobs.translation import TranslationParams, TranslationTask, task_key
+from jobs.tasks.translation import TranslationParams, TranslationTask, task_key
 from tests.models import tiny_model_path
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "seq2seq.json"

@@ -8,9 +8,9 @@ import pytest
 from pydantic import ValidationError
 from transformers import pipeline
 
-from jobs.base import LoadOptions
-from jobs.engine import RunOptions
-from jobs.zero_shot import ZeroShotTask
+from jobs.engine.base import LoadOptions
+from jobs.engine.staged import RunOptions
+from jobs.tasks.zero_shot import ZeroShotTask
 from tests.models import tiny_model_path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from jobs.layout import OutputLayout
+from jobs.io.layout import OutputLayout
 from jobs.settings import Settings
 from producer.cli import main
 from producer.embedded import LocalWorkers

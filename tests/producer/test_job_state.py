@@ -15,11 +15,11 @@ import pyarrow as pa
 import pytest
 import redis
 
-from jobs.layout import OutputLayout
-from jobs.registry import get_task_class
+from jobs.io.layout import OutputLayout
 from jobs.settings import Settings
 from jobs.shard import run_shard
 from jobs.spec import load_spec
+from jobs.tasks.registry import get_task_class
 from producer.cli import main
 from producer.embedded import free_port
 from producer.status import job_status

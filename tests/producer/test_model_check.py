@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from jobs.errors import SpecError
-from jobs.layout import OutputLayout
+from jobs.io.layout import OutputLayout
 from jobs.settings import Settings
 from jobs.spec import load_spec
 from producer.embedded import free_port
@@ -142,7 +142,7 @@ def test_a_job_with_committed_shards_keeps_its_output(tmp_path: Path, news_parqu
 
 
 def test_every_task_type_says_what_model_it_needs() -> None:
-    from jobs.registry import TASKS
+    from jobs.tasks.registry import TASKS
     from producer.model_check import REQUIREMENTS
 
     assert set(REQUIREMENTS) == set(TASKS)

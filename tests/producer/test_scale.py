@@ -19,12 +19,12 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from jobs.layout import OutputLayout
+from jobs.io.layout import OutputLayout
+from jobs.io.sources import discover, schema_of
+from jobs.io.storage import Storage
 from jobs.ledger import Ledger, job_keys
 from jobs.manifest import Manifest
 from jobs.settings import Settings
-from jobs.sources import discover, schema_of
-from jobs.storage import Storage
 from producer.job_index import known_jobs, remember
 from producer.plan import build_manifest
 from producer.status import MarkerCache, job_status, wait

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 import redis
 
-from jobs.layout import OutputLayout
+from jobs.io.layout import OutputLayout
 from jobs.settings import Settings
 from jobs.spec import load_spec
 from producer.status import LEASE_PREFIX, _ranges, job_status, render, status

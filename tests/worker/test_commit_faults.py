@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from jobs.layout import OutputLayout
+from jobs.io.layout import OutputLayout
 from jobs.settings import Settings
 from producer.status import wait
 from producer.submit import submit

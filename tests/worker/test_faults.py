@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from jobs.layout import OutputLayout
+from jobs.io.layout import OutputLayout
 from jobs.settings import Settings
 from producer.status import wait
 from producer.submit import submit

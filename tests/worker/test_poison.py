@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from jobs.errors import InputError, ModelLoadError, OutputError, RetryableError, SpecError
-from jobs.layout import OutputLayout
+from jobs.io.layout import OutputLayout
 from jobs.settings import Settings
 from producer.status import wait
 from producer.submit import submit, time_limits

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from jobs.errors import SpecError
-from jobs.message import TASK_NAME
+from jobs.protocol import TASK_NAME
 from jobs.settings import Settings
 from producer.embedded import EmbeddedRedis, LocalWorkers
 from producer.status import wait

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from jobs.tiny.corpus import corpus_lines
+from jobs.testing.tiny.corpus import corpus_lines
 
 MODEL_MAX_LENGTH = 128
 WEIGHT_SCALE = 6.0

@@ -3,7 +3,7 @@
 Local paths use the OS directly (rename is atomic there). URLs with a scheme
 (``s3://``, ``gs://``, ``memory://`` ...) go through fsspec, where one object put
 is atomic and a rename is not: the commit protocol therefore never relies on
-rename for visibility there (see :mod:`jobs.layout`).
+rename for visibility there (see :mod:`jobs.io.layout`).
 
 Credentials and endpoints come from each filesystem's own configuration, never
 from the job spec: for ``s3://`` the standard ``AWS_*`` variables (``AWS_ACCESS_KEY_ID``,

@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from jobs.base import LoadOptions, Runner, TaskParams, TaskType
-from jobs.engine import Encoded, Finished, Item, StagedRunner
-from jobs.runtime import load_tokenizer
+from jobs.engine.base import LoadOptions, Runner, TaskParams, TaskType
+from jobs.engine.loading import load_tokenizer
+from jobs.engine.staged import Encoded, Finished, Item, StagedRunner
 
 
 class TokenizeParams(TaskParams):

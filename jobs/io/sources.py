@@ -34,7 +34,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from jobs.errors import InputError
-from jobs.storage import Storage
+from jobs.io.storage import Storage
 
 if TYPE_CHECKING:
     from jobs.spec import DatasetOptions

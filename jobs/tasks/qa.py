@@ -3,7 +3,7 @@
 transformers 5 no longer ships that pipeline, so its behaviour is re-implemented
 here (see PIPELINE_SEMANTICS.md): long contexts are cut into overlapping chunks,
 every chunk proposes spans scored ``p_start * p_end``, and the chunks' answers are
-merged per row. Faster than 4.57 because, on :mod:`jobs.engine`, a block of rows is
+merged per row. Faster than 4.57 because, on :mod:`jobs.engine.staged`, a block of rows is
 tokenized in one call, chunks run length-sorted in padded model batches, and span
 scoring is one tensor operation per model batch (on the device) instead of a numpy
 outer product per chunk.
@@ -22,11 +22,11 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from jobs.base import LoadOptions, Runner, TaskParams, TaskType
-from jobs.batching import text_error
-from jobs.engine import Batch, Encoded, Finished, Item, StagedRunner, pad
+from jobs.engine.base import LoadOptions, Runner, TaskParams, TaskType
+from jobs.engine.batching import text_error
+from jobs.engine.loading import load_model, load_tokenizer
+from jobs.engine.staged import Batch, Encoded, Finished, Item, StagedRunner, pad
 from jobs.errors import ModelLoadError, SpecError
-from jobs.runtime import load_model, load_tokenizer
 
 if TYPE_CHECKING:
     import torch

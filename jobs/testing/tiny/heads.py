@@ -1,7 +1,7 @@
 """Tiny models for the pipeline tasks on encoders and decoders: sequence classification, NLI,
 masked LM, sentence embeddings (a sentence-transformers directory) and a GPT-2-shaped causal LM.
 
-The BERT ones share the WordPiece tokenizer of :mod:`jobs.tiny.encoders`; the GPT-2 one trains
+The BERT ones share the WordPiece tokenizer of :mod:`jobs.testing.tiny.encoders`; the GPT-2 one trains
 a byte-level BPE with GPT-2's single ``<|endoftext|>`` special token (no pad token, as GPT-2).
 """
 
@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from jobs.tiny.corpus import corpus_lines
-from jobs.tiny.encoders import _bert_config, _sharpen, train_wordpiece_tokenizer
+from jobs.testing.tiny.corpus import corpus_lines
+from jobs.testing.tiny.encoders import _bert_config, _sharpen, train_wordpiece_tokenizer
 
 SENTIMENT_LABELS = ["negative", "neutral", "positive"]
 NLI_LABELS = ["contradiction", "neutral", "entailment"]

@@ -7,7 +7,7 @@ with one mask and the list of lists for several; the column always holds the lis
 the pipeline, with several masks each ``sequence`` fills only its own mask and keeps the
 special tokens.
 
-Stages on :mod:`jobs.engine`: one tokenizer call per block; ``forward`` gathers the logits
+Stages on :mod:`jobs.engine.staged`: one tokenizer call per block; ``forward`` gathers the logits
 at the mask positions of the whole batch and takes softmax and top-k there (on the device),
 so only ``masks x top_k`` numbers per row come back; ``decode`` builds the sequences with
 two batched tokenizer decodes.
@@ -23,10 +23,10 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from jobs.base import LoadOptions, Runner, TaskParams, TaskType
-from jobs.engine import Batch, Encoded, Finished, Item, StagedRunner
+from jobs.engine.base import LoadOptions, Runner, TaskParams, TaskType
+from jobs.engine.loading import load_model, load_tokenizer, model_input_limit
+from jobs.engine.staged import Batch, Encoded, Finished, Item, StagedRunner
 from jobs.errors import ModelLoadError
-from jobs.runtime import load_model, load_tokenizer, model_input_limit
 
 
 class FillMaskParams(TaskParams):

@@ -16,9 +16,9 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from jobs.base import LoadOptions, Runner, TaskType
+from jobs.engine.base import LoadOptions, Runner, TaskType
 from jobs.errors import SpecError
-from jobs.generation import (
+from jobs.tasks.seq2seq import (
     SEQ2SEQ_ENGINES,
     GenerationParams,
     Seq2SeqSettings,
@@ -33,7 +33,7 @@ OPUS_MT = "Helsinki-NLP/opus-mt-{src}-{tgt}"
 
 
 class TranslationParams(GenerationParams):
-    """Languages plus generation overrides; see :class:`jobs.generation.GenerationParams`."""
+    """Languages plus generation overrides; see :class:`jobs.tasks.seq2seq.GenerationParams`."""
 
     src_lang: str | None = Field(
         None, min_length=1, description="Source language code (en, eng_Latn, en_XX...)."

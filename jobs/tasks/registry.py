@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import importlib
 
-from jobs.base import TaskType
+from jobs.engine.base import TaskType
 from jobs.errors import SpecError
 
 TASKS: dict[str, str] = {
-    "tokenize": "jobs.tokenize:TokenizeTask",
-    "ner": "jobs.ner:NerTask",
-    "qa": "jobs.qa:QuestionAnsweringTask",
-    "summarization": "jobs.summarization:SummarizationTask",
-    "translation": "jobs.translation:TranslationTask",
-    "classification": "jobs.classification:ClassificationTask",
-    "zero_shot": "jobs.zero_shot:ZeroShotTask",
-    "fill_mask": "jobs.fill_mask:FillMaskTask",
-    "embeddings": "jobs.embeddings:EmbeddingsTask",
-    "generation": "jobs.text_generation:TextGenerationTask",
+    "tokenize": "jobs.tasks.tokenize:TokenizeTask",
+    "ner": "jobs.tasks.ner:NerTask",
+    "qa": "jobs.tasks.qa:QuestionAnsweringTask",
+    "summarization": "jobs.tasks.summarization:SummarizationTask",
+    "translation": "jobs.tasks.translation:TranslationTask",
+    "classification": "jobs.tasks.classification:ClassificationTask",
+    "zero_shot": "jobs.tasks.zero_shot:ZeroShotTask",
+    "fill_mask": "jobs.tasks.fill_mask:FillMaskTask",
+    "embeddings": "jobs.tasks.embeddings:EmbeddingsTask",
+    "generation": "jobs.tasks.text_generation:TextGenerationTask",
 }
 
 ALIASES: dict[str, str] = {

@@ -8,7 +8,7 @@ from the model once more and applied the call's keyword arguments. transformers
 5.x fills unset fields differently, so :func:`resolve_generation` replays 4.57's
 order in plain Python and the runner passes every setting explicitly.
 
-The runner is staged on :mod:`jobs.engine`: rows are tokenized a block at a time,
+The runner is staged on :mod:`jobs.engine.staged`: rows are tokenized a block at a time,
 length-sorted into padded batches, generated under ``torch.inference_mode`` and written
 back in input order. Inputs longer than the
 model accepts are cut (``truncated`` says so) or, with ``truncation: false``,
@@ -25,10 +25,10 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from jobs.base import LoadOptions, TaskParams, TaskType
-from jobs.engine import Batch, Encoded, Finished, Item, StagedRunner
+from jobs.engine.base import LoadOptions, TaskParams, TaskType
+from jobs.engine.loading import load_model, load_tokenizer, model_input_limit
+from jobs.engine.staged import Batch, Encoded, Finished, Item, StagedRunner
 from jobs.errors import SpecError
-from jobs.runtime import load_model, load_tokenizer, model_input_limit
 
 PIPELINE_DEFAULTS: dict[str, Any] = {"max_new_tokens": 256, "num_beams": 4}
 """``Text2TextGenerationPipeline._default_generation_config`` in 4.57."""
@@ -290,7 +290,7 @@ def _transformers_runner(task: TaskType, model: Any, tokenizer: Any, device: Any
 
 def _ctranslate2_runner(task: TaskType, model: Any, tokenizer: Any, device: Any, settings: Seq2SeqSettings,
                         options: LoadOptions) -> StagedRunner:
-    from jobs.ctranslate2_engine import load_runner
+    from jobs.engine.ctranslate2 import load_runner
 
     return load_runner(task, model, tokenizer, settings, options)
 

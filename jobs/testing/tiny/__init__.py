@@ -13,18 +13,18 @@ import importlib
 from pathlib import Path
 
 BUILDERS: dict[str, str] = {
-    "bert-ner": "jobs.tiny.encoders:build_bert_ner",
-    "bert-qa": "jobs.tiny.encoders:build_bert_qa",
-    "distilbert-qa": "jobs.tiny.encoders:build_distilbert_qa",
-    "bart": "jobs.tiny.seq2seq:build_bart",
-    "t5": "jobs.tiny.seq2seq:build_t5",
-    "marian": "jobs.tiny.seq2seq:build_marian",
-    "multilingual": "jobs.tiny.seq2seq:build_multilingual",
-    "bert-classifier": "jobs.tiny.heads:build_bert_classifier",
-    "bert-nli": "jobs.tiny.heads:build_bert_nli",
-    "bert-mlm": "jobs.tiny.heads:build_bert_mlm",
-    "bert-embeddings": "jobs.tiny.heads:build_bert_embeddings",
-    "gpt2": "jobs.tiny.heads:build_gpt2",
+    "bert-ner": "jobs.testing.tiny.encoders:build_bert_ner",
+    "bert-qa": "jobs.testing.tiny.encoders:build_bert_qa",
+    "distilbert-qa": "jobs.testing.tiny.encoders:build_distilbert_qa",
+    "bart": "jobs.testing.tiny.seq2seq:build_bart",
+    "t5": "jobs.testing.tiny.seq2seq:build_t5",
+    "marian": "jobs.testing.tiny.seq2seq:build_marian",
+    "multilingual": "jobs.testing.tiny.seq2seq:build_multilingual",
+    "bert-classifier": "jobs.testing.tiny.heads:build_bert_classifier",
+    "bert-nli": "jobs.testing.tiny.heads:build_bert_nli",
+    "bert-mlm": "jobs.testing.tiny.heads:build_bert_mlm",
+    "bert-embeddings": "jobs.testing.tiny.heads:build_bert_embeddings",
+    "gpt2": "jobs.testing.tiny.heads:build_gpt2",
 }
 
 COMPLETE_MARKER = ".tiny-model-complete"

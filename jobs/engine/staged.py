@@ -37,8 +37,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from jobs.base import ProgressCallback, Runner
-from jobs.batching import (
+from jobs.engine.base import ProgressCallback, Runner
+from jobs.engine.batching import (
     DEFAULT_BATCH_SIZE,
     RowOutOfMemory,
     is_out_of_memory,

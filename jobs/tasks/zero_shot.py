@@ -17,10 +17,10 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from jobs.base import LoadOptions, Runner, TaskParams, TaskType
-from jobs.classification import LogitsRunner
-from jobs.engine import Encoded, Finished, Item
-from jobs.runtime import load_model, load_tokenizer
+from jobs.engine.base import LoadOptions, Runner, TaskParams, TaskType
+from jobs.engine.loading import load_model, load_tokenizer
+from jobs.engine.staged import Encoded, Finished, Item
+from jobs.tasks.classification import LogitsRunner
 
 DEFAULT_TEMPLATE = "This example is {}."
 

@@ -1,7 +1,7 @@
 """Summarization, as ``pipeline("summarization")`` in transformers 4.57 gave it.
 
 One output per row, ``summary_text`` (a list with ``num_return_sequences`` > 1),
-plus ``truncated``. The generation settings follow :mod:`jobs.generation`; the
+plus ``truncated``. The generation settings follow :mod:`jobs.tasks.seq2seq`; the
 model's ``task_specific_params["summarization"]`` apply, prefix included (T5's
 ``"summarize: "``).
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from jobs.base import LoadOptions, Runner, TaskType
-from jobs.generation import (
+from jobs.engine.base import LoadOptions, Runner, TaskType
+from jobs.tasks.seq2seq import (
     SEQ2SEQ_ENGINES,
     GenerationParams,
     Seq2SeqSettings,
@@ -25,7 +25,7 @@ TEXT_COLUMN = "summary_text"
 
 
 class SummarizationParams(GenerationParams):
-    """Generation overrides and truncation; see :class:`jobs.generation.GenerationParams`."""
+    """Generation overrides and truncation; see :class:`jobs.tasks.seq2seq.GenerationParams`."""
 
 
 class SummarizationTask(TaskType):

@@ -37,8 +37,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.errors import OutputError
+from jobs.io.storage import Storage
 from jobs.manifest import Manifest
-from jobs.storage import Storage
 
 META_DIR = "_batchformers"
 SHARDS_DIR = f"{META_DIR}/shards"

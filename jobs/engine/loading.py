@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from jobs.base import LoadOptions
+from jobs.engine.base import LoadOptions
 from jobs.errors import ModelLoadError, SpecError
 
 if TYPE_CHECKING:

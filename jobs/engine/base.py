@@ -1,10 +1,10 @@
 """The interface every task type implements.
 
 A task type is one module in ``jobs/`` exporting one :class:`TaskType` subclass,
-registered by name in :mod:`jobs.registry`. The producer uses the cheap class-level
+registered by name in :mod:`jobs.tasks.registry`. The producer uses the cheap class-level
 parts (input roles, params model, output schema) at submit time; the worker calls
 :meth:`TaskType.load` once per process and then :meth:`Runner.run_table` per shard.
-Runners are built on :mod:`jobs.engine`, which owns batching, padding, overlap and order.
+Runners are built on :mod:`jobs.engine.staged`, which owns batching, padding, overlap and order.
 Torch and transformers are imported only inside ``load`` so that submitting a job
 or reading its status never pays for them.
 """
@@ -33,7 +33,7 @@ class TaskParams(BaseModel):
 class LoadOptions:
     """How a worker should load a model; resolved from the job spec and settings.
 
-    How batches are formed (:class:`jobs.engine.RunOptions`) is not part of it, so a job that
+    How batches are formed (:class:`jobs.engine.staged.RunOptions`) is not part of it, so a job that
     only changes ``batch_size`` reuses a loaded model."""
 
     model: str
@@ -54,12 +54,12 @@ class Runner(ABC):
         """The task's output columns plus ``error`` (None on success), one row per input row, in order.
 
         ``inputs`` maps each input role (``text``, ``question`` ...) to its column; ``options``
-        is a :class:`jobs.engine.RunOptions` (None: the runner's own). A bad row must become an
+        is a :class:`jobs.engine.staged.RunOptions` (None: the runner's own). A bad row must become an
         ``error``, never an exception.
         """
 
     def using(self, options: Any) -> Runner:
-        """This runner with other default run options (:class:`jobs.engine.RunOptions`); the model is shared."""
+        """This runner with other default run options (:class:`jobs.engine.staged.RunOptions`); the model is shared."""
         self.options = options
         return self
 

@@ -1,9 +1,9 @@
 """Named-entity recognition (token classification), as ``pipeline("token-classification")`` gives it.
 
-Stages on :mod:`jobs.engine`: ``encode`` is one batched fast-tokenizer call per block of
+Stages on :mod:`jobs.engine.staged`: ``encode`` is one batched fast-tokenizer call per block of
 rows (each overflow window of a long text with ``stride`` is an item); ``forward`` gives
 each item's float32 logits; ``decode`` rebuilds the pipeline's post-processing on arrays
-for all finished rows at once (:mod:`jobs.ner_decode`): softmax, argmax, words, groups and
+for all finished rows at once (:mod:`jobs.tasks.ner_decode`): softmax, argmax, words, groups and
 the five aggregation strategies, with the entity words joined by the tokenizer's own
 decoder, only for the entities that are kept. The pipeline's code stays the reference in
 the tests.
@@ -20,10 +20,10 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from jobs.base import LoadOptions, Runner, TaskParams, TaskType
-from jobs.engine import Batch, Encoded, Finished, Item, RunOptions, StagedRunner
+from jobs.engine.base import LoadOptions, Runner, TaskParams, TaskType
+from jobs.engine.loading import load_model, load_tokenizer, model_input_limit
+from jobs.engine.staged import Batch, Encoded, Finished, Item, RunOptions, StagedRunner
 from jobs.errors import ModelLoadError
-from jobs.runtime import load_model, load_tokenizer, model_input_limit
 
 AggregationName = Literal["none", "simple", "first", "average", "max"]
 
@@ -85,7 +85,7 @@ def entity_struct(aggregation: str) -> pa.StructType:
 class NerRunner(StagedRunner):
     def __init__(self, task: NerTask, model: Any, tokenizer: Any, device: Any, limit: int | None,
                  options: RunOptions | None = None) -> None:
-        from jobs.ner_decode import EntityDecoder
+        from jobs.tasks.ner_decode import EntityDecoder
 
         with_types = "token_type_ids" in tokenizer.model_input_names
         # Single texts have all-zero type ids with every usual template; then the engine makes them.

@@ -217,7 +217,7 @@ class EntityDecoder:
 
 
 def _struct(strategy: str) -> pa.StructType:
-    from jobs.ner import entity_struct
+    from jobs.tasks.ner import entity_struct
 
     return entity_struct(strategy)
 

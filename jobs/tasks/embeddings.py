@@ -7,7 +7,7 @@ the pooling, normalisation and ``max_seq_length`` default to the model's own, so
 ``pooling: mean, normalize: true`` on all-MiniLM-L6-v2 equals
 ``SentenceTransformer(...).encode(..., normalize_embeddings=True)``.
 
-Stages on :mod:`jobs.engine`: one tokenizer call per block, pooling and normalisation on
+Stages on :mod:`jobs.engine.staged`: one tokenizer call per block, pooling and normalisation on
 the device inside ``forward`` (only the pooled vectors come back to the host), one Arrow
 array per decoded block.
 """
@@ -24,10 +24,10 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from jobs.base import LoadOptions, Runner, TaskParams, TaskType
-from jobs.engine import Batch, Encoded, Finished, Item, StagedRunner
+from jobs.engine.base import LoadOptions, Runner, TaskParams, TaskType
+from jobs.engine.loading import load_model, load_tokenizer, model_input_limit
+from jobs.engine.staged import Batch, Encoded, Finished, Item, StagedRunner
 from jobs.errors import ModelLoadError, SpecError
-from jobs.runtime import load_model, load_tokenizer, model_input_limit
 
 PoolingName = Literal["mean", "cls", "max", "none"]
 ST_POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",

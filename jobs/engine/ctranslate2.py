@@ -2,8 +2,8 @@
 
 The model is converted once per (model, pinned revision, compute type) into
 ``BATCHFORMERS_CACHE_DIR/ctranslate2/`` and loaded with ``ctranslate2.Translator``.
-The runner is a :class:`jobs.engine.StagedRunner` like every task's: ``encode`` and
-``decode`` are :class:`jobs.generation.Seq2SeqRunner`'s (our tokenizer, our truncation,
+The runner is a :class:`jobs.engine.staged.StagedRunner` like every task's: ``encode`` and
+``decode`` are :class:`jobs.tasks.seq2seq.Seq2SeqRunner`'s (our tokenizer, our truncation,
 our detokenization), only ``forward`` is CTranslate2's ``translate_batch``. Batching,
 order, row errors, out-of-memory halving and progress are the engine's.
 
@@ -13,8 +13,8 @@ cache entry and renames it into place. Every entry carries a manifest of its fil
 sizes and SHA-256; an entry that does not match it (a truncated or partial copy) is
 removed and converted again.
 
-The 4.57 generation settings resolved by :func:`jobs.generation.resolve_generation`
-map onto ``translate_batch`` options with :func:`jobs.generation.ctranslate2_options`;
+The 4.57 generation settings resolved by :func:`jobs.tasks.seq2seq.resolve_generation`
+map onto ``translate_batch`` options with :func:`jobs.tasks.seq2seq.ctranslate2_options`;
 anything CTranslate2 cannot express is a :class:`jobs.errors.SpecError` naming it.
 """
 
@@ -35,12 +35,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from jobs.base import LoadOptions, TaskType
-from jobs.engine import Batch, Item, StagedRunner
+from jobs.engine.base import LoadOptions, TaskType
+from jobs.engine.loading import model_input_limit
+from jobs.engine.staged import Batch, Item, StagedRunner
 from jobs.errors import ModelLoadError, SpecError
-from jobs.generation import Seq2SeqRunner, Seq2SeqSettings, ctranslate2_options, load_seq2seq
-from jobs.runtime import model_input_limit
 from jobs.settings import Settings
+from jobs.tasks.seq2seq import Seq2SeqRunner, Seq2SeqSettings, ctranslate2_options, load_seq2seq
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field
 
-from jobs.base import LoadOptions, Runner, TaskParams, TaskType
-from jobs.engine import Batch, Encoded, Finished, Item, StagedRunner
+from jobs.engine.base import LoadOptions, Runner, TaskParams, TaskType
+from jobs.engine.loading import load_model, load_tokenizer, model_input_limit
+from jobs.engine.staged import Batch, Encoded, Finished, Item, StagedRunner
 from jobs.errors import ModelLoadError
-from jobs.runtime import load_model, load_tokenizer, model_input_limit
 
 ROW_INDEX = "row_index"
 """Input key with each row's global position (set by the shard runner); else positions in ``inputs``."""

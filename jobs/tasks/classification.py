@@ -1,6 +1,6 @@
 """Text classification, as ``pipeline("text-classification")`` (alias ``sentiment-analysis``) gives it.
 
-Stages on :mod:`jobs.engine`: ``encode`` tokenizes a block of rows in one call (text pairs
+Stages on :mod:`jobs.engine.staged`: ``encode`` tokenizes a block of rows in one call (text pairs
 when the spec maps a ``text_pair`` column; texts longer than the model are cut, as the
 pipeline's ``truncation=True`` cuts them); ``forward`` gives each row's float32 logits;
 ``decode`` applies the pipeline's score function to all finished rows at once, in numpy
@@ -17,10 +17,10 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from jobs.base import LoadOptions, Runner, TaskParams, TaskType
-from jobs.batching import text_error
-from jobs.engine import Batch, Encoded, Finished, Item, StagedRunner
-from jobs.runtime import load_model, load_tokenizer, model_input_limit
+from jobs.engine.base import LoadOptions, Runner, TaskParams, TaskType
+from jobs.engine.batching import text_error
+from jobs.engine.loading import load_model, load_tokenizer, model_input_limit
+from jobs.engine.staged import Batch, Encoded, Finished, Item, StagedRunner
 
 FunctionName = Literal["default", "sigmoid", "softmax", "none"]
 TEXT_PAIR = "text_pair"
