@@ -43,6 +43,8 @@ class Manifest:
     created_at: float
     version: int = MANIFEST_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    model_pin: dict[str, Any] | None = None
+    """What the model resolved to at submit (:class:`jobs.pinning.ModelPin`); None in older manifests."""
 
     @property
     def total_rows(self) -> int:

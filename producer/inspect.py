@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from jobs.io.layout import OutputLayout, part_name
+from jobs.pinning import pin_of
 
 CELL_WIDTH = 200  # the console cuts a value at its width anyway
 
@@ -42,6 +43,8 @@ class OutputDescription:
     head: list[dict[str, Any]] = field(default_factory=list)
     truncated: int = 0  # rows cut to the model's length (tasks with a `truncated` column)
     max_error_rate: float = 1.0
+    model_pin: dict[str, Any] | None = None  # what the model resolved to at submit (jobs.pinning)
+    pinned: str = ""  # the pin in one line
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +55,7 @@ def describe(output: str, rows: int = 5) -> OutputDescription:
     layout = OutputLayout(output)
     manifest = layout.read_manifest()
     spec = manifest.job_spec()
+    pin = pin_of(manifest)
     committed = layout.committed()
     completion = layout.completion()
     schema = manifest.output_schema
@@ -86,6 +90,8 @@ def describe(output: str, rows: int = 5) -> OutputDescription:
         head=head,
         truncated=sum(int(m.get("truncated") or 0) for m in committed.values()),
         max_error_rate=spec.max_error_rate,
+        model_pin=manifest.model_pin,
+        pinned=pin.describe() if pin else "",
     )
 
 
@@ -104,7 +110,7 @@ def render(described: OutputDescription) -> Any:
     wall = f"{d.completed_at - d.created_at:,.1f}s" if d.completed_at else "-"
     for name, value in [
         ("job", f"{d.job_id} (task {d.task})"),
-        ("model", d.model + (f" @ {d.revision}" if d.revision else "")),
+        ("model", d.pinned or (d.model + (f" @ {d.revision}" if d.revision else "") + " (not pinned)")),
         ("rows", f"{d.rows:,} of {d.rows_expected:,} in {d.parts} of {d.shards} parts; {d.row_errors:,} row errors"
                  + (f" (more than max_error_rate {d.max_error_rate:.0%}: the job failed)"
                     if d.row_errors > d.max_error_rate * d.rows else "")

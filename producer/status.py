@@ -28,6 +28,7 @@ import redis
 from jobs.io.layout import OutputLayout, part_name
 from jobs.ledger import LEASE_PREFIX, Ledger, Tally, marker_times
 from jobs.manifest import Manifest
+from jobs.pinning import pin_of
 from jobs.settings import Settings
 from producer.interruption import interruption
 
@@ -36,6 +37,7 @@ DEFAULT_WATCH_INTERVAL = 2.0
 ERROR_WIDTH = 200
 FIRST_ERRORS = 3
 ERROR_RATE_NOTE = "too many row errors"
+DEFAULT_PRIORITY = 5  # of a spec without `priority` (0-9, higher first)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class JobStatus:
     truncated: int = 0  # rows whose input was cut to the model's length (a `truncated` output column)
     first_errors: list[str] = field(default_factory=list)  # of rows, when the error rate failed the job
     source: str = ""  # where the counts came from: ledger | success | markers
+    model: str = ""  # the model as pinned at submit (jobs.pinning), else as the spec names it
+    priority: int = DEFAULT_PRIORITY  # the spec's priority, when it has one
 
     @property
     def finished(self) -> bool:
@@ -158,7 +162,25 @@ def job_status(output: str, settings: Settings | None = None, cache: MarkerCache
         truncated=tally.truncated,
         first_errors=first_errors,
         source=source,
+        model=pinned_model(manifest),
+        priority=priority_of(manifest),
     )
+
+
+def priority_of(manifest: Manifest) -> int:
+    """The spec's ``priority`` (0-9, higher first) when it has one, else the default."""
+    priority = manifest.spec.get("priority")
+    return DEFAULT_PRIORITY if priority is None else int(priority)
+
+
+def pinned_model(manifest: Manifest) -> str:
+    """The pin in one line; the spec's model (and revision) for a job submitted before pins."""
+    pin = pin_of(manifest)
+    if pin is not None:
+        return pin.describe()
+    model = str(manifest.spec.get("model") or "")
+    revision = manifest.spec.get("revision")
+    return f"{model} @ {revision} (not pinned)" if revision else f"{model} (not pinned)"
 
 
 def job_state(*, shards: int, committed: int, failed: int, cancelled: bool, interrupted: dict[str, Any] | None,
@@ -308,10 +330,13 @@ def wait(output: str, poll: float = 0.5, timeout: float | None = None, on_update
          settings: Settings | None = None) -> JobStatus:
     """Poll until every shard is committed or failed, or the job is cancelled.
 
-    With ``settings`` each poll reads the broker's ledger; without, the markers (each one once).
+    With ``settings`` each poll reads the broker's ledger, and the wait takes over dead
+    workers' shards and re-enqueues lost ones (:mod:`producer.heal`); without, the markers
+    are read (each one once).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     cache: MarkerCache = {}
+    watcher = _watcher(settings, output)
     while True:
         status = job_status(output, settings, cache)
         if on_update:
@@ -320,7 +345,15 @@ def wait(output: str, poll: float = 0.5, timeout: float | None = None, on_update
             return status
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"job {status.job_id} not finished after {timeout}s: {status}")
+        if watcher is not None:
+            watcher.tick()
         time.sleep(poll)
+
+
+def _watcher(settings: Settings | None, output: str) -> Any:
+    from producer.heal import Watcher
+
+    return None if settings is None else Watcher(settings, output)
 
 
 # -- on the terminal ----------------------------------------------------------
@@ -351,6 +384,8 @@ def render(status: JobStatus) -> Any:
     parts: list[Any] = [title]
     if status.note:
         parts.append(Text(status.note, style=colour))
+    if status.model:
+        parts.append(Text(f"model: {status.model}", style="dim"))
     parts += [table, rows]
     if status.row_errors:
         parts.append(Text(f"{status.row_errors:,} rows have an error (see the error column of those rows)", style="red"))
@@ -380,11 +415,15 @@ def truncated_note(status: JobStatus) -> str:
 
 
 def follow(job: str, settings: Settings, interval: float = DEFAULT_WATCH_INTERVAL) -> Iterator[JobStatus]:
-    """Yield the status now and every ``interval`` seconds, the last one when the job has finished."""
+    """Yield the status now and every ``interval`` seconds, the last one when the job has finished.
+
+    Meanwhile it takes over dead workers' shards and re-enqueues lost ones, as workers do."""
     current = status(job, settings)
     yield current
     cache: MarkerCache = {}
+    watcher = _watcher(settings, current.output)  # a watch heals the job too (producer.heal)
     while not current.finished:
+        watcher.tick()
         time.sleep(interval)
         current = job_status(current.output, settings, cache)
         yield current

@@ -18,7 +18,7 @@ different job.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from typing import Any, NoReturn
 
@@ -33,6 +33,7 @@ from jobs.spec import JobSpec
 from producer.interruption import clear_interrupted, interruption, mark_interrupted
 from producer.job_index import remember, safe_url
 from producer.model_check import check_model
+from producer.pin import check_pin, resolve_pin
 from producer.plan import build_manifest
 
 # The hard time limit leaves the shard this long after the soft one to record its failure.
@@ -90,13 +91,15 @@ def prepare(spec: JobSpec, settings: Settings | None = None) -> tuple[Manifest, 
         existing = layout.read_manifest()
         same_job = (existing.spec_fingerprint, existing.input_fingerprint) == (manifest.spec_fingerprint,
                                                                               manifest.input_fingerprint)
-        if same_job:
+        if same_job:  # a resume loads the model pinned at the first submit
+            check_pin(existing)
             return existing, layout
         if not _abandoned(layout, existing):
             _refuse_taken(spec, existing, manifest)
         _forget_job(layout)
     if layout.holds_other_data():
         raise SpecError("output", f"{spec.output} is not empty and holds no batchformers job; choose an empty directory")
+    manifest = replace(manifest, model_pin=resolve_pin(spec).to_dict())
     try:
         layout.storage.makedirs()
         layout.write_manifest(manifest)

@@ -26,11 +26,12 @@ from jobs.io.sources import SourceFile, file_stamp
 from jobs.io.storage import Storage
 from jobs.ledger import Ledger, marker_times
 from jobs.manifest import Manifest, ShardPlan
+from jobs.pinning import pinned_spec
 from jobs.protocol import TASK_NAME, ShardMessage
 from jobs.settings import Settings
 from jobs.shard import run_shard
 from jobs.spec import JobSpec
-from worker import faults, metrics
+from worker import faults, metrics, takeover  # noqa: F401 - takeover: each worker scans for dead holders' shards
 from worker.app import app
 from worker.deliveries import DeliveryCount
 from worker.lease import ShardLease, client_for, worker_identity
@@ -155,7 +156,7 @@ def _run_leased(
     try:
         with lease.kept():
             _check_source(manifest.sources[plan.source], plan, settings)
-            job_task, runner = runner_for(spec, settings)
+            job_task, runner = runner_for(pinned_spec(spec, manifest), settings)  # the model pinned at submit
             table, summary = run_shard(manifest, plan, job_task, runner, _progress_reporter(task, plan.rows),
                                        overlap=settings.overlap)
             faults.before_commit(shard.shard)
