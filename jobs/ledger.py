@@ -17,6 +17,13 @@ every marker. Every key of a job lives here, in one place:
     batchformers:deliveries:<job>:<shard>      starts of a shard (worker.deliveries)
     batchformers:last-error:<job>:<shard>      its last error (worker.deliveries)
     batchformers:job:<job>                     job id -> output location (producer.job_index; kept)
+    batchformers:jobs                    ZSET  job ids by latest submit time (producer.job_index; kept)
+    batchformers:job-queues              HASH  job id -> the queue its shards were sent to (kept)
+    batchformers:requeue:<job>:<shard>:<n>     SET NX lock: one scanner re-enqueues the shard after its
+                                               n-th start (jobs.recovery; expires)
+    batchformers:unseen:<job>            HASH  shard -> when a scan first found it nowhere: no marker,
+                                               message, lease or running entry (jobs.recovery)
+    batchformers:heal-scan                     SET NX lock: one process a period looks for lost messages
 
 Only a shard's first commit counts (``SADD`` says whether it is new), so a shard
 committed twice, or a redelivered message, never counts twice. The ledger belongs to
@@ -45,6 +52,11 @@ LEASE_PREFIX = "batchformers:lease:"
 DELIVERIES_PREFIX = "batchformers:deliveries:"
 LAST_ERROR_PREFIX = "batchformers:last-error:"
 JOB_INDEX_PREFIX = "batchformers:job:"
+JOBS_KEY = "batchformers:jobs"
+JOB_QUEUES_KEY = "batchformers:job-queues"
+REQUEUE_PREFIX = "batchformers:requeue:"
+UNSEEN_PREFIX = "batchformers:unseen:"
+HEAL_SCAN_KEY = "batchformers:heal-scan"
 ACTIVE_SECONDS = 14 * 24 * 3600  # an unfinished job's ledger lives this long after its last change
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600  # a finished job's broker state lives this long
 PART_KEYS = ("committed", "unread", "failed", "running")

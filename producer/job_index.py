@@ -16,11 +16,10 @@ import redis
 from jobs.errors import BrokerUnavailable, OutputError
 from jobs.io.layout import OutputLayout
 from jobs.io.storage import is_remote
-from jobs.ledger import JOB_INDEX_PREFIX
+from jobs.ledger import JOB_INDEX_PREFIX, JOB_QUEUES_KEY, JOBS_KEY
 from jobs.settings import Settings
 
 KEY_PREFIX = JOB_INDEX_PREFIX
-JOBS_KEY = "batchformers:jobs"  # sorted set: job id, scored by its latest submit time
 
 
 @dataclass(frozen=True)
@@ -35,6 +34,7 @@ def remember(settings: Settings, job_id: str, output: str) -> None:
         pipe = redis.Redis.from_url(settings.broker_url).pipeline()
         pipe.set(KEY_PREFIX + job_id, output)
         pipe.zadd(JOBS_KEY, {job_id: time.time()})
+        pipe.hset(JOB_QUEUES_KEY, job_id, settings.queue)  # where recovery (jobs.recovery) sends it again
         pipe.execute()
     except redis.RedisError as exc:
         raise BrokerUnavailable(f"cannot reach the broker to record job {job_id}: {exc}") from exc
