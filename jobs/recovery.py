@@ -245,10 +245,10 @@ class Recovery:
         """Job id -> shards with a message waiting in a queue or delivered and not yet acked."""
         found: dict[str, set[int]] = {}
         for raw in self.client.hvals(UNACKED_KEY):  # [message, exchange, routing key]
-            _add(found, _shard_of(_loads(raw), unacked=True))
+            _add(found, shard_of(_loads(raw), unacked=True))
         for queue in self.queue_lists():
             for raw in self.client.lrange(queue, 0, -1):
-                _add(found, _shard_of(_loads(raw)))
+                _add(found, shard_of(_loads(raw)))
         return found
 
     def queue_lists(self) -> list[str]:
@@ -294,7 +294,7 @@ class Recovery:
             return False
 
 
-def _shard_of(message: Any, unacked: bool = False) -> tuple[str, int] | None:
+def shard_of(message: Any, unacked: bool = False) -> tuple[str, int] | None:
     """(job id, shard) of a kombu message of the shard task; None for anything else."""
     try:
         if unacked:

@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 DEFAULT_QUEUE = "batchformers"
 DEFAULT_SHARD_TIME_LIMIT = 3600.0
-DEFAULT_LEASE_SECONDS = 60.0
+DEFAULT_LEASE_SECONDS = 20.0  # a SIGKILLed worker's shard restarts within about 1.25 of it (jobs.recovery)
 DEFAULT_FLOWER_PORT = 5555
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
 CACHE_SUBDIR = "batchformers"

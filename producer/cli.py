@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import sys
-import time
 from typing import Any
 
 from jobs.errors import BatchformersError
@@ -145,9 +144,12 @@ def _parser() -> argparse.ArgumentParser:
     compact.add_argument("--target-mb", type=float, default=256, help="size of the merged parts (MB)")
     compact.set_defaults(handler=_compact)
 
-    jobs = commands.add_parser("jobs", help="list the jobs submitted to the broker, newest first")
+    jobs = commands.add_parser("jobs", help="list the jobs submitted to the broker, newest first",
+                               description="Every job the broker knows, newest first: state, priority, pinned "
+                               "model, shards done/total, rows/s, ETA. status, cancel and retry take the job ids.")
     jobs.add_argument("--broker", help=BROKER_HELP)
     jobs.add_argument("--limit", type=int, default=50, help="show at most this many jobs (default 50)")
+    jobs.add_argument("--json", action="store_true", help="machine-readable output (a list of objects)")
     jobs.set_defaults(handler=_jobs)
     search = commands.add_parser("search", help="rows of an embeddings job nearest to a query (cosine)")
     search.add_argument("output", help="output directory or URL of an embeddings job")
@@ -354,10 +356,14 @@ def _compact(args: argparse.Namespace) -> int:
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    from producer.job_index import known_jobs
+    from rich.console import Console
 
-    for job in known_jobs(_settings(args), limit=args.limit):
-        print(f"{job.job_id}\t{time.strftime('%Y-%m-%d %H:%M', time.localtime(job.submitted_at))}\t{job.output}")
+    from producer.jobs_view import job_lines, render
+
+    lines = job_lines(_settings(args), limit=args.limit)
+    if args.json:
+        return _print_json([line.to_dict() for line in lines])
+    Console(width=max(160, Console().width)).print(render(lines))
     return 0
 
 

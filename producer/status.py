@@ -378,9 +378,9 @@ def render(status: JobStatus) -> Any:
     for name in ("rows done", "of", "row errors", "rows/s", "elapsed", "ETA"):
         rows.add_column(name, justify="right")
     rate = f"{status.rows_per_second:,.1f}" if status.rows_per_second else "-"
-    eta = _duration(status.eta_seconds) if status.eta_seconds else "-"
+    eta = duration(status.eta_seconds) if status.eta_seconds else "-"
     rows.add_row(f"{status.rows_done:,}", f"{status.rows:,}", f"{status.row_errors:,}", rate,
-                 _duration(status.elapsed_seconds), eta)
+                 duration(status.elapsed_seconds), eta)
     parts: list[Any] = [title]
     if status.note:
         parts.append(Text(status.note, style=colour))
@@ -441,7 +441,7 @@ def watch(job: str, settings: Settings, interval: float = DEFAULT_WATCH_INTERVAL
     return current
 
 
-def _duration(seconds: float | None) -> str:
+def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     seconds = int(round(seconds))

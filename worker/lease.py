@@ -1,12 +1,17 @@
 """Shard leases: at most one live run of a shard, and a bound on how long a dead worker's shard waits.
 
-How the timers relate, for ``lease_seconds`` = L (``BATCHFORMERS_LEASE_SECONDS``, default 60)
+How the timers relate, for ``lease_seconds`` = L (``BATCHFORMERS_LEASE_SECONDS``, default 20)
 and a shard time limit T (the spec's ``shard_time_limit``, else ``BATCHFORMERS_SHARD_TIME_LIMIT``):
 
 - **Lease (L).** While a shard runs, a heartbeat thread in the worker process keeps the Redis key
   ``batchformers:lease:<job>:<shard>`` holding the worker's identity, with a TTL of L, refreshed
   every L/3. A process that dies (SIGKILL, OOM killer, machine gone) stops refreshing, so its
   lease is gone at most L later.
+- **Takeover (L/4).** Every worker's main process, a waiting ``run --broker`` and ``status
+  --watch`` scan the jobs' running entries every L/4 (:mod:`jobs.recovery`, :mod:`worker.takeover`):
+  a running shard whose lease has expired and that is not committed lost its holder, and gets one
+  new message (a ``SET NX`` lock per shard and start count lets one scanner send it). The same
+  scans re-enqueue shards whose message the broker lost (no message, lease or marker for a lease).
 - **A delivery that finds a live lease held by someone else** neither runs the shard nor drops
   it: it retries itself (a new message, acked old one) once the lease's remaining time is up,
   without counting a delivery. When the holder finishes, the shard is committed and the copy
@@ -15,9 +20,10 @@ and a shard time limit T (the spec's ``shard_time_limit``, else ``BATCHFORMERS_S
   until it is acked or, after the visibility timeout, put back in the queue by any live
   worker's restore sweep (every L/2 here, see :mod:`worker.app`). A prefork child that dies is
   noticed by its worker at once (the message is requeued immediately); a whole worker or
-  machine that vanishes is noticed only through this timeout. A shard that runs longer than
-  2L is therefore redelivered while it still runs, and the lease is what stops it running
-  twice: long shards are safe whatever their length.
+  machine that vanishes is noticed by the takeover scans, and its old message, restored after
+  this timeout, finds the shard committed or leased. A shard that runs longer than 2L is
+  redelivered while it still runs, and the lease is what stops it running twice: long shards
+  are safe whatever their length.
 - **Time limits (T).** Each task is sent with ``soft_time_limit=T`` and ``time_limit=T + grace``.
   At T the shard gets ``SoftTimeLimitExceeded`` and counts as a failed attempt (retried with
   backoff, then marked failed); at T + grace the worker kills the process and requeues the
@@ -26,8 +32,8 @@ and a shard time limit T (the spec's ``shard_time_limit``, else ``BATCHFORMERS_S
   worker's shard waits. T counts from the task's start, so on a worker's first shard it
   includes loading the model: leave room for that.
 
-Recovery therefore takes at most about L after a worker process dies and 2L + L/2 after a whole
-worker or machine is gone (plus the new worker's model load), and never a Redis-default hour.
+Recovery therefore takes at most about L + L/4 after a worker process or a whole worker or
+machine dies (25 s by default, plus the new worker's model load), and never a Redis-default hour.
 """
 
 from __future__ import annotations

@@ -1,0 +1,73 @@
+"""Faster takeover (issue 14): a whole worker SIGKILLed mid-shard is taken over when its lease expires.
+
+Before, nothing but the broker's visibility timeout (2 leases after delivery, plus a restore
+sweep) brought such a shard back. Now the other workers' scans (:mod:`jobs.recovery`) see
+the running entry without a lease and re-enqueue the shard at once: it restarts within the
+dead holder's remaining lease plus one scan interval (lease / 4), still exactly once; the
+old unacked message, restored later, finds the shard committed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from jobs.recovery import SCANS_PER_LEASE
+from jobs.settings import Settings
+from producer.status import wait
+from producer.submit import submit
+from tests.reliability import (
+    assert_completed,
+    assert_exactly_once,
+    committed_markers,
+    lease_holders,
+    starts,
+    tokenize_spec,
+    wait_drained,
+    wait_until,
+    worker_logs,
+    write_rows,
+)
+from worker.faults import FAULTS_ENV
+from worker.lease import lease_key
+
+PICKUP = 2.5  # seconds from the re-enqueue to the shard's start on an idle worker (a loaded machine)
+
+
+def test_killed_worker_is_taken_over_at_its_lease_end(tmp_path: Path, settings: Settings,
+                                                      start_workers: Any) -> None:
+    lease = 8.0
+    count = tmp_path / "starts.txt"
+    ids = write_rows(tmp_path / "in.parquet", 10)
+    workers = start_workers(2, BATCHFORMERS_LEASE_SECONDS=str(lease), **{FAULTS_ENV: f"sleep=3,count={count}"})
+    submission = submit(tokenize_spec(tmp_path / "in.parquet", tmp_path / "out"), settings)
+
+    holders = wait_until(lambda: lease_holders(settings.broker_url, submission.job_id), 60, "a lease")
+    shard, holder = next(iter(holders.items()))
+    remaining = redis.Redis.from_url(settings.broker_url).pttl(lease_key(submission.job_id, shard)) / 1000
+    victim = workers.processes[int(holder.split("-", 1)[0].removeprefix("local"))]
+    os.killpg(victim.pid, signal.SIGKILL)  # the worker and its pool child: the broker never hears of it
+    killed_at = time.time()
+    victim.wait()
+
+    status = wait(submission.output, timeout=60)  # no settings: this wait does not scan, the workers do
+    assert status.state == "complete", status
+    first, second = starts(count)[shard]
+    restarted = second - killed_at
+    print(f"\nkill -9 takeover: shard restarted {restarted:.1f}s after the kill (lease {lease:.0f}s, "
+          f"{remaining:.1f}s of it left at the kill; the visibility timeout would take >= "
+          f"{2 * lease - (killed_at - first):.1f}s)")
+    assert restarted >= remaining - 0.25, "restarted while the dead holder's lease was live"
+    # The visibility timeout could bring it back no sooner than 2 x lease after its delivery (before `first`).
+    assert restarted < remaining + lease / SCANS_PER_LEASE + PICKUP < 2 * lease - (killed_at - first)
+    assert "took over shard(s)" in worker_logs(workers.log_dir)
+    assert_exactly_once(submission.output, ids)
+    assert committed_markers(submission.output)[shard]["attempt"] == 2
+    assert_completed(submission.output, len(ids))
+    wait_drained(settings.broker_url, settings.queue, submission.job_id)  # the dead worker's message came back
+    assert len(starts(count)[shard]) == 2  # ... and was a no-op
