@@ -90,9 +90,22 @@ def routes_key(base: str) -> str:
     return f"{ROUTES_PREFIX}{base}"
 
 
+def version_key(base: str) -> str:
+    """A counter bumped at every announcement: workers poll this one cheap key, and read the routes on a change."""
+    return f"{routes_key(base)}:version"
+
+
 def register(client: redis.Redis, base: str, route: Route) -> None:
     """Announce ``route`` to the workers of ``base`` (again at resume or retry: it may have been dropped)."""
-    client.hset(routes_key(base), route.queue, route.to_json())
+    pipe = client.pipeline()
+    pipe.hset(routes_key(base), route.queue, route.to_json())
+    pipe.incr(version_key(base))
+    pipe.execute()
+
+
+def version(client: redis.Redis, base: str) -> bytes | None:
+    value: bytes | None = client.get(version_key(base))
+    return value
 
 
 def read_routes(client: redis.Redis, base: str) -> dict[str, Route]:

@@ -1,9 +1,10 @@
 """Which queue a worker takes its next shard from: priority, then the model it has loaded.
 
 Each job has its own queue (:mod:`jobs.routing`). A worker consumes the base queue plus
-every job queue announced in the routes hash that it serves (``--models``), and
-:class:`RouteWatcher` polls that hash every ``POLL_SECONDS`` to subscribe to new jobs and to
-drop finished ones. Before each BRPOP, kombu's Redis transport asks the queue cycle for the
+every job queue announced in the routes hash that it serves (``--models``):
+:class:`RouteWatcher` looks at the hash's version counter every ``FAST_POLL_SECONDS`` and
+reads the hash when it changed (a job was submitted, resumed or retried), else every
+``POLL_SECONDS``, subscribing to new jobs and dropping finished ones. Before each BRPOP, kombu's Redis transport asks the queue cycle for the
 order of the queues; the transport lists the keys priority first (all queues' top priority,
 then the next), so the order below only ranks queues of *equal* priority:
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import socket
 import time
@@ -35,12 +37,13 @@ import redis
 from celery import bootsteps
 
 from jobs.ledger import job_keys
-from jobs.routing import Route, drop, queue_keys, read_routes, serves
+from jobs.routing import Route, drop, queue_keys, read_routes, serves, version
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
-POLL_SECONDS = 1.0
-CLEANUP_EVERY = 10  # polls between looks for finished jobs' routes
+FAST_POLL_SECONDS = 0.2  # how soon a new job is seen: one GET per worker
+POLL_SECONDS = 1.0  # a full read of the routes, and sharing which models this worker has
+CLEANUP_EVERY = 10  # full reads between looks for finished jobs' routes
 SERVING_PREFIX = "batchformers:serving:"
 SERVING_STALE_SECONDS = 10 * POLL_SECONDS
 
@@ -108,6 +111,8 @@ class RouteWatcher(bootsteps.StartStopStep):  # type: ignore[misc]
         self.models = self.settings.served_models()
         self.client: redis.Redis | None = None
         self.polls = 0
+        self.seen_version: bytes | None = None
+        self.last_read = 0.0
         self.timer: Any = None
         self.name = f"{socket.gethostname()}-{id(self)}"
 
@@ -115,12 +120,12 @@ class RouteWatcher(bootsteps.StartStopStep):  # type: ignore[misc]
         if not self.settings.routing:
             return
         state.capacity = self.settings.model_slots * max(1, getattr(consumer.pool, "limit", None) or 1)
-        self.name = consumer.hostname or self.name
+        self.name = f"{consumer.hostname}/{os.getpid()}"
         self.client = redis.Redis.from_url(self.settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
         if self.models:
             log.info("batchformers: serving only the models %s", ", ".join(sorted(self.models)))
         self.refresh(consumer)
-        self.timer = consumer.timer.call_repeatedly(POLL_SECONDS, self.refresh, (consumer,), priority=10)
+        self.timer = consumer.timer.call_repeatedly(FAST_POLL_SECONDS, self.refresh, (consumer,), priority=10)
 
     def stop(self, consumer: Any) -> None:
         if self.timer is not None:
@@ -149,6 +154,10 @@ class RouteWatcher(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def _refresh(self, consumer: Any) -> None:
         assert self.client is not None
+        announced = version(self.client, self.settings.queue)
+        if announced == self.seen_version and time.monotonic() - self.last_read < POLL_SECONDS:
+            return
+        self.seen_version, self.last_read = announced, time.monotonic()
         routes = read_routes(self.client, self.settings.queue)
         self.polls += 1
         if self.polls % CLEANUP_EVERY == 1:
