@@ -111,7 +111,7 @@ def version(client: redis.Redis, base: str) -> bytes | None:
 def read_routes(client: redis.Redis, base: str) -> dict[str, Route]:
     """Every announced route of ``base``, by queue; an entry that does not parse is skipped."""
     routes = {}
-    for queue, raw in client.hgetall(routes_key(base)).items():
+    for raw in client.hvals(routes_key(base)):
         try:
             route = Route.from_json(raw)
         except (ValueError, KeyError, TypeError):

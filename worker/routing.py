@@ -24,6 +24,7 @@ load per shard); more workers spread across them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -132,10 +133,8 @@ class RouteWatcher(bootsteps.StartStopStep):  # type: ignore[misc]
             self.timer.cancel()
             self.timer = None
         if self.client is not None:
-            try:
+            with contextlib.suppress(redis.RedisError):
                 self.client.hdel(self.serving_key, self.name)
-            except redis.RedisError:
-                pass
             self.client.close()
             self.client = None
 
