@@ -44,8 +44,8 @@ class Settings(BaseSettings):
         description="How long a finished job's broker state (its ledger in Redis) is kept.",
     )
     routing: bool = Field(
-        True, description="One queue per job with model-affine, prioritised routing; off: every shard in "
-        "`queue`, first in, first out."
+        True, description="Producer: one queue per job, with its priority; off: every shard in `queue`, first in, "
+        "first out. Worker: take shards of its loaded models first; off: plain round-robin over the queues."
     )
     model_slots: int = Field(
         DEFAULT_MODEL_SLOTS, gt=0,

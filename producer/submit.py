@@ -184,6 +184,8 @@ def enqueue(messages: list[ShardMessage], settings: Settings, app: Any = None,
     if limits:
         options = {"soft_time_limit": limits[0], "time_limit": limits[1]}
     queue = settings.queue
+    if settings.routing:  # unrouted messages too: kombu would serve a message without one first
+        options["priority"] = routing.message_priority(routing.DEFAULT_PRIORITY)
     try:
         if spec is not None and settings.routing and messages:
             queue, options["priority"] = announce_route(settings, messages[0].job_id, spec)

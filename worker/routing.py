@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import random
-import socket
 import time
 from collections import OrderedDict
 from typing import Any
@@ -115,11 +114,12 @@ class RouteWatcher(bootsteps.StartStopStep):  # type: ignore[misc]
         self.seen_version: bytes | None = None
         self.last_read = 0.0
         self.timer: Any = None
-        self.name = f"{socket.gethostname()}-{id(self)}"
+        self.name = ""
 
     def start(self, consumer: Any) -> None:
-        if not self.settings.routing:
-            return
+        """Subscribe with routing off too (then only kombu's plain rotation orders the queues), so a
+        worker left with ``BATCHFORMERS_ROUTING=false`` still serves jobs a routing producer sent."""
+        self.seen_version = None
         state.capacity = self.settings.model_slots * max(1, getattr(consumer.pool, "limit", None) or 1)
         self.name = f"{consumer.hostname}/{os.getpid()}"
         self.client = redis.Redis.from_url(self.settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
