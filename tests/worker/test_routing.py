@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
+from jobs import routing
 from jobs.io.layout import OutputLayout
 from jobs.ledger import marker_times
 from jobs.settings import Settings
@@ -116,6 +118,8 @@ def test_a_late_high_priority_job_runs_as_soon_as_a_worker_frees_up(cluster: Clu
     assert wait(ahead.output, timeout=180).state == "complete"
     backfill_done = len(committed_markers(behind.output))
     OutputLayout(behind.output).cancel()  # the rest of the backfill is not this test's business
+    redis.Redis.from_url(cluster.settings.broker_url).delete(
+        *routing.queue_keys(routing.job_queue(cluster.settings.queue, behind.job_id)))
 
     assert_exactly_once(ahead.output, urgent_ids)
     assert backfill_done < behind.shards, "the urgent job waited for the whole backfill"
