@@ -28,7 +28,7 @@ from producer.status import wait
 from producer.submit import submit
 from tests.models import tiny_model_path
 from tests.reliability import assert_exactly_once, committed_markers, wait_until, write_rows
-from worker.routing import FAST_POLL_SECONDS
+from worker.routing import CLEANUP_EVERY, FAST_POLL_SECONDS, POLL_SECONDS
 
 pytestmark = pytest.mark.slow
 LEASE_SECONDS = 60  # a first model load on a busy machine must not look like a dead worker
@@ -99,6 +99,12 @@ def test_two_jobs_on_two_models_load_each_model_once_per_worker(cluster: Cluster
     assert total_loads <= 2 * GENERAL_WORKERS + 1 < 24
     ran = [job for _, jobs in general + restricted for job in jobs]
     assert sorted(set(ran)) == sorted([ner_job, classify_job]) and len(ran) >= 24
+
+    # Complete jobs with empty queues are dropped from the routes, so workers stop polling their lists.
+    client = redis.Redis.from_url(cluster.settings.broker_url)
+    wait_until(lambda: not {ner_job, classify_job} & {route.job_id for route in
+                                                      routing.read_routes(client, cluster.settings.queue).values()},
+               CLEANUP_EVERY * POLL_SECONDS + 10, "finished jobs' routes to be dropped")
 
 
 def test_a_late_high_priority_job_runs_as_soon_as_a_worker_frees_up(cluster: Cluster, tmp_path: Path) -> None:
