@@ -7,6 +7,8 @@
     python -m bench --host --quick                # the same on a few hundred rows (CI)
     python -m bench --scale                       # many shards and many input files on a local S3 server
     python -m bench --scale --scale-shards 400 --scale-files 1000,10000
+    python -m bench --routing                     # two jobs on two models: FIFO vs model-affine routing
+    python -m bench --routing --routing-model base
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from bench.tasks import BENCHES
 ROOT = Path(__file__).resolve().parents[1]
 HOST_BEGIN = "<!-- bench --host: generated, do not edit by hand -->"
 HOST_END = "<!-- end of bench --host -->"
+ROUTING_BEGIN = "<!-- bench --routing --routing-model {}: generated, do not edit by hand -->"
+ROUTING_END = "<!-- end of bench --routing --routing-model {} -->"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="near-free models: host path speed and simulated device time hidden (bench/host.py)")
     mode.add_argument("--scale", action="store_const", dest="mode", const="scale",
                       help="per-shard cost vs number of shards, status and submit time, on a local moto S3 server")
+    parser.add_argument("--routing", action="store_true",
+                        help="two concurrent jobs on two models, routing off (FIFO) then on (bench/routing.py)")
+    parser.add_argument("--routing-model", choices=("tiny", "base"), default="tiny", help="--routing: model sizes")
     parser.add_argument("--tasks", default=",".join(BENCHES), help=f"comma-separated, from {', '.join(BENCHES)}")
     parser.add_argument("--workers", type=int,
                         help="local worker processes for batchformers (default: one per core; 1 with --quick)")
@@ -56,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     mode_name = args.mode or "quick"
     if mode_name == "scale":
         return _scale(args)
+    if args.routing:
+        return _routing(args)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in BENCHES]
     if unknown:
@@ -94,6 +103,21 @@ def _host(args: argparse.Namespace, tasks: list[str], log: Any) -> int:
     write_markdown(markdown_path, generated, HOST_BEGIN, HOST_END)
     print(generated)
     log(f"wrote {markdown_path} and {json_path}")
+    return 0
+
+
+def _routing(args: argparse.Namespace) -> int:
+    from bench import routing
+
+    results = routing.run_routing(args.workdir, args.routing_model, workers=args.workers or 2)
+    json_path = args.json or ROOT / "bench" / "results" / f"routing-{args.routing_model}.json"
+    write_json(json_path, results)
+    generated = routing.markdown(results)
+    markdown_path = args.markdown or ROOT / "BENCHMARKS.md"
+    write_markdown(markdown_path, generated, ROUTING_BEGIN.format(args.routing_model),
+                   ROUTING_END.format(args.routing_model))
+    print(generated)
+    print(f"wrote {markdown_path} and {json_path}", file=sys.stderr)
     return 0
 
 

@@ -14,6 +14,8 @@ DEFAULT_SHARD_TIME_LIMIT = 3600.0
 DEFAULT_LEASE_SECONDS = 20.0  # a SIGKILLed worker's shard restarts within about 1.25 of it (jobs.recovery)
 DEFAULT_FLOWER_PORT = 5555
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
+DEFAULT_MODEL_SLOTS = 1
+"""Models one worker process keeps loaded, on GPU and CPU alike (see ``model_slots``)."""
 CACHE_SUBDIR = "batchformers"
 """``BATCHFORMERS_CACHE_DIR`` defaults to this directory under ``HF_HOME`` (``~/.cache/huggingface``)."""
 
@@ -41,6 +43,17 @@ class Settings(BaseSettings):
         DEFAULT_RETENTION_SECONDS, gt=0,
         description="How long a finished job's broker state (its ledger in Redis) is kept.",
     )
+    routing: bool = Field(
+        True, description="Producer: one queue per job, with its priority; off: every shard in `queue`, first in, "
+        "first out. Worker: take shards of its loaded models first; off: plain round-robin over the queues."
+    )
+    model_slots: int = Field(
+        DEFAULT_MODEL_SLOTS, gt=0,
+        description="Models a worker process keeps loaded; the least recently used is evicted. 1 on CPU too: "
+        "each worker process holds its own copy in host memory, and routing makes model switches rare.",
+    )
+    models: str = Field("", description="Comma-separated models (as job specs name them) this worker serves; "
+                        "empty serves every model.")
     allow_trust_remote_code: bool = Field(False, description="Let jobs that ask for it run hub model code.")
     allowed_roots: str = Field("", description="Comma-separated input/output path prefixes; empty allows all.")
     torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads per worker process.")
@@ -70,6 +83,9 @@ class Settings(BaseSettings):
         hf_home = os.environ.get("HF_HOME") or os.path.join(
             os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "huggingface")
         return Path(hf_home).expanduser() / CACHE_SUBDIR
+
+    def served_models(self) -> frozenset[str]:
+        return frozenset(model.strip() for model in self.models.split(",") if model.strip())
 
     def roots(self) -> list[str]:
         return [root.strip() for root in self.allowed_roots.split(",") if root.strip()]

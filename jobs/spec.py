@@ -27,13 +27,14 @@ from jobs.engine.batching import DEFAULT_BATCH_SIZE
 from jobs.engine.staged import RunOptions
 from jobs.errors import SpecError
 from jobs.io.sources import datasets_loader
+from jobs.routing import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from jobs.tasks.registry import TASKS, get_task_class, task_name
 
 DEFAULT_SHARD_ROWS = 10_000
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_MAX_ERROR_RATE = 0.5
 # Fields that do not change a job's output: changing them resumes the job instead of making a new one.
-NOT_FINGERPRINTED = {"max_retries", "shard_time_limit", "max_error_rate", "allow_untrained_head"}
+NOT_FINGERPRINTED = {"max_retries", "shard_time_limit", "max_error_rate", "allow_untrained_head", "priority"}
 ID_ROLE = "id"
 
 InputFormat = Literal["auto", "parquet", "arrow", "datasets", "jsonl", "csv"]
@@ -101,6 +102,11 @@ class JobSpec(BaseModel):
         description="Fraction of rows that may end with an error; above it the finished job counts as failed "
         "(1 never fails a job for its row errors).",
     )
+    priority: int = Field(
+        DEFAULT_PRIORITY, description=f"{MIN_PRIORITY}-{MAX_PRIORITY}, higher first: a worker that frees up takes "
+        "the next shard of the highest-priority job waiting; jobs of equal priority share the workers.",
+        json_schema_extra={"minimum": MIN_PRIORITY, "maximum": MAX_PRIORITY},
+    )
     allow_untrained_head: bool = Field(
         False, description="Run a model whose task head is not in its checkpoint (it would be newly "
         "initialised, so its output is random); refused at submit unless true.",
@@ -110,6 +116,14 @@ class JobSpec(BaseModel):
     @classmethod
     def _known_task(cls, value: str) -> str:
         return task_name(value)  # pipeline aliases (text-classification ...) are stored under our name
+
+    @field_validator("priority")
+    @classmethod
+    def _priority_in_range(cls, value: int) -> int:
+        if not MIN_PRIORITY <= value <= MAX_PRIORITY:
+            raise ValueError(f"priority must be {MIN_PRIORITY}-{MAX_PRIORITY} (higher runs first; default "
+                             f"{DEFAULT_PRIORITY}), not {value}")
+        return value
 
     @field_validator("dataset")
     @classmethod

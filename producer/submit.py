@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 
 import redis
 
+from jobs import routing
 from jobs.errors import BrokerUnavailable, OutputError, SpecError
 from jobs.io.layout import OutputLayout
 from jobs.manifest import Manifest
@@ -171,8 +172,12 @@ def messages_for(manifest: Manifest, layout: OutputLayout, only: set[int] | None
 
 
 def enqueue(messages: list[ShardMessage], settings: Settings, app: Any = None,
-            limits: tuple[float, float] | None = None) -> None:
-    """Send one task per message; ``limits`` are the (soft, hard) time limits of each."""
+            limits: tuple[float, float] | None = None, spec: JobSpec | None = None) -> None:
+    """Send one task per message; ``limits`` are the (soft, hard) time limits of each.
+
+    With the job's ``spec`` (and routing on) the messages go to the job's own queue, with its
+    priority (:mod:`jobs.routing`); without, to ``settings.queue``.
+    """
     from kombu.exceptions import OperationalError
 
     from worker.app import make_app
@@ -181,19 +186,35 @@ def enqueue(messages: list[ShardMessage], settings: Settings, app: Any = None,
     options: dict[str, Any] = {}
     if limits:
         options = {"soft_time_limit": limits[0], "time_limit": limits[1]}
+    queue = settings.queue
+    if settings.routing:  # unrouted messages too: kombu would serve a message without one first
+        options["priority"] = routing.message_priority(routing.DEFAULT_PRIORITY)
     try:
+        if spec is not None and settings.routing and messages:
+            queue, options["priority"] = announce_route(settings, messages[0].job_id, spec)
         with app.producer_or_acquire() as producer:
             for message in messages:
                 app.send_task(
                     TASK_NAME,
                     args=[message.to_dict()],
-                    queue=settings.queue,
+                    queue=queue,
                     producer=producer,
                     argsrepr=f"job={message.job_id} shard={message.shard} rows={message.rows}",
                     **options,
                 )
-    except (OSError, OperationalError) as exc:
+    except (OSError, OperationalError, redis.RedisError) as exc:
         raise BrokerUnavailable(f"cannot reach the broker at {safe_url(settings.broker_url)}: {exc}") from exc
+
+
+def announce_route(settings: Settings, job_id: str, spec: JobSpec) -> tuple[str, int]:
+    """Register the job's route for the workers; its (queue, kombu message priority)."""
+    route = routing.route_for(settings.queue, job_id, spec)
+    client = redis.Redis.from_url(settings.broker_url, socket_timeout=10)
+    try:
+        routing.register(client, settings.queue, route)
+    finally:
+        client.close()
+    return route.queue, routing.message_priority(route.priority)
 
 
 def give_fresh_attempts(manifest: Manifest, layout: OutputLayout, settings: Settings,
@@ -222,7 +243,7 @@ def submit(spec: JobSpec, settings: Settings | None = None) -> Submission:
         give_fresh_attempts(manifest, layout, settings, {m.shard for m in messages})
         remember(settings, manifest.job_id, layout.location)
         if messages:
-            enqueue(messages, settings, limits=time_limits(spec, settings))
+            enqueue(messages, settings, limits=time_limits(spec, settings), spec=spec)
     except BrokerUnavailable as exc:  # the broker went away after the check: say so in the output
         mark_interrupted(layout, f"not enqueued: {exc}")
         raise
@@ -246,5 +267,6 @@ def retry_failed(layout: OutputLayout, settings: Settings) -> list[ShardMessage]
     messages = messages_for(manifest, layout, only=failed)
     give_fresh_attempts(manifest, layout, settings, failed)
     if messages:
-        enqueue(messages, settings, limits=time_limits(manifest.job_spec(), settings))
+        spec = manifest.job_spec()
+        enqueue(messages, settings, limits=time_limits(spec, settings), spec=spec)
     return messages

@@ -13,6 +13,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import redis
 
+from jobs import routing
 from jobs.io.layout import OutputLayout
 from jobs.spec import JobSpec, load_spec
 from tests.models import tiny_model_path
@@ -112,11 +113,25 @@ def starts(count_file: Path) -> dict[int, list[float]]:
     return found
 
 
-def in_flight(redis_url: str, queue: str) -> int:
-    """Messages of ``queue`` waiting in it or delivered to a worker and not yet acked."""
+def queue_lists(redis_url: str, queue: str) -> list[str]:
+    """The Redis lists of ``queue`` and of every job queue routed under it, each priority's own."""
     client = redis.Redis.from_url(redis_url)
-    unacked = sum(1 for raw in client.hvals("unacked") if json.loads(raw)[-1] == queue)
-    return int(client.llen(queue)) + unacked
+    queues = [queue, *routing.read_routes(client, queue)]
+    return [key for name in queues for key in routing.queue_keys(name)]
+
+
+def queued_messages(redis_url: str, queue: str) -> list[bytes]:
+    """Every message waiting in ``queue`` or its job queues (see :mod:`jobs.routing`)."""
+    client = redis.Redis.from_url(redis_url)
+    return [raw for key in queue_lists(redis_url, queue) for raw in client.lrange(key, 0, -1)]
+
+
+def in_flight(redis_url: str, queue: str) -> int:
+    """Messages of ``queue`` (or its job queues) waiting or delivered to a worker and not yet acked."""
+    client = redis.Redis.from_url(redis_url)
+    names = {queue, *routing.read_routes(client, queue)}
+    unacked = sum(1 for raw in client.hvals("unacked") if json.loads(raw)[-1] in names)
+    return len(queued_messages(redis_url, queue)) + unacked
 
 
 def wait_drained(redis_url: str, queue: str, job_id: str, timeout: float = 60) -> None:

@@ -20,6 +20,7 @@ from jobs.spec import load_spec
 from producer.status import wait
 from producer.submit import submit
 from tests.models import tiny_model_path
+from tests.reliability import queue_lists, queued_messages
 from worker.faults import FAULTS_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,8 +97,8 @@ def test_message_is_a_small_reference(tmp_path: Path, news_texts: list[str], ner
                       "columns": {"text": "body"}, "output": str(tmp_path / "out"), "shard_rows": shard_rows})
     submit(spec, settings)
     client = redis.Redis.from_url(settings.broker_url)
-    raw = client.lrange(settings.queue, 0, -1)
-    client.delete(settings.queue)
+    raw = queued_messages(settings.broker_url, settings.queue)
+    client.delete(*queue_lists(settings.broker_url, settings.queue))
     assert len(raw) == -(-len(texts) // shard_rows)
     for message in raw:
         assert len(message) < 4096

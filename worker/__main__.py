@@ -1,6 +1,6 @@
 """``python -m worker`` / ``batchformers worker``: a worker with defaults for one GPU.
 
-One process runs one model: ``--concurrency 1`` (a prefork child, so a crashed
+One process runs one model at a time (``BATCHFORMERS_MODEL_SLOTS`` keeps more loaded): ``--concurrency 1`` (a prefork child, so a crashed
 child is replaced and its shard redelivered). Run one worker per GPU, pinned with
 ``CUDA_VISIBLE_DEVICES``. Options not listed in ``--help`` go to ``celery worker``.
 """
@@ -30,6 +30,8 @@ def parser(prog: str = "batchformers worker") -> argparse.ArgumentParser:
                            "the environment, which ps does not show")
     described.add_argument("-Q", "--queues", help="queue to take shards from; default: BATCHFORMERS_QUEUE "
                            "(batchformers)")
+    described.add_argument("--models", help="comma-separated models (hub ids or paths, as job specs name them) "
+                           "this worker serves; default: BATCHFORMERS_MODELS, else every model")
     described.add_argument("-n", "--hostname", help="worker name, e.g. gpu0@%%h (%%h: this machine's name)")
     described.add_argument("-c", "--concurrency", type=int, default=1,
                            help="processes, each loading its own model (default 1: one per GPU)")
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None, prog: str = "batchformers worker") -> No
         os.environ["BATCHFORMERS_BROKER_URL"] = args.broker
     if args.queues:
         os.environ["BATCHFORMERS_QUEUE"] = args.queues
+    if args.models:
+        os.environ["BATCHFORMERS_MODELS"] = args.models
     settings = Settings()
 
     from worker.app import app, configure, quiet_progress_bars

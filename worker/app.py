@@ -10,7 +10,9 @@ from celery.app.amqp import AMQP
 from celery.signals import worker_process_init
 from kombu import Connection
 
+from jobs.routing import PRIORITY_STEPS
 from jobs.settings import Settings
+from worker.routing import RouteWatcher
 
 # A shard whose worker vanished is redelivered after VISIBILITY_MARGIN leases; the lease in
 # worker.lease stops a slow-but-alive shard from running twice meanwhile (see its docstring).
@@ -23,6 +25,8 @@ MAX_RESTORE_INTERVAL = 30
 # A replacement pool process imports torch before it reports up; on a loaded machine that takes
 # longer than Celery's 4 s, and the process would be killed and replaced again and again.
 PROCESS_UP_TIMEOUT = 60.0
+# Job queues are ranked by worker.routing before each fetch; without routing, kombu's plain rotation.
+ROUTED_ORDER = "worker.routing:AffinityCycle"
 PUBLISH_RETRY = {"max_retries": 20, "interval_start": 0.5, "interval_step": 1.0, "interval_max": 5.0}
 
 
@@ -44,6 +48,7 @@ def make_app(settings: Settings | None = None) -> Celery:
     app = Celery("batchformers", amqp=_AMQP)
     configure(app, settings or Settings())
     app.conf.imports = ("worker.tasks",)
+    app.steps["consumer"].add(RouteWatcher)
     return app
 
 
@@ -70,7 +75,11 @@ def configure(app: Celery, settings: Settings) -> None:
         task_send_sent_event=True,
         task_track_started=True,
         task_default_queue=settings.queue,
-        broker_transport_options=transport,
+        broker_transport_options={
+            **transport,
+            "priority_steps": PRIORITY_STEPS,
+            "queue_order_strategy": ROUTED_ORDER if settings.routing else "round_robin",
+        },
         result_backend_transport_options=transport,
         result_expires=7 * 24 * 3600,
         broker_connection_retry_on_startup=True,

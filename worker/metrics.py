@@ -1,4 +1,4 @@
-"""Prometheus metrics of a worker: rows, shards, batches, batch latency, padding, GPU memory.
+"""Prometheus metrics of a worker: rows, shards, batches, batch latency, padding, GPU memory, model loads.
 
 Off unless ``BATCHFORMERS_METRICS_PORT`` is set (``pip install batchformers[metrics]``).
 Shards run in prefork child processes, so the metrics use prometheus_client's
@@ -92,6 +92,10 @@ def _create_metrics() -> None:
         tokens=Counter("batchformers_batch_tokens", "Tokens in model batches: real or padded.", ["kind"]),
         padding=Histogram("batchformers_padding_ratio", "Share of a batch's tokens that are padding.",
                           buckets=RATIO_BUCKETS),
+        model_loads=Counter("batchformers_model_loads", "Models loaded into a slot (worker.runners).", ["task"]),
+        model_load_seconds=Histogram("batchformers_model_load_seconds", "Time to load one model.", ["task"],
+                                     buckets=SHARD_BUCKETS),
+        model_evictions=Counter("batchformers_model_evictions", "Loaded models evicted for another.", ["task"]),
         gpu_memory=Gauge("batchformers_gpu_memory_bytes", "CUDA memory of the worker's processes.",
                          ["device", "kind"], multiprocess_mode="livesum"),
     )
@@ -106,6 +110,17 @@ def shard_committed(task: str, summary: dict[str, Any]) -> None:
     _metrics["shards"].labels(task, "committed").inc()
     _metrics["shard_seconds"].labels(task).observe(summary.get("seconds", 0.0))
     sample_gpu_memory()
+
+
+def model_loaded(task: str, seconds: float) -> None:
+    if _metrics:
+        _metrics["model_loads"].labels(task).inc()
+        _metrics["model_load_seconds"].labels(task).observe(seconds)
+
+
+def model_evicted(task: str) -> None:
+    if _metrics:
+        _metrics["model_evictions"].labels(task).inc()
 
 
 def batch_done(rows: int, tokens: int, padded_tokens: int, seconds: float) -> None:

@@ -29,7 +29,7 @@ from producer.inspect import describe, render
 from producer.status import wait
 from producer.submit import prepare, submit
 from tests.models import tiny_model_path
-from tests.reliability import wait_until
+from tests.reliability import queue_lists, wait_until
 from worker.__main__ import parser as worker_parser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,7 +164,7 @@ def test_worker_takes_broker_and_masks_only_passwords(tmp_path: Path, redis_url:
         finally:
             worker.terminate()
             worker.wait(timeout=30)
-            redis.Redis.from_url(redis_url).delete(queue_name)
+            redis.Redis.from_url(redis_url).delete(*queue_lists(redis_url, queue_name))
     banner = log.read_text()
     host = redis_url.split("://", 1)[1].split("/", 1)[0]
     assert f"transport:   redis://{host}/" in banner, banner  # no password: nothing to mask

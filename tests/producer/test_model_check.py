@@ -25,6 +25,7 @@ from producer.interruption import mark_interrupted
 from producer.model_check import check_model
 from producer.submit import prepare, submit
 from tests.models import tiny_model_path
+from tests.reliability import queue_lists
 
 
 def _spec(tmp_path: Path, news_parquet: Path, task: str, model: str | Path, **fields: Any) -> Any:
@@ -111,7 +112,7 @@ def test_refused_submit_leaves_the_output_reusable(tmp_path: Path, news_parquet:
     assert not (tmp_path / "out").exists()
     fixed = submit(_spec(tmp_path, news_parquet, "ner", tiny_model_path("bert-ner")), settings)
     assert fixed.enqueued == fixed.shards == 7
-    redis.Redis.from_url(settings.broker_url).delete(settings.queue)
+    redis.Redis.from_url(settings.broker_url).delete(*queue_lists(settings.broker_url, settings.queue))
 
 
 @pytest.mark.parametrize("how", ["all-shards-failed", "interrupted"])

@@ -18,6 +18,7 @@ from jobs.settings import Settings
 from jobs.spec import load_spec
 from producer.status import LEASE_PREFIX, _ranges, job_status, render, status
 from producer.submit import Submission, submit
+from tests.reliability import queue_lists
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,7 +31,7 @@ def submitted(tmp_path: Path, news_parquet: Path, ner_model: Path, settings: Set
     submitted = submit(spec, settings)
     yield submitted
     client = redis.Redis.from_url(settings.broker_url)
-    client.delete(settings.queue)
+    client.delete(*queue_lists(settings.broker_url, settings.queue))
     for key in client.scan_iter(match=f"{LEASE_PREFIX}{submitted.job_id}*"):  # this job's leases only
         client.delete(key)
 

@@ -15,6 +15,7 @@ from jobs.errors import SpecError
 from jobs.settings import Settings
 from jobs.spec import load_spec, spec_json_schema
 from producer.submit import submit
+from tests.reliability import queue_lists, queued_messages
 
 
 def _spec(news_parquet: Path, tmp_path: Path, ner_model: Path, **changes: Any) -> dict[str, Any]:
@@ -25,7 +26,7 @@ def _spec(news_parquet: Path, tmp_path: Path, ner_model: Path, **changes: Any) -
 
 
 def _queued(settings: Settings) -> int:
-    return int(redis.Redis.from_url(settings.broker_url).llen(settings.queue))
+    return len(queued_messages(settings.broker_url, settings.queue))
 
 
 def _empty_parquet(tmp_path: Path) -> str:
@@ -38,7 +39,7 @@ def _other_job_output(tmp_path: Path, news_parquet: Path, ner_model: Path, setti
     other = _spec(news_parquet, tmp_path, ner_model, task="tokenize", output=str(tmp_path / "taken"),
                   columns={"text": "body"})
     submit(load_spec(other), settings)
-    redis.Redis.from_url(settings.broker_url).delete(settings.queue)
+    redis.Redis.from_url(settings.broker_url).delete(*queue_lists(settings.broker_url, settings.queue))
     return str(tmp_path / "taken")
 
 

@@ -61,5 +61,7 @@ def test_worker_serves_metrics(tmp_path: Path, news_parquet: Path, ner_model: Pa
     assert samples['batchformers_batch_tokens_total{kind="padded"}'] >= samples[
         'batchformers_batch_tokens_total{kind="real"}'] > 0
     assert samples["batchformers_padding_ratio_count{}"] == batches
+    assert samples['batchformers_model_loads_total{task="ner"}'] == 1  # one load serves both shards
+    assert samples['batchformers_model_load_seconds_count{task="ner"}'] == 1
     # CPU worker: no GPU memory series, and that is not an error.
     assert not any(name.startswith("batchformers_gpu_memory_bytes") for name in samples)

@@ -15,7 +15,16 @@ from jobs.io.layout import OutputLayout
 from jobs.settings import Settings
 from producer.status import wait
 from producer.submit import submit, time_limits
-from tests.reliability import committed_markers, read_back, starts, tokenize_spec, wait_drained, write_rows
+from tests.reliability import (
+    committed_markers,
+    queue_lists,
+    queued_messages,
+    read_back,
+    starts,
+    tokenize_spec,
+    wait_drained,
+    write_rows,
+)
 from worker.deliveries import KEY_PREFIX as DELIVERIES_PREFIX
 from worker.faults import FAULTS_ENV
 from worker.tasks import is_permanent
@@ -112,8 +121,8 @@ def test_tasks_carry_their_time_limits(tmp_path: Path, settings: Settings) -> No
     spec = tokenize_spec(tmp_path / "in.parquet", tmp_path / "out", shard_time_limit=100)
     submit(spec, settings)
     client = redis.Redis.from_url(settings.broker_url)
-    messages = [json.loads(raw) for raw in client.lrange(settings.queue, 0, -1)]
-    client.delete(settings.queue)
+    messages = [json.loads(raw) for raw in queued_messages(settings.broker_url, settings.queue)]
+    client.delete(*queue_lists(settings.broker_url, settings.queue))
     assert len(messages) == 2
     soft, hard = time_limits(spec, settings)
     assert (soft, hard) == (100, 110)

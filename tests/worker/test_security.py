@@ -24,7 +24,14 @@ from jobs.settings import Settings
 from producer.embedded import EmbeddedRedis, LocalWorkers
 from producer.status import wait
 from producer.submit import prepare, submit
-from tests.reliability import assert_exactly_once, read_back, tokenize_spec, worker_logs, write_rows
+from tests.reliability import (
+    assert_exactly_once,
+    queued_messages,
+    read_back,
+    tokenize_spec,
+    worker_logs,
+    write_rows,
+)
 from worker.runners import runner_for
 
 
@@ -231,7 +238,7 @@ def test_password_and_tls_broker_work_and_the_secret_never_shows(
     ids = write_rows(tmp_path / "in.parquet", 10)
     settings = Settings(broker_url=url, queue="secure", lease_seconds=5)
     submission = submit(tokenize_spec(tmp_path / "in.parquet", tmp_path / "out"), settings)
-    queued = redis.Redis.from_url(url).lrange("secure", 0, -1)  # what Flower would show as task arguments
+    queued = queued_messages(url, "secure")  # what Flower would show as task arguments
     assert len(queued) == 2 and not any(password.encode() in message for message in queued)
 
     env = {"BATCHFORMERS_LEASE_SECONDS": "5", "BATCHFORMERS_TORCH_THREADS": "1"}
