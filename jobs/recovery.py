@@ -35,6 +35,7 @@ from typing import Any
 
 import redis
 
+from jobs import routing
 from jobs.errors import BatchformersError
 from jobs.io.layout import OutputLayout
 from jobs.ledger import (
@@ -129,7 +130,7 @@ class Recovery:
                 log.warning("recovery: cannot check the running shards of job %s now: %s", job.manifest.job_id, exc)
         if jobs and self._heal_turn():
             report.healing_checked = True
-            queued = self.queued_shards()
+            queued = self.queued_shards([routing.job_queue(job.queue, job.manifest.job_id) for job in jobs])
             for job in jobs:
                 try:
                     self.heal(job, queued, now, report)
@@ -241,19 +242,22 @@ class Recovery:
                         "was found for %.0fs (the broker lost its queue?)", _ranges(claimed), job_id,
                         self.lease_seconds)
 
-    def queued_shards(self) -> dict[str, set[int]]:
-        """Job id -> shards with a message waiting in a queue or delivered and not yet acked."""
+    def queued_shards(self, job_queues: Iterable[str] = ()) -> dict[str, set[int]]:
+        """Job id -> shards with a message waiting in a queue or delivered and not yet acked.
+
+        ``job_queues`` are the jobs' own queues (:mod:`jobs.routing`), looked in whether or not
+        kombu has bound them yet."""
         found: dict[str, set[int]] = {}
         for raw in self.client.hvals(UNACKED_KEY):  # [message, exchange, routing key]
             _add(found, shard_of(_loads(raw), unacked=True))
-        for queue in self.queue_lists():
+        for queue in self.queue_lists(job_queues):
             for raw in self.client.lrange(queue, 0, -1):
                 _add(found, shard_of(_loads(raw)))
         return found
 
-    def queue_lists(self) -> list[str]:
+    def queue_lists(self, job_queues: Iterable[str] = ()) -> list[str]:
         """Every list kombu keeps messages in: the known queues, those bound on the broker, each priority."""
-        names = {self.queue}
+        names = {self.queue, *job_queues}
         for key in self.client.scan_iter(match=KOMBU_BINDINGS + "*", count=1000):
             for member in self.client.smembers(key):
                 names.add(_text(member).split(KOMBU_SEPARATOR)[-1])

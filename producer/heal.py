@@ -31,7 +31,8 @@ def resend(manifest: Manifest, layout: OutputLayout, shards: set[int], settings:
 
     messages = messages_for(manifest, layout, only=shards)
     if messages:
-        enqueue(messages, settings, app=app, limits=time_limits(manifest.job_spec(), settings))
+        spec = manifest.job_spec()  # the job's own queue and priority when routing is on
+        enqueue(messages, settings, app=app, limits=time_limits(spec, settings), spec=spec)
     return len(messages)
 
 

@@ -25,6 +25,8 @@ from tests.reliability import (
     assert_exactly_once,
     committed_markers,
     in_flight,
+    queue_lists,
+    queued_messages,
     tokenize_spec,
     wait_drained,
     wait_until,
@@ -36,14 +38,13 @@ from worker.faults import FAULTS_ENV
 
 def _queued(settings: Settings, job_id: str) -> list[int]:
     """Shards of ``job_id`` with a message in the test's queue (each once per message)."""
-    client = redis.Redis.from_url(settings.broker_url)
-    found = [shard_of(json.loads(raw)) for raw in client.lrange(settings.queue, 0, -1)]
+    found = [shard_of(json.loads(raw)) for raw in queued_messages(settings.broker_url, settings.queue)]
     return sorted(item[1] for item in found if item and item[0] == job_id)
 
 
 def _lose_queue(settings: Settings) -> None:
-    client = redis.Redis.from_url(settings.broker_url)
-    client.delete(settings.queue, *client.keys(f"{settings.queue}\x06\x16*"))
+    """Every list of the test's queue and of the job queues routed under it (:mod:`jobs.routing`)."""
+    redis.Redis.from_url(settings.broker_url).delete(*queue_lists(settings.broker_url, settings.queue))
 
 
 def test_a_lost_queue_is_enqueued_again_once(tmp_path: Path, redis_url: str, queue_name: str) -> None:
@@ -69,7 +70,7 @@ def test_a_lost_queue_is_enqueued_again_once(tmp_path: Path, redis_url: str, que
             assert not scanner.scan().healed
         time.sleep(0.5)
     assert _queued(settings, submission.job_id) == [0, 1, 2, 3]
-    redis.Redis.from_url(redis_url).delete(settings.queue)
+    _lose_queue(settings)
     redis.Redis.from_url(redis_url).hdel(JOB_QUEUES_KEY, submission.job_id)
 
 
@@ -80,7 +81,7 @@ def test_a_dead_holder_is_taken_over_once(tmp_path: Path, redis_url: str, queue_
     write_rows(tmp_path / "in.parquet", 20)
     submission = submit(tokenize_spec(tmp_path / "in.parquet", tmp_path / "out"), settings)
     client = redis.Redis.from_url(redis_url)
-    client.delete(settings.queue)  # delivered, as it were: the dead worker's messages sit unacked
+    _lose_queue(settings)  # delivered, as it were: the dead worker's messages sit unacked
     running = job_keys(submission.job_id)[4]
     client.sadd(running, 1, 2)
     client.set(f"{LEASE_PREFIX}{submission.job_id}:2", "alive/1", px=60_000)
@@ -90,7 +91,8 @@ def test_a_dead_holder_is_taken_over_once(tmp_path: Path, redis_url: str, queue_
     assert [report.taken_over for report in reports].count({}) == 1
     assert _queued(settings, submission.job_id) == [1]
     assert {int(s) for s in client.smembers(running)} == {2}  # the live one is still running
-    client.delete(settings.queue, running, f"{LEASE_PREFIX}{submission.job_id}:2")
+    _lose_queue(settings)
+    client.delete(running, f"{LEASE_PREFIX}{submission.job_id}:2")
     client.hdel(JOB_QUEUES_KEY, submission.job_id)
 
 
@@ -106,7 +108,7 @@ def test_a_watcher_of_another_queue_leaves_the_job_alone(tmp_path: Path, redis_u
     assert _queued(settings, submission.job_id) == []
     watcher = Watcher(settings, submission.output)  # the job's own queue, as `status --watch` does
     wait_until(lambda: watcher.tick() and _queued(settings, submission.job_id) == [0, 1], 10, "the watcher to heal")
-    redis.Redis.from_url(redis_url).delete(settings.queue)
+    _lose_queue(settings)
     redis.Redis.from_url(redis_url).hdel(JOB_QUEUES_KEY, submission.job_id)
 
 

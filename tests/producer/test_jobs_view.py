@@ -14,7 +14,7 @@ from jobs.pinning import pin_of
 from jobs.settings import Settings
 from producer.cli import main
 from producer.submit import submit
-from tests.reliability import tokenize_spec, write_rows
+from tests.reliability import queue_lists, queued_messages, tokenize_spec, write_rows
 
 
 def _cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> object:
@@ -55,13 +55,13 @@ def test_jobs_lists_every_job_and_its_ids_work_elsewhere(tmp_path: Path, setting
     status = _cli_json(capsys, "status", first.job_id, "--broker", broker, "--json")
     assert status["job_id"] == first.job_id and status["failed"] == 1  # type: ignore[index]
     client = redis.Redis.from_url(broker)
-    before = client.llen(settings.queue)
+    before = len(queued_messages(broker, settings.queue))
     assert main(["retry", first.job_id, "--broker", broker]) == 0
-    assert client.llen(settings.queue) == before + 1 and not layout.failed()
+    assert len(queued_messages(broker, settings.queue)) == before + 1 and not layout.failed()
     assert main(["cancel", second.job_id, "--broker", broker]) == 0
     listed = {line["job_id"]: line for line in _cli_json(capsys, "jobs", "--broker", broker, "--json")}  # type: ignore[union-attr]
     assert listed[second.job_id]["state"] == "cancelled" and listed[first.job_id]["state"] == "queued"
-    client.delete(settings.queue)
+    client.delete(*queue_lists(broker, settings.queue))
 
 
 def test_a_job_with_rows_done_shows_its_rate_and_eta(tmp_path: Path, settings: Settings) -> None:
@@ -76,4 +76,4 @@ def test_a_job_with_rows_done_shows_its_rate_and_eta(tmp_path: Path, settings: S
     line = next(line for line in job_lines(settings) if line.job_id == submission.job_id)
     assert line.state == "running" and line.rows_done == 5 and line.committed == 1
     assert line.rows_per_second and line.eta_seconds == pytest.approx(15 / line.rows_per_second)
-    redis.Redis.from_url(settings.broker_url).delete(settings.queue)
+    redis.Redis.from_url(settings.broker_url).delete(*queue_lists(settings.broker_url, settings.queue))
