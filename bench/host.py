@@ -210,7 +210,10 @@ def _padded_tokens(output: Path) -> int:
 def run_host(quick: bool, workdir: Path, tasks: list[str], log: Callable[[str], None]) -> dict[str, Any]:
     counts = QUICK_ROWS if quick else ROWS
     results: dict[str, Any] = {"quick": quick, "tasks": {}}
-    for task in tasks:
+    skipped = [task for task in tasks if task not in counts]
+    if skipped:
+        log(f"host: no near-free model for {', '.join(skipped)}; measuring {', '.join(sorted(counts))} only")
+    for task in (task for task in tasks if task in counts):
         rows = rows_for(task, counts[task])
         for layers in VARIANTS.get(task, (LAYERS,)):
             key = task if layers == LAYERS else f"{task}, {layers} layers"

@@ -184,7 +184,8 @@ class StagedRunner(Runner):
         found: dict[int, str] = {}
         for role in reversed(self.input_roles):  # the first role's error wins, as in ``row_error``
             column = inputs[role]
-            found.update((row, text_error(column[row], role)) for row in _non_strings(column))
+            for row in _non_strings(column):
+                found[row] = text_error(column[row], role) or ""  # never empty: not a string
         return dict(sorted(found.items()))
 
     def row_lengths(self, inputs: dict[str, list[Any]], rows: Sequence[int]) -> Sequence[int]:
@@ -198,7 +199,7 @@ class StagedRunner(Runner):
         for role in roles:
             column = inputs[role] if every else [inputs[role][row] for row in rows]
             total += np.fromiter(map(len, column), dtype=np.int64, count=len(rows))
-        return total
+        return total.tolist()
 
     def encode(self, inputs: dict[str, list[Any]], rows: list[int]) -> Encoded:
         """Host: turn ``rows`` (positions in ``inputs``) into model items."""
