@@ -174,6 +174,33 @@ class StagedRunner(Runner):
         """A cheap stand-in for a row's token count (characters), to encode longest rows first."""
         return sum(len(values[role]) for role in self.input_roles)
 
+    def row_errors(self, inputs: dict[str, list[Any]], count: int) -> dict[int, str]:
+        """``row_error`` of every row that has one. Column by column when a task keeps the default check
+        (only non-strings are looked at), row by row through ``row_error`` when it has its own."""
+        if type(self).row_error is not StagedRunner.row_error:
+            roles = self.input_roles
+            errors = ((row, self.row_error({role: inputs[role][row] for role in roles})) for row in range(count))
+            return {row: error for row, error in errors if error}
+        found: dict[int, str] = {}
+        for role in reversed(self.input_roles):  # the first role's error wins, as in ``row_error``
+            column = inputs[role]
+            for row in _non_strings(column):
+                found[row] = text_error(column[row], role) or ""  # never empty: not a string
+        return dict(sorted(found.items()))
+
+    def row_lengths(self, inputs: dict[str, list[Any]], rows: Sequence[int]) -> Sequence[int]:
+        """``row_length`` of ``rows`` (all valid); characters summed over the roles, column by column,
+        unless a task has its own ``row_length``."""
+        roles = self.input_roles
+        if type(self).row_length is not StagedRunner.row_length:
+            return [self.row_length({role: inputs[role][row] for role in roles}) for row in rows]
+        every = len(rows) == len(inputs[roles[0]])
+        total = np.zeros(len(rows), dtype=np.int64)
+        for role in roles:
+            column = inputs[role] if every else [inputs[role][row] for row in rows]
+            total += np.fromiter(map(len, column), dtype=np.int64, count=len(rows))
+        return total.tolist()
+
     def encode(self, inputs: dict[str, list[Any]], rows: list[int]) -> Encoded:
         """Host: turn ``rows`` (positions in ``inputs``) into model items."""
         raise NotImplementedError
@@ -279,20 +306,18 @@ class Execution:
     # -- the plan ----------------------------------------------------------------
 
     def blocks(self) -> list[list[int]]:
-        """Valid rows, longest first, in blocks of ``encode_rows``; invalid rows become errors now."""
-        roles = self.runner.input_roles
-        lengths: list[tuple[int, int]] = []
-        for row in range(self.count):
-            values = {role: self.inputs[role][row] for role in roles}
-            error = self.runner.row_error(values)
-            if error:
-                self.errors[row] = error
-            else:
-                lengths.append((-self.runner.row_length(values), row))
+        """Valid rows, longest first, in blocks of ``encode_rows``; invalid rows become errors now.
+
+        With a device stage the first blocks are small (one batch, then doubling up to ``encode_rows``):
+        the device starts after one batch's tokenizing instead of a whole block of the longest rows."""
+        self.errors.update(self.runner.row_errors(self.inputs, self.count))
         self._finished_rows(len(self.errors))
-        order = [row for _, row in sorted(lengths)]
+        valid = [row for row in range(self.count) if row not in self.errors] if self.errors else range(self.count)
+        lengths = np.asarray(self.runner.row_lengths(self.inputs, valid), dtype=np.int64)
+        order = np.asarray(valid, dtype=np.int64)[np.argsort(-lengths, kind="stable")].tolist()
         size = max(1, self.options.encode_rows or self.runner.encode_rows)
-        return [order[i : i + size] for i in range(0, len(order), size)]
+        first = min(size, max(1, self.options.batch_size)) if self.runner.device_stage else size
+        return list(_ramped(order, first, size))
 
     def encode(self, block: list[int]) -> tuple[list[int], Encoded]:
         """The task's ``encode`` of one block; its row errors are recorded now."""
@@ -548,6 +573,20 @@ class _Line:
             sys.setswitchinterval(interval)
         if self.failures:
             raise self.failures[0]
+
+
+def _ramped(order: list[int], first: int, size: int) -> Iterator[list[int]]:
+    """``order`` in blocks of ``first`` rows, then twice as many each time, up to ``size``."""
+    start, step = 0, first
+    while start < len(order):
+        yield order[start : start + step]
+        start += step
+        step = min(size, step * 2)
+
+
+def _non_strings(column: Sequence[Any]) -> list[int]:
+    """Positions of the values that are not ``str`` (None included)."""
+    return [row for row, value in enumerate(column) if not isinstance(value, str)]
 
 
 def _finished_without_device(items: list[Item]) -> Finished:

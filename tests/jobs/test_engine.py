@@ -116,6 +116,59 @@ def test_longest_rows_are_encoded_first() -> None:
     assert [batch[0][0] for batch in runner.batches][:1] == [1]
 
 
+def test_the_device_starts_after_one_batch_of_rows_then_blocks_double() -> None:
+    """The first block is one batch of the longest rows (the device waits on it), the next ones double."""
+    sizes: list[int] = []
+
+    class Sizes(Toy):
+        def encode(self, inputs: dict[str, list[Any]], rows: list[int]) -> Encoded:
+            sizes.append(len(rows))
+            return super().encode(inputs, rows)
+
+    texts = [" ".join("w" * (i % 9 + 1) for _ in range(i % 5 + 1)) for i in range(100)]
+    table = Sizes(options=RunOptions(batch_size=4, overlap=False, encode_rows=32)).run_table({"text": texts})
+    assert sizes == [4, 8, 16, 32, 32, 8]
+    assert table.column("total").to_pylist() == _expected(texts)
+    sizes.clear()
+
+    class NoDevice(Sizes):
+        device_stage = False
+
+        def decode(self, inputs: dict[str, list[Any]], finished: Finished) -> pa.Table:
+            return pa.table({"total": [0] * len(finished.rows), "parts": [0] * len(finished.rows)},
+                            schema=pa.schema(list(SCHEMA)[:2]))
+
+    NoDevice(options=RunOptions(batch_size=4, encode_rows=32)).run_table({"text": texts})
+    assert sizes == [32, 32, 32, 4]  # nothing waits on a device: whole blocks from the start
+
+
+def test_rows_are_checked_column_by_column_as_row_by_row() -> None:
+    """The column-wise check and lengths give what the per-row hooks give, for one role and for two."""
+
+    class PerRow(Toy):
+        input_roles = ("text", "other")
+
+        def row_error(self, values: dict[str, Any]) -> str | None:
+            return StagedRunner.row_error(self, values)
+
+        def row_length(self, values: dict[str, Any]) -> int:
+            return StagedRunner.row_length(self, values)
+
+    class Columns(Toy):
+        input_roles = ("text", "other")
+
+    texts = ["a", None, 3, "bbb", "", b"x", "cc"]
+    others = [None, "x", None, 4.5, "yy", "z", "zzzz"]
+    inputs = {"text": texts, "other": others}
+    per_row, columns = PerRow(), Columns()
+    assert columns.row_errors(inputs, len(texts)) == per_row.row_errors(inputs, len(texts)) == {
+        0: "other is null", 1: "text is null", 2: "text must be a string, got int",
+        3: "other must be a string, got float", 5: "text must be a string, got bytes"}
+    valid = [4, 6]
+    assert list(columns.row_lengths(inputs, valid)) == list(per_row.row_lengths(inputs, valid)) == [2, 6]
+    assert list(Toy().row_lengths({"text": ["ab", "", "cde"]}, [0, 1, 2])) == [2, 0, 3]
+
+
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_one_padding_helper_pads_either_side(side: str) -> None:
     rows = [[1, 2, 3], [4], [5, 6]]
