@@ -35,7 +35,7 @@ This module imports no Celery: the producer and the worker both use it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -144,7 +144,6 @@ class Tally:
     last_commit: float | None
     finished_at: float | None = None
     truncated: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Ledger:
