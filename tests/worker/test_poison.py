@@ -12,11 +12,11 @@ import redis
 
 from jobs.errors import InputError, ModelLoadError, OutputError, RetryableError, SpecError
 from jobs.io.layout import OutputLayout
+from jobs.protocol import DELIVERIES_PREFIX
 from jobs.settings import Settings
 from producer.status import wait
 from producer.submit import submit, time_limits
 from tests.reliability import committed_markers, read_back, starts, tokenize_spec, wait_drained, write_rows
-from worker.deliveries import KEY_PREFIX as DELIVERIES_PREFIX
 from worker.faults import FAULTS_ENV
 from worker.tasks import is_permanent
 
