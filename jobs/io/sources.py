@@ -37,6 +37,7 @@ from jobs.errors import InputError
 from jobs.io.storage import Storage
 
 if TYPE_CHECKING:
+    from jobs.settings import Settings
     from jobs.spec import DatasetOptions
 
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
@@ -143,6 +144,27 @@ def describe_all(storage: Storage, paths: list[str], input_format: str = "auto",
         return [one(path) for path in paths]
     with ThreadPoolExecutor(min(threads, total), thread_name_prefix="plan") as pool:
         return list(pool.map(one, paths))
+
+
+def check_source(source: SourceFile, start: int, stop: int, settings: Settings) -> None:
+    """Before a shard runs: its input file must be allowed here, and where it was at submit, unchanged."""
+    if not settings.allows(source.url):
+        raise InputError(f"input file {source.url} is outside BATCHFORMERS_ALLOWED_ROOTS on this worker")
+    storage = Storage.at(source.url)
+    if storage.remote:
+        storage.fs.invalidate_cache(storage.root)
+    try:
+        size, modified = file_stamp(storage, storage.root)
+    except FileNotFoundError:
+        raise InputError(
+            f"input file {source.url} (rows {start}-{stop}) is gone since the job was submitted; "
+            "restore it, or resubmit the job with a new output"
+        ) from None
+    if size != source.size or modified != source.modified:
+        raise InputError(
+            f"input file {source.url} changed since the job was submitted (size {source.size} -> {size}, "
+            f"modified {source.modified} -> {modified}); resubmit the job with a new output to process it"
+        )
 
 
 def datasets_loader(location: str, input_format: str = "auto") -> tuple[str, dict[str, Any]] | None:

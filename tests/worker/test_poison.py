@@ -14,11 +14,11 @@ from jobs.errors import InputError, ModelLoadError, OutputError, RetryableError,
 from jobs.io.layout import OutputLayout
 from jobs.protocol import DELIVERIES_PREFIX
 from jobs.settings import Settings
+from jobs.shard import is_permanent
 from producer.status import wait
 from producer.submit import submit, time_limits
 from tests.reliability import committed_markers, read_back, starts, tokenize_spec, wait_drained, write_rows
 from worker.faults import FAULTS_ENV
-from worker.tasks import is_permanent
 
 
 @pytest.mark.slow
