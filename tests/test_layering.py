@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TREE_DRAWING = set("│├└─ \u00a0")
 # producer/cli.py's `worker` command starts a worker in its own process: the only allowed crossing.
 PRODUCER_MAY_IMPORT_WORKER = {("producer/cli.py", "worker.__main__")}
 MAY_IMPORT_TESTING = {"producer/demo.py"}  # the demo builds a tiny model to run on
@@ -61,3 +62,33 @@ def test_the_scan_sees_imports_inside_functions(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("import os\n\ndef f():\n    from worker.app import make_app\n    import jobs.testing.tiny\n")
     assert {"os", "worker.app", "worker.app.make_app", "jobs.testing.tiny"} <= imports(module)
+
+
+def tree_paths(text: str) -> set[str]:
+    """The paths an annotated tree (``├── name   what it is``) names, folders ending in ``/``."""
+    paths: set[str] = set()
+    stack: list[str] = []
+    for line in text.splitlines():
+        body = line[next((i for i, ch in enumerate(line) if ch not in TREE_DRAWING), len(line)):]
+        if not body or body.startswith("```"):
+            continue
+        depth = (len(line) - len(body)) // 4
+        name = body.split()[0]
+        stack = stack[:depth] + [name]
+        paths.add("".join(stack))
+    return paths
+
+
+def readme_tree() -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Layout of the code", 1)[1].split("\n### ", 1)[0]
+    return section.split("```text", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_tree_names_every_module_and_nothing_else() -> None:
+    listed = tree_paths(readme_tree())
+    modules_here = {str(p.relative_to(ROOT)) for p in modules("jobs", "producer", "worker", "bench")
+                    if p.name != "__init__.py" or p.parent.name in ("readers", "tiny")}
+    assert sorted(modules_here - listed) == []  # a new module gets its line
+    assert sorted(p for p in listed if p.endswith(".py") and p not in modules_here) == []  # no stale line
+    assert (ROOT / "CONTRIBUTING.md").read_text().count(readme_tree()) == 1  # the same tree in both
