@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TREE_DRAWING = set("│├└─ \u00a0")
+TREE_DRAWING = set("│├└─ ")
 # producer/cli.py's `worker` command starts a worker in its own process: the only allowed crossing.
 PRODUCER_MAY_IMPORT_WORKER = {("producer/cli.py", "worker.__main__")}
 MAY_IMPORT_TESTING = {"producer/demo.py"}  # the demo builds a tiny model to run on
