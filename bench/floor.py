@@ -27,11 +27,6 @@ class Batches:
     real_tokens: int
     padded_tokens: int
 
-    @property
-    def padding_ratio(self) -> float:
-        """Padded tokens per real token (1.0 = no padding)."""
-        return self.padded_tokens / max(1, self.real_tokens)
-
 
 @dataclass(frozen=True)
 class FloorJob:

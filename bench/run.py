@@ -15,13 +15,11 @@ from bench.measure import Measurement, WorkerPool, run_batchformers
 from bench.models import model_dir
 from bench.report import TaskResult, machine
 from bench.tasks import BENCHES, TaskBench
+from jobs.tasks.registry import TASKS
 
 DEFAULT_SHARD_ROWS = 10_000
 JOB_TIMEOUT = 1800.0
-TASK_MODULES = {"tokenize": "jobs.tasks.tokenize", "ner": "jobs.tasks.ner", "qa": "jobs.tasks.qa",
-                "summarization": "jobs.tasks.summarization", "translation": "jobs.tasks.translation",
-                "classification": "jobs.tasks.classification", "zero_shot": "jobs.tasks.zero_shot",
-                "embeddings": "jobs.tasks.embeddings", "fill_mask": "jobs.tasks.fill_mask", "generation": "jobs.tasks.text_generation"}
+TASK_MODULES = {task: target.partition(":")[0] for task, target in TASKS.items()}  # from the registry
 
 
 def module_missing(task: str) -> str | None:

@@ -38,7 +38,6 @@ DEFAULT_STATUS_SHARDS = (5000,)
 WINDOW = 50  # shards at the start and at the end whose commit rates are compared
 UPLOAD_THREADS = 16
 JOB_TIMEOUT = 3600.0
-MARKER_GLOB = "[0-9]*.json"
 
 
 def _log(message: str) -> None:

@@ -8,7 +8,6 @@ compare the baseline's outputs with batchformers'.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -388,7 +387,3 @@ def _benches() -> dict[str, type[TaskBench]]:
 
 
 BENCHES: dict[str, type[TaskBench]] = _benches()
-
-
-def shard_count(rows: int, shard_rows: int) -> int:
-    return math.ceil(rows / shard_rows)

@@ -2,7 +2,7 @@
 
 The commit markers in the output stay the durable truth; the ledger is a cheap,
 atomic count of them, so that neither a commit nor ``status`` has to list and read
-every marker. Every key of a job lives here, in one place:
+every marker. Its keys (every Redis key is listed in :mod:`jobs.protocol`):
 
     batchformers:ledger:<job>            HASH  generation (the manifest's created_at), shards,
                                                committed, rows, errors, first_start, last_commit,
@@ -13,17 +13,6 @@ every marker. Every key of a job lives here, in one place:
                                                are not in the totals yet
     batchformers:ledger:<job>:failed     HASH  shard -> error, failed for good (until retried)
     batchformers:ledger:<job>:running    SET   shards a worker has started (checked against leases)
-    batchformers:lease:<job>:<shard>           the lease of a running shard (worker.lease)
-    batchformers:deliveries:<job>:<shard>      starts of a shard (worker.deliveries)
-    batchformers:last-error:<job>:<shard>      its last error (worker.deliveries)
-    batchformers:job:<job>                     job id -> output location (producer.job_index; kept)
-    batchformers:jobs                    ZSET  job ids by latest submit time (producer.job_index; kept)
-    batchformers:job-queues              HASH  job id -> the queue its shards were sent to (kept)
-    batchformers:requeue:<job>:<shard>:<n>     SET NX lock: one scanner re-enqueues the shard after its
-                                               n-th start (jobs.recovery; expires)
-    batchformers:unseen:<job>            HASH  shard -> when a scan first found it nowhere: no marker,
-                                               message, lease or running entry (jobs.recovery)
-    batchformers:heal-scan                     SET NX lock: one process a period looks for lost messages
 
 Only a shard's first commit counts (``SADD`` says whether it is new), so a shard
 committed twice, or a redelivered message, never counts twice. The ledger belongs to
@@ -42,24 +31,15 @@ This module imports no Celery: the producer and the worker both use it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-PREFIX = "batchformers:ledger:"
-LEASE_PREFIX = "batchformers:lease:"
-DELIVERIES_PREFIX = "batchformers:deliveries:"
-LAST_ERROR_PREFIX = "batchformers:last-error:"
-JOB_INDEX_PREFIX = "batchformers:job:"
-JOBS_KEY = "batchformers:jobs"
-JOB_QUEUES_KEY = "batchformers:job-queues"
-REQUEUE_PREFIX = "batchformers:requeue:"
-UNSEEN_PREFIX = "batchformers:unseen:"
-HEAL_SCAN_KEY = "batchformers:heal-scan"
+from jobs.protocol import ledger_keys as job_keys
+
 ACTIVE_SECONDS = 14 * 24 * 3600  # an unfinished job's ledger lives this long after its last change
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600  # a finished job's broker state lives this long
-PART_KEYS = ("committed", "unread", "failed", "running")
 MISSING = -1
 
 
@@ -124,12 +104,6 @@ return 1
 """
 
 
-def job_keys(job_id: str) -> list[str]:
-    """The ledger's keys: the hash, then the committed, unread, failed and running sets."""
-    base = f"{PREFIX}{job_id}"
-    return [base, *(f"{base}:{part}" for part in PART_KEYS)]
-
-
 def generation_of(created_at: float) -> str:
     """The manifest's submit time, as the ledger stores it."""
     return repr(float(created_at))
@@ -156,7 +130,6 @@ class Tally:
     last_commit: float | None
     finished_at: float | None = None
     truncated: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Ledger:

@@ -7,7 +7,7 @@ worker, and ``status`` on any machine, knows the whole job from the output alone
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from jobs.io.sources import SourceFile
@@ -42,7 +42,6 @@ class Manifest:
     versions: dict[str, str]
     created_at: float
     version: int = MANIFEST_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
     model_pin: dict[str, Any] | None = None
     """What the model resolved to at submit (:class:`jobs.pinning.ModelPin`); None in older manifests."""
 
@@ -62,6 +61,7 @@ class Manifest:
     def from_json(cls, data: bytes) -> Manifest:
         raw = json.loads(data)
         raw.pop("total_rows", None)
+        raw.pop("extra", None)  # an always-empty field of manifests written before it was dropped
         raw["sources"] = [SourceFile(**s) for s in raw["sources"]]
         raw["shards"] = [ShardPlan(**s) for s in raw["shards"]]
         return cls(**raw)

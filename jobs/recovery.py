@@ -38,8 +38,9 @@ import redis
 from jobs import routing
 from jobs.errors import BatchformersError
 from jobs.io.layout import OutputLayout
-from jobs.ledger import (
-    ACTIVE_SECONDS,
+from jobs.ledger import ACTIVE_SECONDS
+from jobs.manifest import Manifest
+from jobs.protocol import (
     DELIVERIES_PREFIX,
     HEAL_SCAN_KEY,
     JOB_INDEX_PREFIX,
@@ -47,11 +48,10 @@ from jobs.ledger import (
     JOBS_KEY,
     LEASE_PREFIX,
     REQUEUE_PREFIX,
+    TASK_NAME,
     UNSEEN_PREFIX,
-    job_keys,
 )
-from jobs.manifest import Manifest
-from jobs.protocol import TASK_NAME
+from jobs.protocol import ledger_keys as job_keys
 
 log = logging.getLogger(__name__)
 Send = Callable[[Manifest, OutputLayout, set[int], str], int]

@@ -21,16 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from jobs.protocol import PRIORITY_STEPS, ROUTES_PREFIX
+
 if TYPE_CHECKING:
     from jobs.spec import JobSpec
 
 MIN_PRIORITY = 0
 MAX_PRIORITY = 9
 DEFAULT_PRIORITY = 5
-PRIORITY_STEPS = list(range(MIN_PRIORITY, MAX_PRIORITY + 1))
-"""kombu's ``priority_steps``: one Redis list per priority, so 4 and 5 never share one."""
 PRIORITY_SEPARATOR = "\x06\x16"  # kombu's Redis transport: queue Q's list for priority p > 0 is Q + sep + p
-ROUTES_PREFIX = "batchformers:routes:"
 JOB_QUEUE_SEPARATOR = "."
 
 

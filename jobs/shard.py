@@ -1,20 +1,228 @@
-"""Run one shard: read its rows, run the task, build the output table. No Celery here."""
+"""A shard's lifecycle: check its input, run it, commit it, and decide what a failure means. No Celery here.
+
+:func:`run_and_commit` is the whole life of one attempt, called by the worker task once it
+holds the shard's lease (``worker.lease``):
+
+- the attempt is counted first (``worker.deliveries``), so a shard that kills its worker is
+  marked failed after ``1 + max_retries`` starts instead of looping;
+- the input must be where it was at submit, unchanged (:func:`jobs.io.sources.check_source`);
+- the rows are run (:func:`run_shard`) and, if the lease is still ours, committed
+  (:meth:`jobs.io.layout.OutputLayout.commit`), then counted towards the job's completion
+  (:mod:`jobs.io.completion`);
+- permanent errors (a bad spec, an input that is gone or changed, a model that cannot be
+  loaded) fail the shard at once (:class:`~jobs.errors.ShardError`); transient ones raise
+  :class:`RetryLater` with a backoff, which the worker turns into a Celery retry.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, NoReturn, Protocol
 
 import numpy as np
 import pyarrow as pa
+import redis
 
 from jobs.engine.base import ProgressCallback, Runner, TaskType
-from jobs.io.sources import read_rows
+from jobs.errors import BatchformersError, RetryableError, ShardError
+from jobs.io.completion import complete_if_last, count_committed
+from jobs.io.layout import OutputLayout
+from jobs.io.sources import check_source, read_rows
+from jobs.ledger import Ledger
 from jobs.manifest import Manifest, ShardPlan
+from jobs.pinning import pinned_spec
+from jobs.settings import Settings
+from jobs.spec import JobSpec
+
+log = logging.getLogger(__name__)
+RETRY_BACKOFF = 2.0
+MAX_RETRY_DELAY = 60.0
+WORKER_LOST = "the worker running this shard was lost (killed, out of memory or crashed) on {holder}"
+# Causes that make an otherwise permanent error worth retrying: the network, not the data.
+TRANSIENT_CAUSES: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
+TRANSIENT_NAMES = ("Connect", "Timeout")  # httpx.ConnectError, requests' ConnectionError, ReadTimeout ...
+TIME_LIMIT_MESSAGE = "the shard ran past its time limit; raise shard_time_limit or lower shard_rows"
 
 ROW_INDEX = "row_index"
 ERROR = "error"
 TRUNCATED = "truncated"
+
+
+class RetryLater(Exception):  # noqa: N818 - a decision, not an error
+    """Raised by :func:`run_and_commit` when the attempt failed and the shard should run again in ``delay`` s."""
+
+    def __init__(self, error: str, delay: float) -> None:
+        super().__init__(error)
+        self.error = error
+        self.delay = delay
+
+
+class Attempts(Protocol):
+    """A shard's start count and last error on the broker (``worker.deliveries.DeliveryCount``)."""
+
+    def increment(self) -> int: ...
+    def record_error(self, error: str) -> None: ...
+    def last_error(self) -> str | None: ...
+    def clear(self) -> None: ...
+
+
+class Lease(Protocol):
+    """The worker's hold on the shard (``worker.lease.ShardLease``)."""
+
+    holder: str
+
+    def kept(self) -> AbstractContextManager[None]: ...
+    def held(self) -> bool: ...
+    def current_holder(self) -> str | None: ...
+
+
+def _nothing(*_: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What the worker adds along the way: fault injection (``worker.faults``) and metrics
+    (``worker.metrics``). Each does nothing by default."""
+
+    started: Callable[[int], None] = _nothing  # the attempt is counted and about to run
+    before_commit: Callable[[int], None] = _nothing  # the rows are done, nothing is written yet
+    commit_point: Callable[[int, str], None] = _nothing  # inside the commit (jobs.io.layout.COMMIT_POINTS)
+    committed: Callable[[str, dict[str, Any]], None] = _nothing  # (task name, summary) once committed
+
+
+Load = Callable[[JobSpec, Settings], tuple[TaskType, Runner]]  # worker.runners.runner_for
+
+
+def run_and_commit(
+    manifest: Manifest,
+    shard: int,
+    layout: OutputLayout,
+    lease: Lease,
+    attempts: Attempts,
+    ledger: Ledger | None,
+    settings: Settings,
+    load: Load,
+    *,
+    progress: ProgressCallback | None = None,
+    hooks: Hooks | None = None,
+    time_limits: tuple[type[BaseException], ...] = (),
+) -> dict[str, Any]:
+    """One attempt of ``shard`` under ``lease``: what the task returns (a summary, or why it was skipped).
+
+    Raises :class:`~jobs.errors.ShardError` when the shard failed for good (its failure marker
+    is written), :class:`RetryLater` when it should run again, and ``redis.RedisError`` when the
+    broker went away (the worker gives the message back). ``time_limits`` are the exceptions
+    that mean "the shard ran past its time limit" (Celery's ``SoftTimeLimitExceeded``).
+    """
+    hooks = hooks or Hooks()
+    if layout.is_committed(shard):  # committed by the previous holder of the lease
+        if ledger is not None:
+            try:
+                count_committed(layout, manifest, shard, ledger)
+            except (BatchformersError, OSError, redis.RedisError) as exc:
+                log.warning("shard %s of job %s is committed; cannot count it on the broker now: %s", shard,
+                            manifest.job_id, exc)
+        return {"shard": shard, "skipped": "already committed"}
+    spec = manifest.job_spec()
+    plan = manifest.shards[shard]
+    allowed = spec.max_retries + 1
+    attempt = attempts.increment()
+    if attempt > allowed:  # the runs allowed all started and none finished: a crash each time
+        if layout.failed().get(shard):  # another copy of the message got here first
+            return {"shard": shard, "skipped": "already failed"}
+        error = attempts.last_error() or WORKER_LOST.format(holder="an unknown worker")
+        fail(layout, manifest.job_id, shard, gave_up(allowed, error), allowed, ledger)
+    attempts.record_error(WORKER_LOST.format(holder=lease.holder))
+    if attempt > 1:
+        log.warning("shard %s of job %s: attempt %s of %s", shard, manifest.job_id, attempt, allowed)
+    hooks.started(shard)
+    try:
+        with lease.kept():
+            check_source(manifest.sources[plan.source], plan.start, plan.stop, settings)
+            task, runner = load(pinned_spec(spec, manifest), settings)  # the model pinned at submit
+            table, summary = run_shard(manifest, plan, task, runner, progress, overlap=settings.overlap)
+            hooks.before_commit(shard)
+            if not lease.held():
+                log.error("shard %s of job %s: lease lost to %s; not committing", shard, manifest.job_id,
+                          lease.current_holder())
+                return {"shard": shard, "skipped": "lease lost"}
+            summary["attempt"] = attempt
+            layout.commit(shard, table, summary, fault=hooks.commit_point)
+            hooks.commit_point(shard, "committed")
+    except Exception as exc:
+        _after_error(layout, manifest.job_id, shard, spec, attempts, attempt, exc, settings.lease_seconds, ledger,
+                     time_limits)
+    hooks.committed(spec.task, summary)
+    try:
+        attempts.clear()
+    except redis.RedisError as exc:  # committed all the same: a stale count only expires later
+        log.warning("cannot clear the delivery count of shard %s: %s", shard, exc)
+    complete_if_last(layout, manifest, shard, {**summary, "committed_at": time.time()}, ledger)
+    return {"shard": shard, "job": manifest.job_id, **summary}
+
+
+def _after_error(layout: OutputLayout, job_id: str, shard: int, spec: JobSpec, attempts: Attempts, attempt: int,
+                 exc: Exception, lease_seconds: float, ledger: Ledger | None,
+                 time_limits: tuple[type[BaseException], ...]) -> NoReturn:
+    """Fail the shard now (permanent error, or no attempts left) or ask for a retry after a backoff."""
+    if isinstance(exc, redis.RedisError):
+        raise exc
+    error = TIME_LIMIT_MESSAGE if isinstance(exc, time_limits) else describe(exc)
+    if is_permanent(exc):
+        fail(layout, job_id, shard, error, attempt, ledger)
+    if attempt >= spec.max_retries + 1:
+        fail(layout, job_id, shard, gave_up(attempt, error), attempt, ledger)
+    attempts.record_error(error)
+    delay = backoff(attempt, lease_seconds)
+    log.warning("shard %s of job %s: attempt %s failed (%s); retrying in %.0fs", shard, job_id, attempt, error, delay)
+    raise RetryLater(error, delay) from exc
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Errors that another attempt cannot fix, unless the network caused them."""
+    if isinstance(exc, RetryableError) or not isinstance(exc, BatchformersError):
+        return False
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None:
+        name = type(cause).__name__
+        if isinstance(cause, TRANSIENT_CAUSES) or any(word in name for word in TRANSIENT_NAMES):
+            return False
+        cause = cause.__cause__ or cause.__context__
+    return True
+
+
+def fail(layout: OutputLayout, job_id: str, shard: int, error: str, attempts: int,
+         ledger: Ledger | None = None) -> NoReturn:
+    """Record the failure where ``status`` reads it, then raise ShardError (the task fails; Flower shows it)."""
+    log.error("shard %s of job %s failed: %s", shard, job_id, error)
+    layout.mark_failed(shard, error, attempts=attempts)
+    if ledger is not None:
+        try:
+            ledger.record_failure(shard, error)
+        except redis.RedisError as exc:  # the failure marker is written: status finds it by listing
+            log.warning("cannot record the failure of shard %s on the broker: %s", shard, exc)
+    raise ShardError(f"shard {shard} of job {job_id} failed: {error}")
+
+
+def gave_up(attempts: int, error: str) -> str:
+    return f"gave up after {attempts} attempt{'s' if attempts > 1 else ''}; last: {error}"
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, BatchformersError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def backoff(attempt: int, lease_seconds: float) -> float:
+    """Exponential, at most a minute, and at most a lease: a countdown held by a worker past the
+    visibility timeout (2 leases) would be redelivered while it still waits."""
+    return float(min(MAX_RETRY_DELAY, lease_seconds, RETRY_BACKOFF**attempt))
 
 
 def output_schema(task: TaskType, kept: pa.Schema) -> pa.Schema:

@@ -320,6 +320,8 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    # The one import of worker/ from the producer: this command *starts* a worker in this process.
+    # It stays lazy, so every other command loads no worker code (tests/test_layering.py allows only it).
     from worker.__main__ import main as worker_main
 
     worker_main(args.worker_args, prog="batchformers worker")

@@ -1,7 +1,7 @@
 """Job id -> output location, kept in the broker's Redis so ``status JOB`` works anywhere.
 
 The index outlives a job's other broker state (its ledger, leases and delivery counts
-expire after the retention period, see :mod:`jobs.ledger`): one small key per job id
+expire after the retention period, see :mod:`jobs.ledger`; every key is in :mod:`jobs.protocol`): one small key per job id
 and one entry in a sorted set by submit time, so that ``jobs`` lists every job ever
 submitted to this broker; its numbers then come from the output location.
 """
@@ -16,10 +16,8 @@ import redis
 from jobs.errors import BrokerUnavailable, OutputError
 from jobs.io.layout import OutputLayout
 from jobs.io.storage import is_remote
-from jobs.ledger import JOB_INDEX_PREFIX, JOB_QUEUES_KEY, JOBS_KEY
+from jobs.protocol import JOB_QUEUES_KEY, JOBS_KEY, job_index_key
 from jobs.settings import Settings
-
-KEY_PREFIX = JOB_INDEX_PREFIX
 
 
 @dataclass(frozen=True)
@@ -32,7 +30,7 @@ class KnownJob:
 def remember(settings: Settings, job_id: str, output: str) -> None:
     try:
         pipe = redis.Redis.from_url(settings.broker_url).pipeline()
-        pipe.set(KEY_PREFIX + job_id, output)
+        pipe.set(job_index_key(job_id), output)
         pipe.zadd(JOBS_KEY, {job_id: time.time()})
         pipe.hset(JOB_QUEUES_KEY, job_id, settings.queue)  # where recovery (jobs.recovery) sends it again
         pipe.execute()
@@ -46,7 +44,7 @@ def known_jobs(settings: Settings, limit: int | None = None) -> list[KnownJob]:
     try:
         entries = client.zrevrange(JOBS_KEY, 0, -1 if limit is None else limit - 1, withscores=True)
         ids = [_text(job) for job, _ in entries]
-        outputs = client.mget([KEY_PREFIX + job for job in ids]) if ids else []
+        outputs = client.mget([job_index_key(job) for job in ids]) if ids else []
     except redis.RedisError as exc:
         raise BrokerUnavailable(f"cannot reach the broker at {safe_url(settings.broker_url)}: {exc}") from exc
     finally:
@@ -60,7 +58,7 @@ def resolve(settings: Settings, job_or_output: str) -> str:
     if is_remote(job_or_output) or OutputLayout(job_or_output).has_manifest():
         return job_or_output
     try:
-        found = redis.Redis.from_url(settings.broker_url, socket_timeout=5).get(KEY_PREFIX + job_or_output)
+        found = redis.Redis.from_url(settings.broker_url, socket_timeout=5).get(job_index_key(job_or_output))
     except redis.RedisError:
         found = None
     if found is None:

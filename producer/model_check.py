@@ -9,7 +9,8 @@ and the names of its weights from the safetensors header, without loading weight
 - a local directory must exist and hold a config (``tokenize``: any tokenizer files);
 - a hub id must be in the local cache or resolvable on the hub; offline, the error says
   how to get it into the cache;
-- the config must fit the task (``REQUIREMENTS`` below, keyed by task name): a token
+- the config must fit the task (its ``model_requirement``, a class attribute of the task
+  type, :class:`jobs.engine.base.ModelRequirement`): a token
   classification head for ``ner``, a QA head for ``qa``, an encoder-decoder for the
   seq2seq tasks, with label names where the task reports labels;
 - a head the checkpoint does not hold would be newly initialised (random output): an
@@ -25,8 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs.engine.base import ModelRequirement
 from jobs.errors import SpecError
 from jobs.spec import JobSpec
+from jobs.tasks.registry import get_task_class
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -35,41 +38,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voca
                    "sentencepiece.bpe.model", "source.spm")
 HUB_TIMEOUT = 5.0
 HEADER_LIMIT = 100 * 1024 * 1024  # a safetensors header larger than this is not one
-
-
-@dataclass(frozen=True)
-class ModelRequirement:
-    """What a task needs of its model."""
-
-    kind: str  # as a message says it: "a token-classification model"
-    mapping: str | None = None  # transformers' MODEL_FOR_..._MAPPING_NAMES: model type -> the class the task loads
-    head_weights: tuple[str, ...] = ()  # weight-name parts of that class's task head ("classifier")
-    encoder_decoder: bool = False
-    needs_labels: bool = False  # the output names the config's labels (id2label)
-    needs_config: bool = True  # False: a tokenizer alone will do
-
-
-# Keyed by task name; could move onto the task types (jobs/registry) as class attributes.
-REQUIREMENTS: dict[str, ModelRequirement] = {
-    "tokenize": ModelRequirement("a tokenizer", needs_config=False),
-    "ner": ModelRequirement("a token-classification model", "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
-                            head_weights=("classifier", "score"), needs_labels=True),
-    "qa": ModelRequirement("an extractive question-answering model", "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES",
-                           head_weights=("qa_outputs",)),
-    "summarization": ModelRequirement("an encoder-decoder (seq2seq) model",
-                                      "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", encoder_decoder=True),
-    "translation": ModelRequirement("an encoder-decoder (seq2seq) model",
-                                    "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", encoder_decoder=True),
-    "classification": ModelRequirement("a sequence-classification model",
-                                       "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
-                                       head_weights=("classifier", "score"), needs_labels=True),
-    "zero_shot": ModelRequirement("a sequence-classification (NLI) model",
-                                  "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
-                                  head_weights=("classifier", "score"), needs_labels=True),
-    "fill_mask": ModelRequirement("a masked language model", "MODEL_FOR_MASKED_LM_MAPPING_NAMES"),
-    "embeddings": ModelRequirement("a transformers encoder", "MODEL_MAPPING_NAMES"),
-    "generation": ModelRequirement("a decoder-only (causal) language model", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"),
-}
 
 
 @dataclass(frozen=True)
@@ -90,7 +58,7 @@ class ModelFiles:
 
 def check_model(spec: JobSpec) -> list[str]:
     """Raise SpecError("model", ...) when the model cannot serve ``spec``; returns warnings."""
-    requirement = REQUIREMENTS.get(spec.task)
+    requirement = get_task_class(spec.task).model_requirement
     if requirement is None:
         return []
     files = locate(spec.resolved_model(), spec.revision)

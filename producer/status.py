@@ -26,9 +26,10 @@ from typing import Any
 import redis
 
 from jobs.io.layout import OutputLayout, part_name
-from jobs.ledger import LEASE_PREFIX, Ledger, Tally, marker_times
+from jobs.ledger import Ledger, Tally, marker_times
 from jobs.manifest import Manifest
 from jobs.pinning import pin_of
+from jobs.protocol import LEASE_PREFIX, lease_key
 from jobs.settings import Settings
 from producer.interruption import interruption
 
@@ -258,7 +259,7 @@ def _from_ledger(ledger: Ledger, layout: OutputLayout) -> Tally | None:
         ordered = sorted(running)
         pipe = ledger.client.pipeline()
         for shard in ordered:
-            pipe.exists(f"{LEASE_PREFIX}{ledger.job_id}:{shard}")
+            pipe.exists(lease_key(ledger.job_id, shard))
         running = {shard for shard, alive in zip(ordered, pipe.execute(), strict=True) if alive}
     return Tally(shards=tally.shards, committed=tally.committed, unread=set(), failed=failed, running=running,
                  rows=tally.rows, errors=tally.errors, first_start=tally.first_start,

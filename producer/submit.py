@@ -31,6 +31,7 @@ from jobs.manifest import Manifest
 from jobs.protocol import TASK_NAME, ShardMessage
 from jobs.settings import Settings
 from jobs.spec import JobSpec
+from producer.broker import forget_attempts, sending_app
 from producer.interruption import clear_interrupted, interruption, mark_interrupted
 from producer.job_index import remember, safe_url
 from producer.model_check import check_model
@@ -180,9 +181,7 @@ def enqueue(messages: list[ShardMessage], settings: Settings, app: Any = None,
     """
     from kombu.exceptions import OperationalError
 
-    from worker.app import make_app
-
-    app = app or make_app(settings)
+    app = app or sending_app(settings)
     options: dict[str, Any] = {}
     if limits:
         options = {"soft_time_limit": limits[0], "time_limit": limits[1]}
@@ -220,12 +219,10 @@ def announce_route(settings: Settings, job_id: str, spec: JobSpec) -> tuple[str,
 def give_fresh_attempts(manifest: Manifest, layout: OutputLayout, settings: Settings,
                         shards: set[int]) -> None:
     """Forget the failures and delivery counts of ``shards`` before they are enqueued again."""
-    from worker.deliveries import reset
-
     for shard in layout.marker_numbers()[1] & shards:
         layout.clear_failed(shard)
     try:
-        reset(redis.Redis.from_url(settings.broker_url, socket_timeout=10), manifest.job_id, shards)
+        forget_attempts(redis.Redis.from_url(settings.broker_url, socket_timeout=10), manifest.job_id, shards)
     except redis.RedisError as exc:
         raise BrokerUnavailable(f"cannot reach the broker at {safe_url(settings.broker_url)}: {exc}") from exc
 

@@ -15,9 +15,9 @@ import redis
 
 from jobs import routing
 from jobs.io.layout import OutputLayout
+from jobs.protocol import LEASE_PREFIX
 from jobs.spec import JobSpec, load_spec
 from tests.models import tiny_model_path
-from worker.lease import KEY_PREFIX as LEASE_PREFIX
 
 
 def write_rows(path: Path, count: int, first: int = 0) -> list[str]:

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.errors import OutputError
+from jobs.io.completion import complete_if_last
 from jobs.io.layout import OutputLayout
 from jobs.settings import Settings
 from producer import compact as compaction
@@ -20,7 +21,6 @@ from producer.inspect import describe
 from producer.submit import messages_for, prepare
 from tests import test_s3
 from tests.reliability import tokenize_spec, write_rows
-from worker.tasks import _complete_if_last
 
 SHARDS = 40
 s3_endpoint, s3_env, s3_bucket = test_s3.s3_endpoint, test_s3.s3_env, test_s3.bucket  # the moto S3 fixtures
@@ -35,7 +35,7 @@ def _finished_job(tmp_path: Path, shards: int = SHARDS, complete: bool = True) -
                           "num_tokens": [plan.index % 7], "error": pa.array([None], pa.string())})
         layout.commit(plan.index, table, {"rows": 1, "errors": 0, "seconds": 0.01})
     if complete:
-        assert _complete_if_last(layout, manifest)
+        assert complete_if_last(layout, manifest)
     return layout
 
 

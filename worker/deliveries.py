@@ -10,14 +10,10 @@ so whatever ended the last run is what ``status`` shows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import redis
 
-from jobs.ledger import DELIVERIES_PREFIX, LAST_ERROR_PREFIX
+from jobs.protocol import deliveries_key, last_error_key
 
-KEY_PREFIX = DELIVERIES_PREFIX  # every Redis key of a job is listed in jobs.ledger
-ERROR_PREFIX = LAST_ERROR_PREFIX
 KEEP_SECONDS = 14 * 24 * 3600  # counters of abandoned jobs expire on their own
 
 
@@ -26,8 +22,8 @@ class DeliveryCount:
 
     def __init__(self, client: redis.Redis, job_id: str, shard: int) -> None:
         self.client = client
-        self.key = f"{KEY_PREFIX}{job_id}:{shard}"
-        self.error_key = f"{ERROR_PREFIX}{job_id}:{shard}"
+        self.key = deliveries_key(job_id, shard)
+        self.error_key = last_error_key(job_id, shard)
 
     def increment(self) -> int:
         """Count one more start of the shard; returns the count, 1 for the first."""
@@ -46,10 +42,3 @@ class DeliveryCount:
 
     def clear(self) -> None:
         self.client.delete(self.key, self.error_key)
-
-
-def reset(client: redis.Redis, job_id: str, shards: Iterable[int]) -> None:
-    """Forget the counts of ``shards`` (a resubmit or ``retry`` gives them fresh attempts)."""
-    keys = [f"{prefix}{job_id}:{shard}" for shard in shards for prefix in (KEY_PREFIX, ERROR_PREFIX)]
-    for start in range(0, len(keys), 1000):
-        client.delete(*keys[start : start + 1000])

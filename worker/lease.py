@@ -48,10 +48,10 @@ from typing import Any
 
 import redis
 
-from jobs.ledger import LEASE_PREFIX
+from jobs.protocol import LEASE_PREFIX, lease_key
 
 log = logging.getLogger(__name__)
-KEY_PREFIX = LEASE_PREFIX  # every Redis key of a job is listed in jobs.ledger
+KEY_PREFIX = LEASE_PREFIX  # every Redis key of a job is listed in jobs.protocol
 HEARTBEATS_PER_LEASE = 3
 MIN_WAIT = 1.0
 
@@ -86,10 +86,6 @@ def client_for(url: str) -> redis.Redis:
 def worker_identity(hostname: str | None = None) -> str:
     """Who holds a lease: the Celery node name (or host) and the process id."""
     return f"{hostname or socket.gethostname()}/{os.getpid()}"
-
-
-def lease_key(job_id: str, shard: int) -> str:
-    return f"{KEY_PREFIX}{job_id}:{shard}"
 
 
 class ShardLease:

@@ -36,10 +36,6 @@ _metrics: dict[str, Any] = {}
 _owned_dir: str | None = None
 
 
-def enabled() -> bool:
-    return bool(_metrics)
-
-
 def setup(port: int, address: str = "0.0.0.0") -> bool:
     """Create the metrics and serve them on ``port``; False (and a warning) when that fails.
 

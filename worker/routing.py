@@ -37,6 +37,7 @@ import redis
 from celery import bootsteps
 
 from jobs.ledger import job_keys
+from jobs.protocol import SERVING_PREFIX
 from jobs.routing import Route, drop, queue_keys, read_routes, serves, version
 from jobs.settings import Settings
 
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 FAST_POLL_SECONDS = 0.2  # how soon a new job is seen: one GET per worker
 POLL_SECONDS = 1.0  # a full read of the routes, and sharing which models this worker has
 CLEANUP_EVERY = 10  # full reads between looks for finished jobs' routes
-SERVING_PREFIX = "batchformers:serving:"
 SERVING_STALE_SECONDS = 10 * POLL_SECONDS
 
 

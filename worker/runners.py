@@ -104,7 +104,7 @@ def _is_out_of_device_memory(exc: BaseException) -> bool:
 
 
 def _is_permanent(exc: BaseException) -> bool:
-    from worker.tasks import is_permanent  # the shard task's own rule (a network cause is transient)
+    from jobs.shard import is_permanent  # the shard's own rule (a network cause is transient)
 
     return is_permanent(exc)
 

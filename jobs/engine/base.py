@@ -45,6 +45,18 @@ class LoadOptions:
     """What runs the model: ``transformers`` (PyTorch) or ``ctranslate2`` (generation tasks)."""
 
 
+@dataclass(frozen=True)
+class ModelRequirement:
+    """What a task needs of its model, checked at submit from the config alone (``producer.model_check``)."""
+
+    kind: str  # as a message says it: "a token-classification model"
+    mapping: str | None = None  # transformers' MODEL_FOR_..._MAPPING_NAMES: model type -> the class the task loads
+    head_weights: tuple[str, ...] = ()  # weight-name parts of that class's task head ("classifier")
+    encoder_decoder: bool = False
+    needs_labels: bool = False  # the output names the config's labels (id2label)
+    needs_config: bool = True  # False: a tokenizer alone will do
+
+
 class Runner(ABC):
     """A loaded model ready to process rows. Built once per worker process."""
 
@@ -81,6 +93,8 @@ class TaskType(ABC):
     default_model: ClassVar[str | None] = None
     engines: ClassVar[tuple[str, ...]] = ("transformers",)
     """The spec's ``engine`` values this task runs on."""
+    model_requirement: ClassVar[ModelRequirement | None] = None
+    """What the model must be; None: not checked at submit."""
 
     def __init__(self, params: TaskParams) -> None:
         self.params = params

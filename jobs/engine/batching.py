@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -67,11 +66,11 @@ def notify_batch(items: int, real_tokens: int, padded_tokens: int, seconds: floa
 
 # -- out of memory ---------------------------------------------------------------
 
-OOM_TEST_ENV = "BATCHFORMERS_TEST_OOM_ABOVE"
-"""Fault-injection hook for tests only: when set to N, every batch of more than N
-rows given to :func:`run_splitting_on_oom` fails as if the GPU ran out of memory."""
-
 R = TypeVar("R")
+BatchProbe = Callable[[int], None]
+batch_probe: BatchProbe | None = None
+"""Called with a batch's row count before each try of :func:`run_splitting_on_oom`; it may raise an
+out-of-memory error. None in production: only tests set it (:func:`jobs.testing.oom.oom_above`)."""
 
 
 @dataclass(frozen=True)
@@ -81,13 +80,13 @@ class RowOutOfMemory:
     message: str
 
 
-class InjectedOutOfMemory(RuntimeError):
-    """Raised by the ``BATCHFORMERS_TEST_OOM_ABOVE`` hook in place of a real CUDA OOM."""
+class SimulatedOutOfMemory(RuntimeError):
+    """Base of errors that stand in for a device running out of memory (``jobs.testing.oom``)."""
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """True for torch's CUDA/MPS out-of-memory errors and the injected one."""
-    if isinstance(exc, InjectedOutOfMemory) or type(exc).__name__ == "OutOfMemoryError":
+    """True for torch's CUDA/MPS out-of-memory errors and the simulated ones."""
+    if isinstance(exc, SimulatedOutOfMemory) or type(exc).__name__ == "OutOfMemoryError":
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
@@ -103,7 +102,8 @@ def run_splitting_on_oom(
     """
     batch = list(indices)
     try:
-        _maybe_inject_oom(len(batch))
+        if batch_probe is not None:
+            batch_probe(len(batch))
         results: list[R | RowOutOfMemory] = list(fn(batch))
     except Exception as exc:
         if not is_out_of_memory(exc):
@@ -118,12 +118,6 @@ def run_splitting_on_oom(
         return [RowOutOfMemory("out of memory even for this row alone; lower max_length or use a larger GPU")]
     half = len(batch) // 2
     return run_splitting_on_oom(fn, batch[:half]) + run_splitting_on_oom(fn, batch[half:])
-
-
-def _maybe_inject_oom(rows: int) -> None:
-    limit = os.environ.get(OOM_TEST_ENV)
-    if limit is not None and rows > int(limit):
-        raise InjectedOutOfMemory(f"CUDA out of memory (injected by {OOM_TEST_ENV}={limit} for {rows} rows)")
 
 
 def _free_cached_memory() -> None:

@@ -1,2 +1,2 @@
-"""Inputs and outputs: reading source datasets (`sources`), object storage (`storage`) and the
-output layout with its commit protocol (`layout`)."""
+"""Inputs and outputs: source datasets (`sources`, one reader per format in `readers`), object storage
+(`storage`), the output layout with its commit protocol (`layout`) and job completion (`completion`)."""

@@ -93,9 +93,6 @@ class OutputLayout:
 
     # -- shards --------------------------------------------------------------
 
-    def part_url(self, shard: int) -> str:
-        return self.storage.url(part_name(shard))
-
     def is_committed(self, shard: int) -> bool:
         return self.storage.exists(SHARDS_DIR, marker_name(shard))
 

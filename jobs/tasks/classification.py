@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from jobs.engine.base import LoadOptions, Runner, TaskParams, TaskType
+from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams, TaskType
 from jobs.engine.batching import text_error
 from jobs.engine.loading import load_model, load_tokenizer, model_input_limit
 from jobs.engine.staged import Batch, Encoded, Finished, Item, StagedRunner
@@ -34,6 +34,9 @@ class ClassificationParams(TaskParams):
 
 class ClassificationTask(TaskType):
     name = "classification"
+    model_requirement = ModelRequirement("a sequence-classification model",
+                                         "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+                                         head_weights=("classifier", "score"), needs_labels=True)
     input_roles = ("text",)
     optional_roles = (TEXT_PAIR,)
     Params = ClassificationParams

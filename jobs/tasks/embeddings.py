@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from jobs.engine.base import LoadOptions, Runner, TaskParams, TaskType
+from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams, TaskType
 from jobs.engine.loading import load_model, load_tokenizer, model_input_limit
 from jobs.engine.staged import Batch, Encoded, Finished, Item, StagedRunner
 from jobs.errors import ModelLoadError, SpecError
@@ -101,6 +101,7 @@ def sentence_config(options: LoadOptions) -> SentenceConfig:
 
 class EmbeddingsTask(TaskType):
     name = "embeddings"
+    model_requirement = ModelRequirement("a transformers encoder", "MODEL_MAPPING_NAMES")
     input_roles = ("text",)
     Params = EmbeddingsParams
     default_model = "sentence-transformers/all-MiniLM-L6-v2"

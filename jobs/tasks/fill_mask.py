@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from jobs.engine.base import LoadOptions, Runner, TaskParams, TaskType
+from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams, TaskType
 from jobs.engine.loading import load_model, load_tokenizer, model_input_limit
 from jobs.engine.staged import Batch, Encoded, Finished, Item, StagedRunner
 from jobs.errors import ModelLoadError
@@ -42,6 +42,7 @@ class FillMaskParams(TaskParams):
 
 class FillMaskTask(TaskType):
     name = "fill_mask"
+    model_requirement = ModelRequirement("a masked language model", "MODEL_FOR_MASKED_LM_MAPPING_NAMES")
     input_roles = ("text",)
     Params = FillMaskParams
     default_model = "distilbert/distilroberta-base"

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from jobs.engine.base import LoadOptions, Runner, TaskParams, TaskType
+from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams, TaskType
 from jobs.engine.loading import load_model, load_tokenizer, model_input_limit
 from jobs.engine.staged import Batch, Encoded, Finished, Item, RunOptions, StagedRunner
 from jobs.errors import ModelLoadError
@@ -42,6 +42,8 @@ class NerParams(TaskParams):
 
 class NerTask(TaskType):
     name = "ner"
+    model_requirement = ModelRequirement("a token-classification model", "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+                                         head_weights=("classifier", "score"), needs_labels=True)
     input_roles = ("text",)
     Params = NerParams
     default_model = "dbmdz/bert-large-cased-finetuned-conll03-english"

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from jobs.engine.base import LoadOptions, Runner, TaskParams, TaskType
+from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams, TaskType
 from jobs.engine.batching import text_error
 from jobs.engine.loading import load_model, load_tokenizer
 from jobs.engine.staged import Batch, Encoded, Finished, Item, StagedRunner, pad
@@ -68,6 +68,8 @@ class QuestionAnsweringParams(TaskParams):
 
 class QuestionAnsweringTask(TaskType):
     name = "qa"
+    model_requirement = ModelRequirement("an extractive question-answering model",
+                                         "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES", head_weights=("qa_outputs",))
     input_roles = ("question", "context")
     Params = QuestionAnsweringParams
     default_model = "distilbert/distilbert-base-cased-distilled-squad"

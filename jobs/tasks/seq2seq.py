@@ -25,7 +25,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from jobs.engine.base import LoadOptions, TaskParams, TaskType
+from jobs.engine.base import LoadOptions, ModelRequirement, TaskParams, TaskType
 from jobs.engine.loading import load_model, load_tokenizer, model_input_limit
 from jobs.engine.staged import Batch, Encoded, Finished, Item, StagedRunner
 from jobs.errors import SpecError
@@ -87,6 +87,10 @@ GENERATION_PARAMS = (
     "early_stopping",
     "num_return_sequences",
 )
+
+
+SEQ2SEQ_MODEL = ModelRequirement("an encoder-decoder (seq2seq) model", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
+                                 encoder_decoder=True)  # what summarization and translation need
 
 
 class GenerationParams(TaskParams):

@@ -13,6 +13,7 @@ import pyarrow as pa
 from jobs.engine.base import LoadOptions, Runner, TaskType
 from jobs.tasks.seq2seq import (
     SEQ2SEQ_ENGINES,
+    SEQ2SEQ_MODEL,
     GenerationParams,
     Seq2SeqSettings,
     load_seq2seq,
@@ -30,6 +31,7 @@ class SummarizationParams(GenerationParams):
 
 class SummarizationTask(TaskType):
     name = "summarization"
+    model_requirement = SEQ2SEQ_MODEL
     input_roles = ("text",)
     Params = SummarizationParams
     engines = SEQ2SEQ_ENGINES

@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field
 
-from jobs.engine.base import LoadOptions, Runner, TaskParams, TaskType
+from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams, TaskType
 from jobs.engine.loading import load_model, load_tokenizer, model_input_limit
 from jobs.engine.staged import Batch, Encoded, Finished, Item, StagedRunner
 from jobs.errors import ModelLoadError
@@ -58,6 +58,7 @@ class TextGenerationParams(TaskParams):
 
 class TextGenerationTask(TaskType):
     name = "generation"
+    model_requirement = ModelRequirement("a decoder-only (causal) language model", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES")
     input_roles = ("text",)
     Params = TextGenerationParams
     default_model = "openai-community/gpt2"

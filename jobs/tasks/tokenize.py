@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from jobs.engine.base import LoadOptions, Runner, TaskParams, TaskType
+from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams, TaskType
 from jobs.engine.loading import load_tokenizer
 from jobs.engine.staged import Encoded, Finished, Item, StagedRunner
 
@@ -24,6 +24,7 @@ class TokenizeParams(TaskParams):
 
 class TokenizeTask(TaskType):
     name = "tokenize"
+    model_requirement = ModelRequirement("a tokenizer", needs_config=False)
     input_roles = ("text",)
     Params = TokenizeParams
     default_model = "bert-base-cased"

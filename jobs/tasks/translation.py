@@ -20,6 +20,7 @@ from jobs.engine.base import LoadOptions, Runner, TaskType
 from jobs.errors import SpecError
 from jobs.tasks.seq2seq import (
     SEQ2SEQ_ENGINES,
+    SEQ2SEQ_MODEL,
     GenerationParams,
     Seq2SeqSettings,
     load_seq2seq,
@@ -55,6 +56,7 @@ class TranslationParams(GenerationParams):
 
 class TranslationTask(TaskType):
     name = "translation"
+    model_requirement = SEQ2SEQ_MODEL
     input_roles = ("text",)
     Params = TranslationParams
     engines = SEQ2SEQ_ENGINES

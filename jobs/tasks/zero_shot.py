@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from jobs.engine.base import LoadOptions, Runner, TaskParams, TaskType
+from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams, TaskType
 from jobs.engine.loading import load_model, load_tokenizer
 from jobs.engine.staged import Encoded, Finished, Item
 from jobs.tasks.classification import LogitsRunner
@@ -47,6 +47,9 @@ class ZeroShotParams(TaskParams):
 
 class ZeroShotTask(TaskType):
     name = "zero_shot"
+    model_requirement = ModelRequirement("a sequence-classification (NLI) model",
+                                         "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+                                         head_weights=("classifier", "score"), needs_labels=True)
     input_roles = ("text",)
     Params = ZeroShotParams
     default_model = "facebook/bart-large-mnli"

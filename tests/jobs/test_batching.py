@@ -8,10 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jobs.engine import batching
 from jobs.engine.batching import (
     DEFAULT_BATCH_SIZE,
-    OOM_TEST_ENV,
-    InjectedOutOfMemory,
     RowOutOfMemory,
     is_out_of_memory,
     length_sorted_batches,
@@ -20,6 +19,7 @@ from jobs.engine.batching import (
     run_splitting_on_oom,
     text_error,
 )
+from jobs.testing.oom import InjectedOutOfMemory, oom_above
 
 LENGTHS = st.lists(st.integers(min_value=0, max_value=300), max_size=200)
 BATCH_SIZES = st.integers(min_value=1, max_value=70)
@@ -143,11 +143,11 @@ def test_oom_splitter_lets_other_errors_through_and_checks_counts() -> None:
 
 
 def test_injected_oom(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(OOM_TEST_ENV, "2")
+    monkeypatch.setattr(batching, "batch_probe", oom_above(2))
     calls: list[int] = []
     assert run_splitting_on_oom(lambda batch: calls.append(len(batch)) or batch, [5, 6, 7, 8, 9]) == [5, 6, 7, 8, 9]
     assert calls == [2, 1, 2]  # 5 -> 2 + 3 -> 2 + (1 + 2): only batches above the limit failed
-    monkeypatch.setenv(OOM_TEST_ENV, "0")
+    monkeypatch.setattr(batching, "batch_probe", oom_above(0))
     assert all(isinstance(r, RowOutOfMemory) for r in run_splitting_on_oom(lambda batch: batch, [1, 2]))
 
 

@@ -17,7 +17,6 @@ import pytest
 
 from jobs.engine import batching
 from jobs.engine.base import LoadOptions
-from jobs.engine.batching import OOM_TEST_ENV
 from jobs.engine.staged import (
     BLOCK_DEPTH,
     QUEUE_DEPTH,
@@ -31,6 +30,7 @@ from jobs.engine.staged import (
     pad,
 )
 from jobs.tasks.registry import TASKS, get_task_class
+from jobs.testing.oom import oom_above
 from tests.models import tiny_model_path
 
 SCHEMA = pa.schema([pa.field("total", pa.int64()), pa.field("parts", pa.int64()), pa.field("error", pa.string())])
@@ -185,11 +185,11 @@ def test_one_padding_helper_pads_either_side(side: str) -> None:
 def test_out_of_memory_halves_batches_down_to_a_row_error(monkeypatch: pytest.MonkeyPatch, overlap: bool) -> None:
     texts = [f"w{i} " * (i % 3 + 1) for i in range(12)]
     expected = Toy(options=RunOptions(batch_size=8, overlap=overlap)).run_table({"text": texts})
-    monkeypatch.setenv(OOM_TEST_ENV, "2")
+    monkeypatch.setattr(batching, "batch_probe", oom_above(2))
     runner = Toy(options=RunOptions(batch_size=8, overlap=overlap))
     assert runner.run_table({"text": texts}).equals(expected)
     assert max(len(b) for b in runner.batches) == 2  # the larger batches failed before their forward
-    monkeypatch.setenv(OOM_TEST_ENV, "0")
+    monkeypatch.setattr(batching, "batch_probe", oom_above(0))
     table = Toy(options=RunOptions(batch_size=8, overlap=overlap)).run_table({"text": texts})
     assert set(table.column("error").to_pylist()) == {
         "out of memory even for this row alone; lower max_length or use a larger GPU"}
@@ -392,7 +392,7 @@ def test_out_of_memory_halving_keeps_every_task_s_results(name: str, news_texts:
     texts = news_texts[:12]
     inputs = {"text": texts} if name != "qa" else {"question": ["Who?"] * len(texts), "context": texts}
     expected = runner.run(inputs, options=RunOptions(batch_size=1))  # one item per batch: what halving ends at
-    monkeypatch.setenv(OOM_TEST_ENV, "1")
+    monkeypatch.setattr(batching, "batch_probe", oom_above(1))
     got = runner.run(inputs, options=RunOptions(batch_size=8))
     assert [row["error"] for row in got] == [None] * len(texts)
     assert got == expected

@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 import torch
 
+from jobs.engine import batching
 from jobs.engine.base import LoadOptions
-from jobs.engine.batching import OOM_TEST_ENV, RowOutOfMemory, run_splitting_on_oom
+from jobs.engine.batching import RowOutOfMemory, run_splitting_on_oom
 from jobs.engine.staged import RunOptions
 from jobs.tasks.ner import NerTask
+from jobs.testing.oom import oom_above
 
 
 class _Model:
@@ -59,10 +61,10 @@ def test_runtime_error_out_of_memory_is_recognised_and_other_errors_propagate() 
 
 def test_injected_oom_hook(monkeypatch: pytest.MonkeyPatch) -> None:
     model = _Model()
-    monkeypatch.setenv(OOM_TEST_ENV, "2")
+    monkeypatch.setattr(batching, "batch_probe", oom_above(2))
     assert run_splitting_on_oom(model, list(range(5))) == [i * 10 for i in range(5)]
     assert max(len(call) for call in model.calls) == 2  # the hook failed the larger batches first
-    monkeypatch.setenv(OOM_TEST_ENV, "0")
+    monkeypatch.setattr(batching, "batch_probe", oom_above(0))
     assert all(isinstance(r, RowOutOfMemory) for r in run_splitting_on_oom(model, list(range(3))))
 
 
@@ -77,7 +79,7 @@ def test_ner_gives_the_same_entities_when_batches_run_out_of_memory(ner_runner: 
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     texts = news_texts[:20]
     expected = ner_runner.run({"text": texts})
-    monkeypatch.setenv(OOM_TEST_ENV, "3")  # batches of 16 fail; halves of 8, 4 fail; 2s and 1s run
+    monkeypatch.setattr(batching, "batch_probe", oom_above(3))  # batches of 16 fail; halves of 8, 4 fail; 2s and 1s run
     got = ner_runner.run({"text": texts})
     assert [row["error"] for row in got] == [None] * len(texts)
     assert [_without_scores(r["entities"]) for r in got] == [_without_scores(r["entities"]) for r in expected]
@@ -92,7 +94,7 @@ def _without_scores(entities: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_ner_rows_that_do_not_fit_alone_are_row_errors(ner_runner: Any, news_texts: list[str],
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(OOM_TEST_ENV, "0")  # nothing fits, not even one row
+    monkeypatch.setattr(batching, "batch_probe", oom_above(0))  # nothing fits, not even one row
     rows = ner_runner.run({"text": [news_texts[0], None, news_texts[1]]})
     assert [row["error"] for row in rows] == [
         "out of memory even for this row alone; lower max_length or use a larger GPU", "text is null",

@@ -12,11 +12,12 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
+from jobs.engine import batching
 from jobs.engine.base import LoadOptions, Runner
-from jobs.engine.batching import OOM_TEST_ENV
 from jobs.engine.staged import RunOptions
 from jobs.errors import SpecError
 from jobs.tasks.qa import QuestionAnsweringTask
+from jobs.testing.oom import oom_above
 from tests.models import tiny_model_path
 
 GOLDEN = json.loads((Path(__file__).parents[1] / "golden" / "qa.json").read_text())
@@ -101,9 +102,9 @@ def test_out_of_memory_splits_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     a chunk that does not fit alone makes its row an error."""
     golden_set = next(s for s in GOLDEN["sets"] if s["name"] == "bert-small-chunks-top3")
     runner = load_runner(str(tiny_model_path("bert-qa")), json.dumps(golden_set["params"]))
-    monkeypatch.setenv(OOM_TEST_ENV, "1")
+    monkeypatch.setattr(batching, "batch_probe", oom_above(1))
     assert_matches_golden(golden_set, run_golden_set(golden_set, runner))
-    monkeypatch.setenv(OOM_TEST_ENV, "0")
+    monkeypatch.setattr(batching, "batch_probe", oom_above(0))
     rows = run_golden_set(golden_set, runner)
     answerable = [not isinstance(case["expected"], dict) for case in golden_set["cases"]]
     assert ["out of memory" in row["error"] for row in rows] == answerable

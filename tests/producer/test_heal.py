@@ -14,7 +14,8 @@ from typing import Any
 
 import redis
 
-from jobs.ledger import JOB_QUEUES_KEY, LEASE_PREFIX, job_keys
+from jobs.protocol import JOB_QUEUES_KEY, LEASE_PREFIX
+from jobs.protocol import ledger_keys as job_keys
 from jobs.recovery import shard_of
 from jobs.settings import Settings
 from producer.heal import Watcher, recovery_for

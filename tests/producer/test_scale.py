@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
+from jobs.io.completion import complete_if_last
 from jobs.io.layout import OutputLayout
 from jobs.io.sources import discover, schema_of
 from jobs.io.storage import Storage
@@ -38,7 +39,6 @@ from tests.reliability import (
     write_rows,
 )
 from worker.faults import FAULTS_ENV
-from worker.tasks import _complete_if_last
 
 SHARDS = 24
 
@@ -107,21 +107,21 @@ def test_only_the_last_commit_reads_markers(job: tuple[Manifest, OutputLayout], 
     counting = CountingStorage(layout, monkeypatch)
     for shard in range(SHARDS - 1):
         marker = _commit(layout, shard, errors=shard % 2)
-        assert _complete_if_last(layout, manifest, shard, marker, ledger) is False
+        assert complete_if_last(layout, manifest, shard, marker, ledger) is False
     assert counting.markers_read() == 0
     assert counting.listings == 1  # the first commit found no ledger and listed the names once
-    assert _complete_if_last(layout, manifest, 3, {"rows": 1, "errors": 1, "seconds": 0.1}, ledger) is False
+    assert complete_if_last(layout, manifest, 3, {"rows": 1, "errors": 1, "seconds": 0.1}, ledger) is False
 
     counting.reset()
     last = _commit(layout, SHARDS - 1)
-    assert _complete_if_last(layout, manifest, SHARDS - 1, last, ledger) is True
+    assert complete_if_last(layout, manifest, SHARDS - 1, last, ledger) is True
     assert counting.markers_read() == 0 and counting.listings == 1  # the one pass: the names, not the markers
     completion = layout.completion()
     assert completion is not None
     assert (completion["rows"], completion["errors"], completion["shards"]) == (SHARDS, (SHARDS - 1) // 2, SHARDS)
     # A redelivered copy of the last shard: counted already, _SUCCESS exists, nothing is read again.
     counting.reset()
-    assert _complete_if_last(layout, manifest, SHARDS - 1, last, ledger) is False
+    assert complete_if_last(layout, manifest, SHARDS - 1, last, ledger) is False
     assert counting.markers_read() == 0
 
     # Finished: the broker state expires after the retention period, not the two weeks of a running job;
@@ -146,7 +146,7 @@ def test_a_lost_ledger_is_rebuilt_from_marker_names(job: tuple[Manifest, OutputL
     ledger = _ledger(client, manifest)
     half = SHARDS // 2
     for shard in range(half):
-        assert not _complete_if_last(layout, manifest, shard, _commit(layout, shard, errors=1), ledger)
+        assert not complete_if_last(layout, manifest, shard, _commit(layout, shard, errors=1), ledger)
     layout.mark_failed(SHARDS - 1, "InputError: gone", attempts=1)  # (retried and committed at the end)
     client.delete(*job_keys(manifest.job_id))  # Redis lost the job's state
     counting = CountingStorage(layout, monkeypatch)
@@ -161,7 +161,7 @@ def test_a_lost_ledger_is_rebuilt_from_marker_names(job: tuple[Manifest, OutputL
 
     # The next commit rebuilds the ledger from the names alone.
     counting.reset()
-    assert not _complete_if_last(layout, manifest, half, _commit(layout, half), ledger)
+    assert not complete_if_last(layout, manifest, half, _commit(layout, half), ledger)
     assert counting.listings == 1 and counting.markers_read() == 1  # the one failure marker, for its error
     tally = ledger.read()
     assert tally is not None and tally.committed == set(range(half + 1)) and tally.unread == set(range(half))
@@ -178,7 +178,7 @@ def test_a_lost_ledger_is_rebuilt_from_marker_names(job: tuple[Manifest, OutputL
     assert job_status(layout.location, settings).row_errors == half and counting.markers_read() == 1
 
     for shard in range(half + 1, SHARDS):
-        done = _complete_if_last(layout, manifest, shard, _commit(layout, shard), ledger)
+        done = complete_if_last(layout, manifest, shard, _commit(layout, shard), ledger)
         assert done is (shard == SHARDS - 1)
     completion = layout.completion()
     assert completion is not None and (completion["rows"], completion["errors"]) == (SHARDS, half)
@@ -191,7 +191,7 @@ def test_a_ledger_of_an_earlier_submission_is_not_trusted(job: tuple[Manifest, O
     stale.rebuild(range(SHARDS))  # "everything committed", from an output since deleted
     assert job_status(layout.location, settings).committed == 0
     ledger = _ledger(client, manifest)
-    assert not _complete_if_last(layout, manifest, 0, _commit(layout, 0), ledger)
+    assert not complete_if_last(layout, manifest, 0, _commit(layout, 0), ledger)
     tally = ledger.read()
     assert tally is not None and tally.committed == {0} and not layout.is_complete()
 
@@ -200,7 +200,7 @@ def test_failures_running_shards_and_retry(job: tuple[Manifest, OutputLayout], c
                                            settings: Settings) -> None:
     manifest, layout = job
     ledger = _ledger(client, manifest)
-    _complete_if_last(layout, manifest, 0, _commit(layout, 0), ledger)
+    complete_if_last(layout, manifest, 0, _commit(layout, 0), ledger)
     layout.mark_failed(1, "InputError: gone", attempts=1)
     ledger.record_failure(1, "InputError: gone")
     for shard in (2, 3):

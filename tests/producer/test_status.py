@@ -14,9 +14,10 @@ import pytest
 import redis
 
 from jobs.io.layout import OutputLayout
+from jobs.protocol import LEASE_PREFIX
 from jobs.settings import Settings
 from jobs.spec import load_spec
-from producer.status import LEASE_PREFIX, _ranges, job_status, render, status
+from producer.status import _ranges, job_status, render, status
 from producer.submit import Submission, submit
 from tests.reliability import queue_lists
 

@@ -128,8 +128,8 @@ def test_success_marker_is_written_once_by_concurrent_finishers(tmp_path: Path) 
     """Shards finishing together: every finisher sees all shards committed, exactly one writes _SUCCESS."""
     import pyarrow as pa
 
+    from jobs.io.completion import complete_if_last
     from producer.submit import prepare
-    from worker.tasks import _complete_if_last
 
     write_rows(tmp_path / "in.parquet", 20)
     manifest, layout = prepare(tokenize_spec(tmp_path / "in.parquet", tmp_path / "out"), Settings())
@@ -141,7 +141,7 @@ def test_success_marker_is_written_once_by_concurrent_finishers(tmp_path: Path) 
 
     def finisher() -> None:
         barrier.wait()
-        wrote.put(_complete_if_last(OutputLayout(str(tmp_path / "out")), manifest))
+        wrote.put(complete_if_last(OutputLayout(str(tmp_path / "out")), manifest))
 
     processes = [context.Process(target=finisher) for _ in range(8)]
     for process in processes:

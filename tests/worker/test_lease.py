@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from jobs.protocol import DELIVERIES_PREFIX, LAST_ERROR_PREFIX
 from tests.reliability import wait_until
 from worker import deliveries
 from worker.deliveries import DeliveryCount
@@ -138,7 +139,7 @@ def test_heartbeat_survives_broker_errors(job: str, monkeypatch: pytest.MonkeyPa
 
 def test_delivery_counts(client: redis.Redis, job: str) -> None:
     counts = DeliveryCount(client, job, 4)
-    assert counts.key == f"{deliveries.KEY_PREFIX}{job}:4" and counts.error_key == f"{deliveries.ERROR_PREFIX}{job}:4"
+    assert counts.key == f"{DELIVERIES_PREFIX}{job}:4" and counts.error_key == f"{LAST_ERROR_PREFIX}{job}:4"
     assert [counts.increment() for _ in range(3)] == [1, 2, 3]
     assert 0 < client.ttl(counts.key) <= deliveries.KEEP_SECONDS and client.ttl(counts.key) > deliveries.KEEP_SECONDS - 60
     assert counts.last_error() is None
@@ -151,19 +152,3 @@ def test_delivery_counts(client: redis.Redis, job: str) -> None:
     counts.clear()
     assert counts.last_error() is None and counts.increment() == 1
     assert other.increment() == 2
-
-
-def test_reset_forgets_only_the_named_shards(client: redis.Redis, job: str) -> None:
-    shards = range(2500)  # more than one DELETE's worth of keys
-    pipe = client.pipeline()
-    for shard in shards:
-        pipe.set(f"{deliveries.KEY_PREFIX}{job}:{shard}", 1).set(f"{deliveries.ERROR_PREFIX}{job}:{shard}", "x")
-    pipe.set(f"{deliveries.KEY_PREFIX}{job}-other:0", 1)
-    pipe.execute()
-    deliveries.reset(client, job, [s for s in shards if s != 7])
-    assert client.get(f"{deliveries.KEY_PREFIX}{job}:7") == b"1"
-    assert client.get(f"{deliveries.ERROR_PREFIX}{job}:7") == b"x"
-    assert sum(1 for _ in client.scan_iter(f"batchformers:*:{job}:*", count=1000)) == 2
-    assert client.get(f"{deliveries.KEY_PREFIX}{job}-other:0") == b"1"
-    client.delete(f"{deliveries.KEY_PREFIX}{job}-other:0")
-    deliveries.reset(client, job, [])  # nothing to forget

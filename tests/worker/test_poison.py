@@ -12,7 +12,9 @@ import redis
 
 from jobs.errors import InputError, ModelLoadError, OutputError, RetryableError, SpecError
 from jobs.io.layout import OutputLayout
+from jobs.protocol import DELIVERIES_PREFIX
 from jobs.settings import Settings
+from jobs.shard import is_permanent
 from producer.status import wait
 from producer.submit import submit, time_limits
 from tests.reliability import (
@@ -25,9 +27,7 @@ from tests.reliability import (
     wait_drained,
     write_rows,
 )
-from worker.deliveries import KEY_PREFIX as DELIVERIES_PREFIX
 from worker.faults import FAULTS_ENV
-from worker.tasks import is_permanent
 
 
 @pytest.mark.slow

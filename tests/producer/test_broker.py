@@ -1,0 +1,57 @@
+"""The producer's side of the broker: forgetting attempts, and the app that sends shard tasks."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from jobs.protocol import DELIVERIES_PREFIX, LAST_ERROR_PREFIX, TASK_NAME, celery_config
+from jobs.settings import Settings
+from producer.broker import forget_attempts, sending_app
+
+
+@pytest.fixture
+def client(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+@pytest.fixture
+def job(client: redis.Redis) -> Iterator[str]:
+    name = f"broker-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    for key in client.scan_iter(f"batchformers:*{name}*"):  # only this test's keys
+        client.delete(key)
+
+
+def test_reset_forgets_only_the_named_shards(client: redis.Redis, job: str) -> None:
+    shards = range(2500)  # more than one DELETE's worth of keys
+    pipe = client.pipeline()
+    for shard in shards:
+        pipe.set(f"{DELIVERIES_PREFIX}{job}:{shard}", 1).set(f"{LAST_ERROR_PREFIX}{job}:{shard}", "x")
+    pipe.set(f"{DELIVERIES_PREFIX}{job}-other:0", 1)
+    pipe.execute()
+    forget_attempts(client, job, [s for s in shards if s != 7])
+    assert client.get(f"{DELIVERIES_PREFIX}{job}:7") == b"1"
+    assert client.get(f"{LAST_ERROR_PREFIX}{job}:7") == b"x"
+    assert sum(1 for _ in client.scan_iter(f"batchformers:*:{job}:*", count=1000)) == 2
+    assert client.get(f"{DELIVERIES_PREFIX}{job}-other:0") == b"1"
+    client.delete(f"{DELIVERIES_PREFIX}{job}-other:0")
+    forget_attempts(client, job, [])  # nothing to forget
+
+
+def test_the_sending_app_publishes_json_to_the_settings_queue(redis_url: str) -> None:
+    queue = f"broker-test-{uuid.uuid4().hex[:8]}"
+    settings = Settings(broker_url=redis_url, queue=queue)
+    app = sending_app(settings)
+    assert {k: app.conf[k] for k in celery_config(settings)} == celery_config(settings)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        app.send_task(TASK_NAME, args=[{"job_id": "j", "shard": 1}], queue=queue)
+        [raw] = client.lrange(queue, 0, -1)
+        assert b'"content-type": "application/json"' in raw and TASK_NAME.encode() in raw
+        assert TASK_NAME not in app.tasks  # sends by name: the worker's code is not loaded
+    finally:
+        client.delete(queue)

@@ -1,0 +1,94 @@
+"""The packages layer as the README says: found by reading the imports in the source, not by running it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TREE_DRAWING = set("│├└─ ")
+# producer/cli.py's `worker` command starts a worker in its own process: the only allowed crossing.
+PRODUCER_MAY_IMPORT_WORKER = {("producer/cli.py", "worker.__main__")}
+MAY_IMPORT_TESTING = {"producer/demo.py"}  # the demo builds a tiny model to run on
+RUNTIME = ("jobs/engine", "jobs/tasks", "jobs/io", "worker", "producer")
+
+
+def imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, at the top or inside a function, as a dotted name."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def modules(*folders: str) -> list[Path]:
+    return sorted(path for folder in folders for path in (ROOT / folder).rglob("*.py"))
+
+
+def within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def test_the_producer_imports_nothing_from_the_worker() -> None:
+    crossings = {(str(path.relative_to(ROOT)), name) for path in modules("producer")
+                 for name in imports(path) if within(name, "worker")}
+    unexpected = {(path, name) for path, name in crossings
+                  if not any(path == allowed_path and within(name, allowed)
+                             for allowed_path, allowed in PRODUCER_MAY_IMPORT_WORKER)}
+    assert unexpected == set()
+    assert modules("producer") and crossings  # the scan sees the one allowed crossing, so it does read imports
+
+
+def test_jobs_never_imports_celery() -> None:
+    offenders = {str(path.relative_to(ROOT)): sorted(n for n in imports(path) if within(n, "celery")
+                                                    or within(n, "kombu"))
+                 for path in modules("jobs")}
+    assert {path: names for path, names in offenders.items() if names} == {}
+
+
+def test_runtime_code_does_not_import_the_test_helpers() -> None:
+    offenders = {str(path.relative_to(ROOT)): sorted(n for n in imports(path) if within(n, "jobs.testing"))
+                 for path in modules(*RUNTIME)}
+    found = {path: names for path, names in offenders.items() if names}
+    assert set(found) <= MAY_IMPORT_TESTING, found
+    assert "producer/demo.py" in found  # the scan would see an offender
+
+
+def test_the_scan_sees_imports_inside_functions(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("import os\n\ndef f():\n    from worker.app import make_app\n    import jobs.testing.tiny\n")
+    assert {"os", "worker.app", "worker.app.make_app", "jobs.testing.tiny"} <= imports(module)
+
+
+def tree_paths(text: str) -> set[str]:
+    """The paths an annotated tree (``├── name   what it is``) names, folders ending in ``/``."""
+    paths: set[str] = set()
+    stack: list[str] = []
+    for line in text.splitlines():
+        body = line[next((i for i, ch in enumerate(line) if ch not in TREE_DRAWING), len(line)):]
+        if not body or body.startswith("```"):
+            continue
+        depth = (len(line) - len(body)) // 4
+        name = body.split()[0]
+        stack = stack[:depth] + [name]
+        paths.add("".join(stack))
+    return paths
+
+
+def readme_tree() -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Layout of the code", 1)[1].split("\n### ", 1)[0]
+    return section.split("```text", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_tree_names_every_module_and_nothing_else() -> None:
+    listed = tree_paths(readme_tree())
+    modules_here = {str(p.relative_to(ROOT)) for p in modules("jobs", "producer", "worker", "bench")
+                    if p.name != "__init__.py" or p.parent.name in ("readers", "tiny")}
+    assert sorted(modules_here - listed) == []  # a new module gets its line
+    assert sorted(p for p in listed if p.endswith(".py") and p not in modules_here) == []  # no stale line
+    assert (ROOT / "CONTRIBUTING.md").read_text().count(readme_tree()) == 1  # the same tree in both
