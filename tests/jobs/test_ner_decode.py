@@ -25,11 +25,15 @@ STRATEGIES = ["none", "simple", "first", "average", "max"]
 IGNORED = [["O"], [], ["O", "PER", "B-PER"]]
 
 
-@pytest.fixture(scope="module")
-def pipeline_parts() -> tuple[Any, Any]:
-    path = str(tiny_model_path("bert-ner"))
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForTokenClassification.from_pretrained(path)
+# WordPiece (subwords known by their "##" prefix) and byte-level BPE (no such prefix: the pipeline then
+# takes a token that follows no space for a subword); only post-processing runs, so any tokenizer does.
+TOKENIZERS = ["bert-ner", "gpt2"]
+
+
+@pytest.fixture(scope="module", params=TOKENIZERS)
+def pipeline_parts(request: pytest.FixtureRequest) -> tuple[Any, Any]:
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_path(request.param)))
+    model = AutoModelForTokenClassification.from_pretrained(str(tiny_model_path("bert-ner")))
     return tokenizer, TokenClassificationPipeline(model=model, tokenizer=tokenizer, device="cpu")
 
 
@@ -88,3 +92,19 @@ def test_entities_equal_the_pipeline_postprocess(pipeline_parts: tuple[Any, Any]
             want = [{k: (v.item() if hasattr(v, "item") else v) for k, v in e.items()} for e in want]
             assert got[position] == want, (strategy, stride, ignore, texts[row])
     assert any(got), "some entities must be found, or the comparison proves little"
+
+
+def test_overlapping_entities_resolve_as_the_pipeline(pipeline_parts: tuple[Any, Any]) -> None:
+    """Between overlapping entities of several stride windows: the longer, then the higher score, then the first."""
+    from jobs.tasks.ner_decode import _resolve_overlaps
+
+    _, reference = pipeline_parts
+    entities = [("PER", 0.5, "a", 0, 4), ("LOC", 0.5, "b", 2, 6),  # same length and score: the first stays
+                ("ORG", 0.4, "c", 10, 14), ("PER", 0.9, "d", 11, 15),  # same length: the higher score
+                ("LOC", 0.9, "e", 20, 22), ("ORG", 0.1, "f", 21, 25),  # the longer, whatever its score
+                ("PER", 0.3, "g", 30, 31)]
+    as_dicts = [dict(zip(("entity_group", "score", "word", "start", "end"), e, strict=True)) for e in entities]
+    want = [tuple(e.values()) for e in reference.aggregate_overlapping_entities(as_dicts)]
+    assert _resolve_overlaps(entities) == want
+    assert [e[2] for e in want] == ["a", "d", "f", "g"]
+    assert _resolve_overlaps([]) == []

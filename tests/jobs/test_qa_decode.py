@@ -64,6 +64,13 @@ def random_batch(rng: np.random.Generator, chunks: int, sharp: bool) -> tuple[li
         starts.append((rng.normal(size=length) * scale).astype(np.float32))
         ends.append((rng.normal(size=length) * scale).astype(np.float32))
         keeps.append(keep)
+    # Edge chunks: CLS masked (4.57 still lets index 0 through while any token is allowed), one context
+    # token only (fewer positive spans than most candidate counts), nothing allowed at all.
+    edges = [np.array([False, True, True, False, True]), np.array([True, False, True]), np.zeros(4, dtype=bool)]
+    for keep in edges:
+        starts.append(rng.normal(size=len(keep)).astype(np.float32))
+        ends.append(rng.normal(size=len(keep)).astype(np.float32))
+        keeps.append(keep)
     return starts, ends, keeps
 
 
@@ -78,6 +85,8 @@ def padded(arrays: list[np.ndarray], fill: float | bool) -> torch.Tensor:
 CASES = [  # (candidates, max_answer_len, sharp logits)
     (1, 15, False),
     (1, 1, True),
+    (2, 1, False),
+    (2, 15, True),
     (3, 4, False),
     (12, 15, True),
     (30, 2, False),  # more candidates than spans that fit: numpy's tie order
