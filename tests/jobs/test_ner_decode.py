@@ -108,3 +108,16 @@ def test_overlapping_entities_resolve_as_the_pipeline(pipeline_parts: tuple[Any,
     assert _resolve_overlaps(entities) == want
     assert [e[2] for e in want] == ["a", "d", "f", "g"]
     assert _resolve_overlaps([]) == []
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_rows_without_any_token_decode_to_no_entities(strategy: str) -> None:
+    """A batch whose rows have no token at all (GPT-2 adds no special tokens to an empty text)."""
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_path("gpt2")))
+    id2label = AutoModelForTokenClassification.from_pretrained(str(tiny_model_path("bert-ner"))).config.id2label
+    texts = ["", ""]
+    encoded = tokenizer(texts, return_offsets_mapping=True, return_special_tokens_mask=True)
+    items = [[Item(row, enc.ids, enc, None, 0, 1)] for row, enc in enumerate(encoded.encodings)]
+    outputs = [[np.zeros((len(enc.ids), len(id2label)), np.float32)] for enc in encoded.encodings]
+    got = EntityDecoder(tokenizer, id2label, strategy, []).decode(texts, items, outputs)
+    assert got.to_pylist() == [[], []]
