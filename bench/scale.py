@@ -50,10 +50,8 @@ class MotoS3:
     def __enter__(self) -> MotoS3:
         from moto.server import ThreadedMotoServer
 
-        from producer.embedded import free_port
-
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # the OS picks a free port
         self.server.start()
         host, port = self.server.get_host_and_port()
         self.env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",

@@ -18,6 +18,8 @@ from urllib.parse import quote
 import redis
 
 STARTUP_TIMEOUT = 20.0
+# A server on a port we chose may lose it to another process before it binds it: then another port.
+PORT_ATTEMPTS = 5
 # A worker told to stop finishes its shard first (warm shutdown) for this long at most.
 GRACEFUL_STOP_SECONDS = 20.0
 # Stopping fast (interrupted): a cold shutdown gets this long before the processes are killed.
@@ -51,6 +53,8 @@ def redis_server_binary() -> str:
 
 
 def free_port() -> int:
+    """A loopback port free at the moment of asking. Another process may take it before the server
+    binds it: whoever starts a server on it checks that the server really listens there, and retries."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -66,6 +70,7 @@ class EmbeddedRedis:
     """
 
     def __init__(self, port: int | None = None, persist: bool = True, password: str | None = None) -> None:
+        self.chosen_port = port is None  # ours to change when another process takes it first
         self.port = port or free_port()
         self.persist = persist
         self.password = password
@@ -78,6 +83,22 @@ class EmbeddedRedis:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> EmbeddedRedis:
+        """Start the server; on a port we chose that another process took first, try another one."""
+        try:
+            for attempt in range(PORT_ATTEMPTS if self.chosen_port else 1):
+                if attempt:
+                    self.port = free_port()
+                if self._start_on_port():
+                    self.chosen_port = False  # the URL is given out now: a restart keeps the port
+                    return self
+        except BaseException:  # interrupted, or it never answered: it must not outlive us
+            self.stop()
+            raise
+        self.stop()
+        raise RuntimeError(f"embedded Redis did not start on port {self.port}")
+
+    def _start_on_port(self) -> bool:
+        """True once our server answers on ``self.port``; False when it exited (the port was taken)."""
         command = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                    "--dir", self.directory, "--save", "", "--appendonly", "yes" if self.persist else "no"]
         if self.password:  # given on stdin ("-" config file), so that `ps` never shows it
@@ -90,18 +111,25 @@ class EmbeddedRedis:
             self.process.stdin.write(f'requirepass "{self.password}"\n'.encode())
             self.process.stdin.close()
         deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline and self.process.poll() is None:
+            if self._answers_as_ours():
+                return True
+            time.sleep(0.05)
+        if self.process.poll() is None:
+            raise RuntimeError(f"embedded Redis did not answer on port {self.port} within {STARTUP_TIMEOUT:.0f} s")
+        self.stop(keep_data=True)  # it exited: the port was taken (or the server cannot run at all)
+        return False
+
+    def _answers_as_ours(self) -> bool:
+        """The server on the port is the one we started (another process may have taken the port)."""
+        client = redis.Redis.from_url(self.url, socket_timeout=1)
         try:
-            while time.monotonic() < deadline:
-                try:
-                    if redis.Redis.from_url(self.url, socket_timeout=1).ping():
-                        return self
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-        except BaseException:  # interrupted while it starts: it must not outlive us
-            self.stop()
-            raise
-        self.stop()
-        raise RuntimeError(f"embedded Redis did not start on port {self.port}")
+            info = client.info("server")
+        except redis.RedisError:  # not listening yet, or someone else's server (another password)
+            return False
+        finally:
+            client.close()
+        return bool(self.process and info.get("process_id") == self.process.pid)
 
     @property
     def pid(self) -> int | None:

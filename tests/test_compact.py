@@ -104,6 +104,7 @@ def test_compact_refuses_an_unfinished_job(tmp_path: Path) -> None:
         compact(str(tmp_path / "out"))
 
 
+@pytest.mark.slow  # 5,000 files written and scanned: a scale check, not a unit test
 def test_five_thousand_parts_open_in_duckdb_and_polars(tmp_path: Path) -> None:
     import duckdb
     import polars as pl
@@ -122,6 +123,7 @@ def test_five_thousand_parts_open_in_duckdb_and_polars(tmp_path: Path) -> None:
     assert time.perf_counter() - began < 60
 
 
+@pytest.mark.slow  # a moto S3 server
 def test_compact_on_s3(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """On object storage the staged parts are copied into place (one object each) and removed."""
     bucket = request.getfixturevalue("s3_bucket")

@@ -25,11 +25,18 @@ STRATEGIES = ["none", "simple", "first", "average", "max"]
 IGNORED = [["O"], [], ["O", "PER", "B-PER"]]
 
 
+# WordPiece (subwords known by their "##" prefix) and byte-level BPE (no such prefix: the pipeline then
+# takes a token that follows no space for a subword); only post-processing runs, so any tokenizer does.
+# Only the word strategies look at subwords, so the BPE tokenizer runs those.
+CASES = [("bert-ner", strategy, stride) for strategy in STRATEGIES for stride in (None, 4)
+         if not (stride and strategy == "none")]  # stride needs aggregation (as in transformers)
+CASES += [("gpt2", strategy, None) for strategy in ("first", "average", "max")]
+
+
 @pytest.fixture(scope="module")
-def pipeline_parts() -> tuple[Any, Any]:
-    path = str(tiny_model_path("bert-ner"))
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForTokenClassification.from_pretrained(path)
+def pipeline_parts(request: pytest.FixtureRequest) -> tuple[Any, Any]:
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_path(getattr(request, "param", "bert-ner"))))
+    model = AutoModelForTokenClassification.from_pretrained(str(tiny_model_path("bert-ner")))
     return tokenizer, TokenClassificationPipeline(model=model, tokenizer=tokenizer, device="cpu")
 
 
@@ -48,12 +55,9 @@ def _logits(rng: np.random.Generator, tokens: int, labels: int) -> np.ndarray:
     return logits
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("stride", [None, 4])
+@pytest.mark.parametrize(("pipeline_parts", "strategy", "stride"), CASES, indirect=["pipeline_parts"])
 def test_entities_equal_the_pipeline_postprocess(pipeline_parts: tuple[Any, Any], texts: list[str], strategy: str,
                                                  stride: int | None) -> None:
-    if stride and strategy == "none":
-        pytest.skip("stride needs aggregation (as in transformers)")
     tokenizer, reference = pipeline_parts
     rng = np.random.default_rng(11)
     kwargs: dict[str, Any] = {"truncation": True, "return_offsets_mapping": True, "return_special_tokens_mask": True}
@@ -88,3 +92,32 @@ def test_entities_equal_the_pipeline_postprocess(pipeline_parts: tuple[Any, Any]
             want = [{k: (v.item() if hasattr(v, "item") else v) for k, v in e.items()} for e in want]
             assert got[position] == want, (strategy, stride, ignore, texts[row])
     assert any(got), "some entities must be found, or the comparison proves little"
+
+
+def test_overlapping_entities_resolve_as_the_pipeline(pipeline_parts: tuple[Any, Any]) -> None:
+    """Between overlapping entities of several stride windows: the longer, then the higher score, then the first."""
+    from jobs.tasks.ner_decode import _resolve_overlaps
+
+    _, reference = pipeline_parts
+    entities = [("PER", 0.5, "a", 0, 4), ("LOC", 0.5, "b", 2, 6),  # same length and score: the first stays
+                ("ORG", 0.4, "c", 10, 14), ("PER", 0.9, "d", 11, 15),  # same length: the higher score
+                ("LOC", 0.9, "e", 20, 22), ("ORG", 0.1, "f", 21, 25),  # the longer, whatever its score
+                ("PER", 0.3, "g", 30, 31)]
+    as_dicts = [dict(zip(("entity_group", "score", "word", "start", "end"), e, strict=True)) for e in entities]
+    want = [tuple(e.values()) for e in reference.aggregate_overlapping_entities(as_dicts)]
+    assert _resolve_overlaps(entities) == want
+    assert [e[2] for e in want] == ["a", "d", "f", "g"]
+    assert _resolve_overlaps([]) == []
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_rows_without_any_token_decode_to_no_entities(strategy: str) -> None:
+    """A batch whose rows have no token at all (GPT-2 adds no special tokens to an empty text)."""
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_path("gpt2")))
+    id2label = AutoModelForTokenClassification.from_pretrained(str(tiny_model_path("bert-ner"))).config.id2label
+    texts = ["", ""]
+    encoded = tokenizer(texts, return_offsets_mapping=True, return_special_tokens_mask=True)
+    items = [[Item(row, enc.ids, enc, None, 0, 1)] for row, enc in enumerate(encoded.encodings)]
+    outputs = [[np.zeros((len(enc.ids), len(id2label)), np.float32)] for enc in encoded.encodings]
+    got = EntityDecoder(tokenizer, id2label, strategy, []).decode(texts, items, outputs)
+    assert got.to_pylist() == [[], []]

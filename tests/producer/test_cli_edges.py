@@ -73,6 +73,7 @@ def test_worker_help_shows_the_workers_options(capsys: pytest.CaptureFixture[str
     assert all(option in shown for option in ("--broker", "--concurrency", "--hostname", "--queues", "celery worker"))
 
 
+@pytest.mark.slow  # a CLI subprocess
 @pytest.mark.parametrize("argv", [["schema"], ["inspect", "{output}", "--json"]], ids=["schema", "inspect-json"])
 def test_a_closed_pipe_is_no_traceback(argv: list[str], tmp_path: Path, news_parquet: Path,
                                        settings: Settings) -> None:

@@ -21,7 +21,6 @@ from jobs.shard import run_shard
 from jobs.spec import load_spec
 from jobs.tasks.registry import get_task_class
 from producer.cli import main
-from producer.embedded import free_port
 from producer.status import job_status
 from producer.submit import Submission, prepare, submit
 from tests.models import tiny_model_path
@@ -51,17 +50,17 @@ def test_queued_until_something_runs(submitted: Submission, settings: Settings) 
     assert job_status(submitted.output, settings).state == "running"
 
 
-def test_gone_broker_means_interrupted(submitted: Submission) -> None:
-    gone = Settings(broker_url=f"redis://127.0.0.1:{free_port()}/0")
+def test_gone_broker_means_interrupted(submitted: Submission, refused_port: int) -> None:
+    gone = Settings(broker_url=f"redis://127.0.0.1:{refused_port}/0")
     current = job_status(submitted.output, gone)
     assert current.state == "interrupted" and "unreachable" in current.note
 
 
 def test_submit_to_a_down_broker_writes_nothing(tmp_path: Path, news_parquet: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+                                                capsys: pytest.CaptureFixture[str], refused_port: int) -> None:
     job = tmp_path / "job.json"
     job.write_text(_spec(tmp_path, news_parquet).model_dump_json())
-    code = main(["submit", str(job), "--broker", f"redis://127.0.0.1:{free_port()}/0"])
+    code = main(["submit", str(job), "--broker", f"redis://127.0.0.1:{refused_port}/0"])
     assert code == 2 and "cannot reach the broker" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # no manifest, so no job "running" forever
 

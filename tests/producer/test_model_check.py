@@ -20,7 +20,6 @@ from jobs.errors import SpecError
 from jobs.io.layout import OutputLayout
 from jobs.settings import Settings
 from jobs.spec import load_spec
-from producer.embedded import free_port
 from producer.interruption import mark_interrupted
 from producer.model_check import check_model
 from producer.submit import prepare, submit
@@ -96,12 +95,13 @@ def test_hub_id_offline_and_not_cached(tmp_path: Path, news_parquet: Path, monke
     assert "HF_HUB_OFFLINE" in message and "offline" in message
 
 
-def test_hub_id_with_the_hub_unreachable(tmp_path: Path, news_parquet: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_id_with_the_hub_unreachable(tmp_path: Path, news_parquet: Path, monkeypatch: pytest.MonkeyPatch,
+                                         refused_port: int) -> None:
     from huggingface_hub import constants
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{refused_port}")
     message = _refused(_spec(tmp_path, news_parquet, "ner", "nobody-xyz/no-such-model"))
     assert "cannot be reached" in message and "HF_HUB_OFFLINE=1" in message
 

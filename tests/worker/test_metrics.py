@@ -9,9 +9,9 @@ from typing import Any
 
 from jobs.settings import Settings
 from jobs.spec import load_spec
-from producer.embedded import free_port
 from producer.status import wait
 from producer.submit import submit
+from tests.ports import serve_on_a_free_port
 
 
 def _scrape(port: int, timeout: float = 60) -> dict[str, float]:
@@ -38,8 +38,11 @@ def _scrape(port: int, timeout: float = 60) -> dict[str, float]:
 
 def test_worker_serves_metrics(tmp_path: Path, news_parquet: Path, ner_model: Path, settings: Settings,
                                start_workers: Any) -> None:
-    port = free_port()
-    start_workers(1, BATCHFORMERS_METRICS_PORT=str(port))
+    def start(port: int) -> tuple[int, Any]:
+        workers = start_workers(1, BATCHFORMERS_METRICS_PORT=str(port))
+        return workers.pids[0], workers.stop
+
+    port = serve_on_a_free_port(start)
     before = _scrape(port)  # served by the main process before any shard ran
     assert not any(name.startswith("batchformers_rows_total") for name in before)
 
