@@ -28,7 +28,8 @@ test-slow: install
 # Mutation testing of the core modules ([tool.mutmut] in pyproject.toml); slow, not in CI.
 mutate: install
 	rm -rf mutants
-	PYTHONPATH= $(VENV)/bin/mutmut run --max-children 2  # mutmut puts mutants/ first on the path itself
+	OMP_NUM_THREADS=1 PYTHONPATH= $(VENV)/bin/mutmut run --max-children 2  # mutants/ goes first on the path; one
+	# OpenMP thread: forked mutant runs hang in torch otherwise
 	$(VENV)/bin/mutmut results
 
 lint: install
