@@ -29,6 +29,9 @@ def resolve_pin(spec: JobSpec) -> ModelPin:
     if path.is_dir():
         files = local_files(path)
         return ModelPin(model=model, kind=LOCAL, fingerprint=fingerprint_of(files), files=files)
+    if model.startswith(("/", "./", "../", "~")) or path.exists():  # a path, never a hub id
+        raise SpecError("model", f"{model} is not a model directory (no such directory here); "
+                        "point `model` at a saved model's directory or a hub id")
     return ModelPin(model=model, kind=HUB, revision=hub_commit(model, spec.revision), requested=spec.revision)
 
 

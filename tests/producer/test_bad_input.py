@@ -115,13 +115,21 @@ def _corrupted_in_place(source: Path) -> str:
     return f"cannot read rows N-N of {path}: Couldn't deserialize thrift"
 
 
+def _broken_model(tmp_path: Path) -> Path:
+    """A model directory that pins at submit (its files are fingerprinted) but has no tokenizer to load."""
+    directory = tmp_path / "broken-model"
+    directory.mkdir(exist_ok=True)
+    (directory / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    return directory
+
+
 CHANGES: dict[str, tuple[Callable[[Path], str], dict[str, Any], set[int]]] = {
     # name: (what happens after submit, spec fields, shards that must fail)
     "file-removed": (_removed, {}, {2, 3}),
     "file-changed": (_changed, {}, {2, 3}),
     "file-corrupted": (_corrupted_in_place, {}, {2, 3}),
-    "model-cannot-load": (lambda source: "cannot load tokenizer '/no/such/model'",
-                          {"model": "/no/such/model"}, {0, 1, 2, 3}),
+    "model-cannot-load": (lambda source: f"cannot load tokenizer '{_broken_model(source.parent)}'",
+                          {"model": _broken_model}, {0, 1, 2, 3}),
     "remote-code-not-allowed": (lambda source: "BATCHFORMERS_ALLOW_TRUST_REMOTE_CODE=1",
                                 {"trust_remote_code": True}, {0, 1, 2, 3}),
 }
@@ -132,6 +140,7 @@ def test_failed_by_the_worker_with_a_clear_error(name: str, tmp_path: Path, bad_
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     change, fields, failing = CHANGES[name]
     source = _two_files(tmp_path)
+    fields = {key: str(value(tmp_path)) if callable(value) else value for key, value in fields.items()}
     spec = tokenize_spec(source, tmp_path / "out", max_retries=3, **fields)  # 4 shards, 2 per file
     manifest, layout = prepare(spec, bad_input_workers)  # what submit does: plan, write the manifest...
     expected = change(source)  # ...then the world changes before a worker gets the shards

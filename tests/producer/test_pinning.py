@@ -158,3 +158,10 @@ def test_a_local_model_edited_after_submit_fails_every_shard_at_once(tmp_path: P
     assert all(record["attempts"] == 1 for record in failed.values()), failed  # no retries
     for record in failed.values():
         assert str(model) in record["error"] and "tokenizer.json changed size" in record["error"], record
+
+
+@pytest.mark.parametrize("model", ["/no/such/model", "./not-here", "~/not-a-model-dir-xyz"])
+def test_a_missing_directory_is_not_taken_for_a_hub_id(tmp_path: Path, model: str) -> None:
+    with pytest.raises(SpecError, match="is not a model directory") as error:
+        resolve_pin(_spec(tmp_path, model))
+    assert "hub cannot be reached" not in str(error.value)
