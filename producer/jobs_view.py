@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from jobs.errors import BatchformersError
 from jobs.settings import Settings
 from producer.job_index import KnownJob, known_jobs
 from producer.status import DEFAULT_PRIORITY, job_status
@@ -47,7 +46,7 @@ def job_lines(settings: Settings, limit: int | None = None) -> list[JobLine]:
 def _line(job: KnownJob, settings: Settings) -> JobLine:
     try:
         current = job_status(job.output, settings)
-    except (BatchformersError, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any store's error (credentials, a gone bucket) hides only this job
         return JobLine(job.job_id, UNREADABLE, DEFAULT_PRIORITY, "", 0, 0, 0, 0, 0, None, None,
                        job.submitted_at, job.output, note=str(exc))
     return JobLine(job_id=job.job_id, state=current.state, priority=current.priority, model=current.model,

@@ -13,6 +13,8 @@ from jobs.io.layout import OutputLayout
 from jobs.pinning import pin_of
 from jobs.settings import Settings
 from producer.cli import main
+from producer.job_index import remember
+from producer.jobs_view import job_lines
 from producer.submit import submit
 from tests.reliability import queue_lists, queued_messages, tokenize_spec, write_rows
 
@@ -78,3 +80,24 @@ def test_a_job_with_rows_done_shows_its_rate_and_eta(tmp_path: Path, settings: S
     assert line.state == "running" and line.rows_done == 5 and line.committed == 1
     assert line.rows_per_second and line.eta_seconds == pytest.approx(15 / line.rows_per_second)
     redis.Redis.from_url(settings.broker_url).delete(*queue_lists(settings.broker_url, settings.queue))
+
+
+def test_a_job_on_a_store_it_cannot_read_does_not_hide_the_others(tmp_path: Path, settings: Settings,
+                                                                   refused_port: int,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """An s3:// output without credentials raises botocore's NoCredentialsError, not an OSError."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{refused_port}")
+    write_rows(tmp_path / "in.parquet", 5)
+    local = submit(tokenize_spec(tmp_path / "in.parquet", tmp_path / "out"), settings)
+    remember(settings, "tokenize-0000s3", "s3://batchformers-no-such-bucket/out")
+    try:
+        listed = {line.job_id: line for line in job_lines(settings)}
+        assert listed["tokenize-0000s3"].state == "unreadable" and listed["tokenize-0000s3"].note
+        assert listed[local.job_id].state == "queued"
+    finally:
+        redis.Redis.from_url(settings.broker_url).delete(*queue_lists(settings.broker_url, settings.queue))
