@@ -94,6 +94,18 @@ def _parquet_bytes(texts: list[str], first_id: int = 0) -> bytes:
     return buffer.getvalue()
 
 
+def _timed_status(output: str, settings: Any, repeats: int = 3) -> tuple[Any, list[float]]:
+    """The job's status, read ``repeats`` times; the last answer and the seconds of each read."""
+    from producer.status import job_status
+
+    seconds = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        current = job_status(output, settings)
+        seconds.append(time.perf_counter() - began)
+    return current, seconds
+
+
 def _markers(output: str) -> list[dict[str, Any]]:
     """Every commit marker of ``output``, read concurrently (measurement only)."""
     from jobs.io.storage import Storage
@@ -118,7 +130,6 @@ def many_shards(model: str, s3: MotoS3, broker_url: str, queue: str, shards: int
     from jobs.io.layout import OutputLayout
     from jobs.settings import Settings
     from jobs.spec import load_spec
-    from producer.status import job_status
     from producer.submit import submit
 
     if local is None:
@@ -144,11 +155,7 @@ def many_shards(model: str, s3: MotoS3, broker_url: str, queue: str, shards: int
             raise RuntimeError(f"the {shards}-shard job did not complete in {JOB_TIMEOUT}s")
         time.sleep(1.0)
     job_seconds = time.perf_counter() - started
-    status_times = []
-    for _ in range(3):
-        began = time.perf_counter()
-        final = job_status(output, settings)
-        status_times.append(time.perf_counter() - began)
+    final, status_times = _timed_status(output, settings)
     times = sorted(m["committed_at"] for m in _markers(output))
     completion = layout.completion() or {}
     return {
@@ -200,11 +207,7 @@ def status_at_scale(model: str, s3: MotoS3, broker_url: str, shards: int) -> dic
     with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
         list(pool.map(commit, range(shards)))
     write_seconds = time.perf_counter() - began
-    timed = []
-    for _ in range(3):
-        began = time.perf_counter()
-        current = job_status(output, settings)
-        timed.append(time.perf_counter() - began)
+    current, timed = _timed_status(output, settings)
     began = time.perf_counter()
     without_broker = job_status(output)
     listing_seconds = time.perf_counter() - began

@@ -206,17 +206,25 @@ def hub_reachable(timeout: float = HUB_TIMEOUT) -> bool:
         return False
 
 
+def hub_refusal(model: str, revision: str | None, exc: BaseException) -> SpecError | None:
+    """The hub's permanent answers (gated, no such model, no such revision) as a SpecError; None for the others."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if isinstance(exc, GatedRepoError):  # before its base class, RepositoryNotFoundError
+        return SpecError("model", f"{model} is a gated repository on the hub: accept its terms and log in "
+                                  "(`hf auth login`, or HF_TOKEN)")
+    if isinstance(exc, RepositoryNotFoundError):
+        return SpecError("model", f"there is no model {model} on the Hugging Face hub (or it is private: log "
+                                  "in with `hf auth login` or HF_TOKEN); check the id or give a local directory")
+    if isinstance(exc, RevisionNotFoundError):
+        return SpecError("revision", f"{model} has no revision {revision!r} on the hub")
+    return None
+
+
 def _hub_file(model: str, name: str, revision: str | None) -> Path | None:
     """The hub file through the cache; None when the repository has no such file."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError, LocalEntryNotFoundError
 
     try:
         found = try_to_load_from_cache(model, name, revision=revision)
@@ -244,15 +252,10 @@ def _hub_file(model: str, name: str, revision: str | None) -> Path | None:
                                  "run offline (HF_HUB_OFFLINE=1), or give a local directory") from None
     except EntryNotFoundError:
         return None
-    except GatedRepoError:
-        raise SpecError("model", f"{model} is a gated repository on the hub: accept its terms and log in "
-                                 "(`hf auth login`, or HF_TOKEN)") from None
-    except RepositoryNotFoundError:
-        raise SpecError("model", f"there is no model {model} on the Hugging Face hub (or it is private: log "
-                                 "in with `hf auth login` or HF_TOKEN); check the id or give a local directory") from None
-    except RevisionNotFoundError:
-        raise SpecError("revision", f"{model} has no revision {revision!r} on the hub") from None
-    except OSError as exc:
+    except OSError as exc:  # the hub's HTTP errors are OSErrors too
+        refusal = hub_refusal(model, revision, exc)
+        if refusal is not None:
+            raise refusal from None
         raise SpecError("model", f"cannot reach the Hugging Face hub to resolve {model} and it is not in the local "
                                  f"cache ({type(exc).__name__}); connect this machine, or download the model "
                                  "first and run offline (HF_HUB_OFFLINE=1), or give a local directory") from None

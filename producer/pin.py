@@ -15,7 +15,7 @@ from typing import Any
 from jobs.errors import SpecError
 from jobs.pinning import HUB, LOCAL, ModelPin, fingerprint_of, local_files, pin_of, verify_local
 from jobs.spec import JobSpec
-from producer.model_check import hub_offline, hub_reachable
+from producer.model_check import hub_offline, hub_reachable, hub_refusal
 
 DEFAULT_REVISION = "main"
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -84,19 +84,13 @@ def cached_commit(model: str, revision: str) -> str | None:
 def _commit_on_hub(model: str, revision: str) -> str | None:
     """The hub's answer; None when the request fails on the network (the cache is asked next)."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
         info = HfApi().model_info(model, revision=revision, timeout=HUB_TIMEOUT)
-    except RevisionNotFoundError:
-        raise SpecError("revision", f"{model} has no revision {revision!r} on the hub") from None
-    except GatedRepoError:
-        raise SpecError("model", f"{model} is a gated repository on the hub: accept its terms and log in "
-                                 "(`hf auth login`, or HF_TOKEN)") from None
-    except RepositoryNotFoundError:
-        raise SpecError("model", f"there is no model {model} on the Hugging Face hub (or it is private: log in "
-                                 "with `hf auth login` or HF_TOKEN); check the id or give a local directory") from None
-    except OSError:  # connection errors and timeouts (the hub's HTTP errors are OSErrors too)
+    except OSError as exc:  # the hub's HTTP errors are OSErrors too; connection errors and timeouts: None
+        refusal = hub_refusal(model, revision, exc)
+        if refusal is not None:
+            raise refusal from None
         return None
     sha = getattr(info, "sha", None)
     return str(sha) if sha else None

@@ -89,6 +89,11 @@ def lease_holders(redis_url: str, job_id: str) -> dict[int, str]:
     return holders
 
 
+def worker_number(holder: str) -> int:
+    """Which of ``start_workers``' processes holds a lease (holders read ``local<N>-...@host/pid``)."""
+    return int(holder.split("-", 1)[0].removeprefix("local"))
+
+
 def worker_logs(log_dir: Path) -> str:
     return "".join(path.read_text(errors="replace") for path in sorted(Path(log_dir).glob("*.log")))
 

@@ -30,6 +30,7 @@ from tests.reliability import (
     tokenize_spec,
     wait_drained,
     wait_until,
+    worker_number,
     write_rows,
 )
 from worker.faults import FAULTS_ENV
@@ -38,10 +39,6 @@ from worker.lease import lease_key
 
 def _pid_of(holder: str) -> int:
     return int(holder.rsplit("/", 1)[1])
-
-
-def _worker_number(holder: str) -> int:
-    return int(holder.split("-", 1)[0].removeprefix("local"))
 
 
 @pytest.mark.slow
@@ -88,7 +85,7 @@ def test_killed_worker_mid_shard(tmp_path: Path, settings: Settings, start_worke
 
     holders = wait_until(lambda: lease_holders(settings.broker_url, submission.job_id), 60, "a lease")
     shard, holder = next(iter(holders.items()))
-    victim = workers.processes[_worker_number(holder)]
+    victim = workers.processes[worker_number(holder)]
     os.killpg(victim.pid, signal.SIGKILL)  # the worker and its pool child
     victim.wait()
 

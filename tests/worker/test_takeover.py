@@ -31,6 +31,7 @@ from tests.reliability import (
     wait_drained,
     wait_until,
     worker_logs,
+    worker_number,
     write_rows,
 )
 from worker.faults import FAULTS_ENV
@@ -50,7 +51,7 @@ def test_killed_worker_is_taken_over_at_its_lease_end(tmp_path: Path, settings: 
     holders = wait_until(lambda: lease_holders(settings.broker_url, submission.job_id), 60, "a lease")
     shard, holder = next(iter(holders.items()))
     remaining = redis.Redis.from_url(settings.broker_url).pttl(lease_key(submission.job_id, shard)) / 1000
-    victim = workers.processes[int(holder.split("-", 1)[0].removeprefix("local"))]
+    victim = workers.processes[worker_number(holder)]
     os.killpg(victim.pid, signal.SIGKILL)  # the worker and its pool child: the broker never hears of it
     killed_at = time.time()
     victim.wait()
