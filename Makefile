@@ -19,8 +19,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # The fast tier (no worker process, no embedded server: under a minute) runs first, then the slow tier.
 test: test-fast test-slow
 
+# The fast tier is CPU-bound (tiny models, hypothesis): one pytest process per core, whole files per process
+# (module fixtures load their models once). TEST_PROCESSES=auto on a bigger machine.
+TEST_PROCESSES ?= 2
 test-fast: install
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" -n $(TEST_PROCESSES) --dist loadfile
 
 test-slow: install
 	$(PY) -m pytest -q -p no:cacheprovider -m slow

@@ -21,7 +21,7 @@ NEWS = Path(__file__).resolve().parents[1] / "jobs" / "testing" / "data" / "news
 LOCAL_REDIS = "redis://127.0.0.1:6379/15"
 
 
-SLOW_FIXTURES = {"start_workers"}  # a test that starts worker processes is in the slow tier, marked or not
+SLOW_FIXTURES = {"start_workers", "shared_workers"}  # a test that starts worker processes is in the slow tier, marked or not
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -84,8 +84,23 @@ def start_workers(settings: Settings, tmp_path: Path) -> Iterator:  # type: igno
         return workers
 
     yield start
-    for workers in started:
-        workers.stop()
+    for workers in started:  # the test is over: kill them (a warm stop spends ~1.7 s joining billiard's
+        workers.force()      # pool; tests that stop workers on purpose call stop() themselves, and every
+        workers.stop(fast=True)  # `batchformers run` ends with one). This reaps the killed processes.
+
+
+@pytest.fixture(scope="session")
+def shared_workers(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """One default worker for the whole session, on a queue of its own: for tests that need "a worker"
+    and check only their own job's outputs (each start costs seconds of imports). Tests that set a
+    worker's environment, count its model loads or kill it start their own (``start_workers``)."""
+    settings = Settings(broker_url=redis_url, queue=f"bf-test-shared-{uuid.uuid4().hex[:8]}", lease_seconds=10)
+    env = {"BATCHFORMERS_LEASE_SECONDS": "10", "BATCHFORMERS_TORCH_THREADS": "1"}
+    workers = LocalWorkers(redis_url, count=1, queue=settings.queue, log_dir=str(tmp_path_factory.mktemp("shared")),
+                           extra_env=env).start()
+    yield settings
+    workers.force()
+    workers.stop(fast=True)
 
 
 @pytest.fixture(scope="module")

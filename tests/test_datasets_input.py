@@ -37,9 +37,9 @@ def news_jsonl(tmp_path: Path, news_texts: list[str]) -> Path:
     return path
 
 
-def test_json_lines_job_end_to_end(news_jsonl: Path, tmp_path: Path, ner_model: Path, settings: Settings,
-                                   start_workers: Any, news_texts: list[str]) -> None:
-    start_workers(1)
+def test_json_lines_job_end_to_end(news_jsonl: Path, tmp_path: Path, ner_model: Path, shared_workers: Settings,
+                                   news_texts: list[str]) -> None:
+    settings = shared_workers
     spec = load_spec({"task": "ner", "model": str(ner_model), "input": str(news_jsonl),
                       "columns": {"text": "body", "id": "doc_id"}, "output": str(tmp_path / "out"), "shard_rows": 40})
     submission = submit(spec, settings)

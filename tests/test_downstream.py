@@ -6,8 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -16,7 +14,6 @@ import pytest
 from jobs.io.layout import MANIFEST_FILE, SUCCESS_FILE
 from jobs.settings import Settings
 from jobs.spec import load_spec
-from producer.embedded import LocalWorkers
 from producer.inspect import describe
 from producer.status import wait
 from producer.submit import submit
@@ -28,7 +25,7 @@ ROWS = 66
 
 
 @pytest.fixture(scope="module")
-def ner_output(redis_url: str, tmp_path_factory: pytest.TempPathFactory, news_texts: list[str]) -> Iterator[Path]:
+def ner_output(shared_workers: Settings, tmp_path_factory: pytest.TempPathFactory, news_texts: list[str]) -> Path:
     """One NER job over three shards with an id and a pass-through column, run by a real worker."""
     import pyarrow as pa
 
@@ -38,16 +35,13 @@ def ner_output(redis_url: str, tmp_path_factory: pytest.TempPathFactory, news_te
     source = root / "news.parquet"
     pq.write_table(pa.table({"doc_id": [f"doc-{i}" for i in range(ROWS)], "body": news_texts,
                              "source": ["wire"] * ROWS}), source)
-    settings = Settings(broker_url=redis_url, queue=f"bf-test-{uuid.uuid4().hex[:8]}")
     spec = load_spec({"task": "ner", "model": str(tiny_model_path("bert-ner")), "input": str(source),
                       "columns": {"text": "body", "id": "doc_id"}, "passthrough": ["source"],
                       "output": str(root / "out"), "params": {"aggregation_strategy": "simple"},
                       "shard_rows": 25})
-    with LocalWorkers(redis_url, count=1, queue=settings.queue, log_dir=str(root / "logs"),
-                      extra_env={"BATCHFORMERS_TORCH_THREADS": "1"}):
-        submission = submit(spec, settings)
-        assert wait(submission.output, timeout=120).state == "complete"
-    yield Path(submission.output)
+    submission = submit(spec, shared_workers)
+    assert wait(submission.output, timeout=120).state == "complete"
+    return Path(submission.output)
 
 
 def test_one_parquet_dataset_with_a_stable_schema(ner_output: Path) -> None:

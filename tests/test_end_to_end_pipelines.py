@@ -1,13 +1,11 @@
 """The five pipeline tasks (classification, zero-shot, fill-mask, embeddings, generation) through
-real Celery workers and Redis, on ONE set of worker processes, then search over the embeddings job.
+real Celery workers and Redis, on the session's shared worker, then search over the embeddings job.
 
 Each job's Parquet output is checked against the same rows run directly through the task's runner
 (which the per-task tests hold to the transformers pipelines)."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,6 @@ import pytest
 
 from jobs.settings import Settings
 from jobs.spec import load_spec
-from producer.embedded import LocalWorkers
 from producer.search import search
 from producer.status import wait
 from producer.submit import submit
@@ -36,21 +33,7 @@ JOBS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 @pytest.fixture(scope="module")
-def module_settings(redis_url: str) -> Settings:
-    return Settings(broker_url=redis_url, queue=f"bf-test-{uuid.uuid4().hex[:8]}", lease_seconds=10)
-
-
-@pytest.fixture(scope="module")
-def workers(module_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalWorkers]:
-    env = {"BATCHFORMERS_LEASE_SECONDS": "10", "BATCHFORMERS_TORCH_THREADS": "1"}
-    started = LocalWorkers(module_settings.broker_url, count=1, queue=module_settings.queue,
-                           log_dir=str(tmp_path_factory.mktemp("logs")), extra_env=env).start()
-    yield started
-    started.stop()
-
-
-@pytest.fixture(scope="module")
-def outputs(workers: LocalWorkers, module_settings: Settings, news_texts: list[str],
+def outputs(shared_workers: Settings, news_texts: list[str],
             tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, pa.Table, pa.Table]]:
     """Every job submitted at once to the same workers; (spec, input table, output table) per alias."""
     root = tmp_path_factory.mktemp("pipelines")
@@ -65,7 +48,7 @@ def outputs(workers: LocalWorkers, module_settings: Settings, news_texts: list[s
         spec = load_spec({"task": alias, "model": str(tiny_model_path(kind)), "input": str(source),
                           "output": str(root / kind), "columns": {"id": "doc_id"}, "passthrough": ["lang"],
                           "params": params, "shard_rows": 6, "batch_size": 4})
-        submitted[alias] = (spec, table, submit(spec, module_settings))
+        submitted[alias] = (spec, table, submit(spec, shared_workers))
     results = {}
     for alias, (spec, table, submission) in submitted.items():
         status = wait(submission.output, timeout=300)

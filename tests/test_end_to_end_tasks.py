@@ -37,8 +37,7 @@ JOBS = {
 
 
 @pytest.mark.parametrize("task", list(JOBS))
-def test_task_end_to_end(task: str, tmp_path: Path, news_texts: list[str], settings: Settings,
-                         start_workers: Any) -> None:
+def test_task_end_to_end(task: str, tmp_path: Path, news_texts: list[str], shared_workers: Settings) -> None:
     kind, params, make_columns = JOBS[task]
     texts = news_texts[:24] + [None]  # one bad row rides along
     columns = make_columns(texts)
@@ -50,8 +49,7 @@ def test_task_end_to_end(task: str, tmp_path: Path, news_texts: list[str], setti
     model = str(tiny_model_path(kind))
     spec = load_spec({"task": task, "model": model, "input": str(source), "output": str(tmp_path / "out"),
                       "columns": {"id": "doc_id"}, "params": params, "shard_rows": 7, "batch_size": 4})
-    start_workers(1)
-    submission = submit(spec, settings)
+    submission = submit(spec, shared_workers)
     assert submission.shards == 4
     status = wait(submission.output, timeout=240)
     assert status.state == "complete", status

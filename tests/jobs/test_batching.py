@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import pytest
@@ -159,3 +160,22 @@ def test_injected_oom(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_is_out_of_memory(error: BaseException, oom: bool) -> None:
     assert is_out_of_memory(error) is oom
+
+
+@pytest.mark.parametrize(("available", "initialized", "frees"), [(True, True, 3), (True, False, 0), (False, True, 0)])
+def test_an_oom_split_frees_the_cuda_cache_once_per_failed_batch(monkeypatch: pytest.MonkeyPatch, available: bool,
+                                                               initialized: bool, frees: int) -> None:
+    """After each failed batch the CUDA caching allocator gives its blocks back (so the halves can fit),
+    only where CUDA is in use. No GPU here: the three torch.cuda probes are replaced, the splitter is real."""
+    import torch
+
+    emptied: list[int] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: initialized)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+    monkeypatch.setattr(batching, "batch_probe", oom_above(1))
+    assert run_splitting_on_oom(lambda batch: batch, [1, 2, 3, 4]) == [1, 2, 3, 4]  # 4 -> 2 + 2 -> 1 + 1 + 1 + 1
+    assert len(emptied) == frees
+    monkeypatch.setitem(sys.modules, "torch", None)  # torch never imported: nothing to free
+    assert run_splitting_on_oom(lambda batch: batch, [1, 2]) == [1, 2]
+    assert len(emptied) == frees

@@ -9,6 +9,7 @@ import shutil
 import socket
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,27 @@ def test_failed_markers(tmp_path: Path) -> None:
     assert layout.failed() == {} and set(layout.committed()) == {2}
 
 
+@pytest.mark.parametrize("where", ["local", "remote"])
+def test_markers_by_number(tmp_path: Path, where: str) -> None:
+    """What status reads: marker numbers from one listing (no marker read), then the markers of given
+    shards, one at a time on a local disk and from a thread pool on a remote store (memory:// here)."""
+    location = str(tmp_path / "out") if where == "local" else f"memory://bf-markers-{uuid.uuid4().hex}/out"
+    layout = OutputLayout(location)
+    assert layout.marker_numbers() == (set(), set()) and layout.read_committed([0, 1]) == {}
+    layout.commit(0, table_of(2), summary_of(2))
+    layout.commit(12, table_of(1), summary_of(1))
+    layout.mark_failed(3, "boom", attempts=2)
+    for junk in (".00004.json.dead.tmp", "notes.json", "00005.json.bak", "007a.json"):  # never a marker
+        layout.storage.write_atomic(b"{}", SHARDS_DIR, junk)
+    layout.storage.write_atomic(b"{not json", SHARDS_DIR, "00006.txt")
+    assert layout.marker_numbers() == ({0, 12}, {3})
+    committed = layout.read_committed([0, 3, 12, 99], threads=3)
+    assert sorted(committed) == [0, 12] and committed[12]["rows"] == 1 and committed[0]["part"] == "part-00000.parquet"
+    assert list(layout.read_committed([12])) == [12]  # one shard: read inline
+    failed = layout.read_failed([0, 3, 12])
+    assert list(failed) == [3] and failed[3]["error"] == "boom" and failed[3]["attempts"] == 2
+
+
 def test_success_cancel_and_manifest(tmp_path: Path) -> None:
     layout = OutputLayout(str(tmp_path / "out"))
     assert not layout.holds_other_data() and not layout.has_manifest()
@@ -252,6 +274,9 @@ class CommitProtocol(RuleBasedStateMachine):
     def markers_match(self) -> None:
         assert set(self.layout.committed()) == set(self.committed)
         assert set(self.layout.failed()) == self.failed
+        assert self.layout.marker_numbers() == (set(self.committed), self.failed)
+        assert set(self.layout.read_committed(range(4))) == set(self.committed)
+        assert set(self.layout.read_failed(range(4))) == self.failed
         assert all(self.layout.is_committed(shard) is (shard in self.committed) for shard in range(4))
 
     @invariant()

@@ -59,6 +59,28 @@ def _logits(rng: np.random.Generator, tokens: int, labels: int) -> np.ndarray:
 def test_entities_equal_the_pipeline_postprocess(pipeline_parts: tuple[Any, Any], texts: list[str], strategy: str,
                                                  stride: int | None) -> None:
     tokenizer, reference = pipeline_parts
+    _assert_equal_to_the_pipeline(tokenizer, reference, texts, strategy, stride, IGNORED)
+
+
+# Entity types with a hyphen (WNUT's "creative-work"), types that differ only in their first letter,
+# labels without a B-/I- prefix, and a tokenizer whose backend has no decoder (words joined by spaces).
+OTHER_LABELS = ["O", "B-creative-work", "I-creative-work", "B-AX", "I-AX", "B-BX", "I-BX", "MISC", "Y"]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_other_label_schemes_and_a_tokenizer_without_a_decoder(texts: list[str], strategy: str) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_path("bert-ner")))
+    tokenizer.backend_tokenizer.decoder = None
+    model = AutoModelForTokenClassification.from_pretrained(str(tiny_model_path("bert-ner")))
+    model.config.id2label = dict(enumerate(OTHER_LABELS))  # only post-processing runs: the head's size is moot
+    model.config.label2id = {label: i for i, label in enumerate(OTHER_LABELS)}
+    reference = TokenClassificationPipeline(model=model, tokenizer=tokenizer, device="cpu")
+    _assert_equal_to_the_pipeline(tokenizer, reference, texts, strategy, None,
+                                  [["O"], ["O", "creative-work", "I-AX", "Y"]])
+
+
+def _assert_equal_to_the_pipeline(tokenizer: Any, reference: Any, texts: list[str], strategy: str,
+                                  stride: int | None, ignored: list[list[str]]) -> None:
     rng = np.random.default_rng(11)
     kwargs: dict[str, Any] = {"truncation": True, "return_offsets_mapping": True, "return_special_tokens_mask": True}
     if stride:
@@ -72,7 +94,7 @@ def test_entities_equal_the_pipeline_postprocess(pipeline_parts: tuple[Any, Any]
                                                                                  labels)))
     import torch
 
-    for ignore in IGNORED:
+    for ignore in ignored:
         decoder = EntityDecoder(tokenizer, reference.model.config.id2label, strategy, ignore)
         rows = sorted(chunks)
         items = [[Item(row, enc.ids, enc, None, n, len(chunks[row])) for n, (enc, _) in enumerate(chunks[row])]

@@ -45,6 +45,10 @@ def test_local_write_read_list_remove(tmp_path: Path) -> None:
     assert storage.exists("d", "a.json") and not storage.exists("d", "c.json")
     with storage.open("d", "b.json") as handle:
         assert handle.read() == b"two"
+    with storage.open("d", "c.bin", mode="wb") as handle:  # how compact writes its merged file
+        handle.write(b"three")
+    assert storage.read_bytes("d", "c.bin") == b"three"
+    storage.remove("d", "c.bin")
     storage.remove("d", "a.json")
     storage.remove("d", "a.json")  # already gone: nothing to do
     assert storage.list("d") == ["b.json"]
@@ -76,6 +80,24 @@ def test_remove_temporaries(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"")
     assert storage.remove_temporaries("x.bin") == [".x.bin.1.tmp", ".x.bin.2.tmp"]
     assert sorted(os.listdir(tmp_path)) == [".x.bin.4", ".x.bin2.3.tmp", "x.bin", "x.bin.5.tmp"]
+
+
+def test_a_temporary_removed_meanwhile_is_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between the listing and the delete another cleaner (a rerun of the same shard) may remove one."""
+    storage = Storage.at(str(tmp_path))
+    for name in (".x.bin.1.tmp", ".x.bin.2.tmp"):
+        (tmp_path / name).write_bytes(b"")
+    remove = os.remove
+
+    def raced(path: str) -> None:
+        if path.endswith(".1.tmp"):
+            remove(path)  # the other cleaner got there first
+            raise FileNotFoundError(path)
+        remove(path)
+
+    monkeypatch.setattr(os, "remove", raced)
+    assert storage.remove_temporaries("x.bin") == [".x.bin.1.tmp", ".x.bin.2.tmp"]
+    assert os.listdir(tmp_path) == []
 
 
 def test_local_create_once(tmp_path: Path) -> None:
