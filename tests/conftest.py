@@ -84,9 +84,8 @@ def start_workers(settings: Settings, tmp_path: Path) -> Iterator:  # type: igno
         return workers
 
     yield start
-    for workers in started:  # the test is over: kill them (a warm stop spends ~1.7 s joining billiard's
-        workers.force()      # pool; tests that stop workers on purpose call stop() themselves, and every
-        workers.stop(fast=True)  # `batchformers run` ends with one). This reaps the killed processes.
+    for workers in started:
+        _kill(workers)
 
 
 @pytest.fixture(scope="session")
@@ -99,8 +98,15 @@ def shared_workers(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
     workers = LocalWorkers(redis_url, count=1, queue=settings.queue, log_dir=str(tmp_path_factory.mktemp("shared")),
                            extra_env=env).start()
     yield settings
+    _kill(workers)
+
+
+def _kill(workers: LocalWorkers) -> None:
+    """The test is over: kill the workers and reap them. A warm stop spends ~1.7 s joining billiard's
+    pool; tests that stop workers on purpose call stop() themselves, and every `batchformers run` ends
+    with one."""
     workers.force()
-    workers.stop(fast=True)
+    workers.stop(fast=True)  # the processes are gone: this only reaps them
 
 
 @pytest.fixture(scope="module")

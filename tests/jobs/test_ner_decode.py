@@ -67,14 +67,20 @@ def test_entities_equal_the_pipeline_postprocess(pipeline_parts: tuple[Any, Any]
 OTHER_LABELS = ["O", "B-creative-work", "I-creative-work", "B-AX", "I-AX", "B-BX", "I-BX", "MISC", "Y"]
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_other_label_schemes_and_a_tokenizer_without_a_decoder(texts: list[str], strategy: str) -> None:
+@pytest.fixture(scope="module")
+def other_labels_parts() -> tuple[Any, Any]:
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_path("bert-ner")))
     tokenizer.backend_tokenizer.decoder = None
     model = AutoModelForTokenClassification.from_pretrained(str(tiny_model_path("bert-ner")))
     model.config.id2label = dict(enumerate(OTHER_LABELS))  # only post-processing runs: the head's size is moot
     model.config.label2id = {label: i for i, label in enumerate(OTHER_LABELS)}
-    reference = TokenClassificationPipeline(model=model, tokenizer=tokenizer, device="cpu")
+    return tokenizer, TokenClassificationPipeline(model=model, tokenizer=tokenizer, device="cpu")
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_other_label_schemes_and_a_tokenizer_without_a_decoder(other_labels_parts: tuple[Any, Any], texts: list[str],
+                                                              strategy: str) -> None:
+    tokenizer, reference = other_labels_parts
     _assert_equal_to_the_pipeline(tokenizer, reference, texts, strategy, None,
                                   [["O"], ["O", "creative-work", "I-AX", "Y"]])
 
