@@ -15,7 +15,7 @@ import redis
 
 from jobs import routing
 from jobs.io.layout import OutputLayout
-from jobs.protocol import LEASE_PREFIX
+from jobs.protocol import LEASE_PREFIX, lease_key
 from jobs.spec import JobSpec, load_spec
 from tests.models import tiny_model_path
 
@@ -87,6 +87,14 @@ def lease_holders(redis_url: str, job_id: str) -> dict[int, str]:
         if value:
             holders[int(key.decode().rsplit(":", 1)[1])] = value.decode()
     return holders
+
+
+def first_held_shard(redis_url: str, job_id: str, timeout: float = 60) -> tuple[int, str, float]:
+    """(shard, holder, seconds left on its lease) of the first running shard of the job."""
+    holders = wait_until(lambda: lease_holders(redis_url, job_id), timeout, "a lease")
+    shard, holder = next(iter(holders.items()))
+    remaining = redis.Redis.from_url(redis_url).pttl(lease_key(job_id, shard)) / 1000
+    return shard, holder, remaining
 
 
 def worker_number(holder: str) -> int:

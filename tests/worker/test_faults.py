@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from jobs.io.layout import OutputLayout
 from jobs.settings import Settings
@@ -25,16 +24,14 @@ from tests.reliability import (
     assert_completed,
     assert_exactly_once,
     committed_markers,
-    lease_holders,
+    first_held_shard,
     starts,
     tokenize_spec,
     wait_drained,
-    wait_until,
     worker_number,
     write_rows,
 )
 from worker.faults import FAULTS_ENV
-from worker.lease import lease_key
 
 
 def _pid_of(holder: str) -> int:
@@ -52,9 +49,7 @@ def test_killed_worker_process_mid_shard(tmp_path: Path, settings: Settings, sta
     workers = start_workers(2, BATCHFORMERS_LEASE_SECONDS=str(lease), **{FAULTS_ENV: f"sleep=2,count={count}"})
     submission = submit(tokenize_spec(tmp_path / "in.parquet", tmp_path / "out"), settings)
 
-    holders = wait_until(lambda: lease_holders(settings.broker_url, submission.job_id), 60, "a lease")
-    shard, holder = next(iter(holders.items()))
-    remaining = redis.Redis.from_url(settings.broker_url).pttl(lease_key(submission.job_id, shard)) / 1000
+    shard, holder, remaining = first_held_shard(settings.broker_url, submission.job_id)
     os.kill(_pid_of(holder), signal.SIGKILL)
     killed_at = time.time()
 
@@ -83,8 +78,7 @@ def test_killed_worker_mid_shard(tmp_path: Path, settings: Settings, start_worke
     workers = start_workers(2, BATCHFORMERS_LEASE_SECONDS=str(lease), **{FAULTS_ENV: f"sleep=2,count={count}"})
     submission = submit(tokenize_spec(tmp_path / "in.parquet", tmp_path / "out"), settings)
 
-    holders = wait_until(lambda: lease_holders(settings.broker_url, submission.job_id), 60, "a lease")
-    shard, holder = next(iter(holders.items()))
+    shard, holder, _ = first_held_shard(settings.broker_url, submission.job_id)
     victim = workers.processes[worker_number(holder)]
     os.killpg(victim.pid, signal.SIGKILL)  # the worker and its pool child
     victim.wait()

@@ -15,8 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from jobs.recovery import SCANS_PER_LEASE
 from jobs.settings import Settings
 from producer.status import wait
@@ -25,17 +23,15 @@ from tests.reliability import (
     assert_completed,
     assert_exactly_once,
     committed_markers,
-    lease_holders,
+    first_held_shard,
     starts,
     tokenize_spec,
     wait_drained,
-    wait_until,
     worker_logs,
     worker_number,
     write_rows,
 )
 from worker.faults import FAULTS_ENV
-from worker.lease import lease_key
 
 PICKUP = 2.5  # seconds from the re-enqueue to the shard's start on an idle worker (a loaded machine)
 
@@ -48,9 +44,7 @@ def test_killed_worker_is_taken_over_at_its_lease_end(tmp_path: Path, settings: 
     workers = start_workers(2, BATCHFORMERS_LEASE_SECONDS=str(lease), **{FAULTS_ENV: f"sleep=3,count={count}"})
     submission = submit(tokenize_spec(tmp_path / "in.parquet", tmp_path / "out"), settings)
 
-    holders = wait_until(lambda: lease_holders(settings.broker_url, submission.job_id), 60, "a lease")
-    shard, holder = next(iter(holders.items()))
-    remaining = redis.Redis.from_url(settings.broker_url).pttl(lease_key(submission.job_id, shard)) / 1000
+    shard, holder, remaining = first_held_shard(settings.broker_url, submission.job_id)
     victim = workers.processes[worker_number(holder)]
     os.killpg(victim.pid, signal.SIGKILL)  # the worker and its pool child: the broker never hears of it
     killed_at = time.time()
