@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from jobs.testing.qa_457 import select_starts_ends
+
 QA_MAX_SEQ_LEN = 384
 QA_MAX_ANSWER_LEN = 15
 QA_TOP_K = 1
@@ -144,28 +146,11 @@ def _qa_postprocess(chunks: list[dict[str, Any]], context: str) -> dict[str, Any
     candidates = QA_TOP_K * 2 + 10
     answers: list[dict[str, Any]] = []
     for chunk in chunks:
-        undesired = np.abs(np.array(chunk["p_mask"]) - 1) & np.array(chunk["attention_mask"])[None]
-        masked = undesired == 0
-        start = np.where(masked, -10000.0, chunk["start"])
-        end = np.where(masked, -10000.0, chunk["end"])
-        start = np.exp(start - start.max(axis=-1, keepdims=True))
-        start = start / start.sum()
-        end = np.exp(end - end.max(axis=-1, keepdims=True))
-        end = end / end.sum()
-        start[0, 0] = end[0, 0] = 0.0
-        outer = np.matmul(np.expand_dims(start, -1), np.expand_dims(end, 1))
-        spans = np.tril(np.triu(outer), QA_MAX_ANSWER_LEN - 1)
-        flat = spans.flatten()
-        if len(flat) < candidates:
-            order = np.argsort(-flat)
-        else:
-            order = np.argpartition(-flat, candidates)[0:candidates]
-            order = order[np.argsort(-flat[order])]
-        starts, ends = np.unravel_index(order, spans.shape)[1:]
-        wanted = np.isin(starts, undesired.nonzero()) & np.isin(ends, undesired.nonzero())
+        starts, ends, scores, _ = select_starts_ends(chunk["start"], chunk["end"], chunk["p_mask"],
+                                                     np.array(chunk["attention_mask"])[None], top_k=candidates,
+                                                     max_answer_len=QA_MAX_ANSWER_LEN)
         encoding = chunk["encoding"]
-        for s, e in zip(starts[wanted], ends[wanted], strict=True):
-            score = spans[0, s, e].item()
+        for s, e, score in zip(starts, ends, scores.tolist(), strict=True):
             try:
                 first = encoding.word_to_chars(encoding.token_to_word(s), sequence_index=1)[0]
                 last = encoding.word_to_chars(encoding.token_to_word(e), sequence_index=1)[1]

@@ -1,8 +1,7 @@
 """QA span selection on random logits equals transformers 4.57's ``select_starts_ends`` / ``decode_spans``.
 
-The reference below is 4.57's own code (``transformers/pipelines/question_answering.py``), copied
-because transformers 5 no longer ships it, fed one unpadded chunk at a time with a 2-D ``p_mask``
-as 4.57's ``postprocess`` gives it. Ours takes a right-padded batch of chunks in one call. Random
+The reference is 4.57's own code (``jobs/testing/qa_457.py``, copied because transformers 5 no longer
+ships it), fed one unpadded chunk at a time with a 2-D ``p_mask`` as 4.57's ``postprocess`` gives it. Ours takes a right-padded batch of chunks in one call. Random
 lengths, answer-token masks, ``max_answer_len`` and candidate counts cover both of our paths: the
 tensor band with ``topk`` and, when fewer spans score above zero than are asked for, numpy's own
 tie order.
@@ -15,40 +14,7 @@ import pytest
 import torch
 
 from jobs.tasks.qa_decode import MASKED_LOGIT, Spans, select_spans
-
-
-def decode_spans_457(start: np.ndarray, end: np.ndarray, topk: int, max_answer_len: int,
-                     undesired_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    outer = np.matmul(np.expand_dims(start, -1), np.expand_dims(end, 1))
-    candidates = np.tril(np.triu(outer), max_answer_len - 1)
-    scores_flat = candidates.flatten()
-    if topk == 1:
-        idx_sort = [np.argmax(scores_flat)]
-    elif len(scores_flat) < topk:
-        idx_sort = np.argsort(-scores_flat)
-    else:
-        idx = np.argpartition(-scores_flat, topk)[0:topk]
-        idx_sort = idx[np.argsort(-scores_flat[idx])]
-    starts, ends = np.unravel_index(idx_sort, candidates.shape)[1:]
-    desired = np.isin(starts, undesired_tokens.nonzero()) & np.isin(ends, undesired_tokens.nonzero())
-    starts, ends = starts[desired], ends[desired]
-    return starts, ends, candidates[0, starts, ends]
-
-
-def select_starts_ends_457(start: np.ndarray, end: np.ndarray, p_mask: np.ndarray, top_k: int,
-                           max_answer_len: int) -> tuple[list[int], list[int], list[float], float]:
-    undesired_tokens = np.abs(np.array(p_mask) - 1)
-    undesired_tokens_mask = undesired_tokens == 0.0
-    start = np.where(undesired_tokens_mask, -10000.0, start)
-    end = np.where(undesired_tokens_mask, -10000.0, end)
-    start = np.exp(start - start.max(axis=-1, keepdims=True))
-    start = start / start.sum()
-    end = np.exp(end - end.max(axis=-1, keepdims=True))
-    end = end / end.sum()
-    null_score = min(1000000, (start[0, 0] * end[0, 0]).item())
-    start[0, 0] = end[0, 0] = 0.0
-    starts, ends, scores = decode_spans_457(start, end, top_k, max_answer_len, undesired_tokens)
-    return starts.tolist(), ends.tolist(), scores.tolist(), null_score
+from jobs.testing.qa_457 import select_starts_ends
 
 
 def random_batch(rng: np.random.Generator, chunks: int, sharp: bool) -> tuple[list[np.ndarray], ...]:
@@ -104,11 +70,12 @@ def test_spans_equal_457(candidates: int, max_answer_len: int, sharp: bool) -> N
                        max_answer_len)
     assert len(got) == len(keeps)
     for chunk, (spans, start, end, keep) in enumerate(zip(got, starts, ends, keeps, strict=True)):
-        want_starts, want_ends, want_scores, want_null = select_starts_ends_457(
-            start[None], end[None], (~keep).astype(np.int64)[None], candidates, max_answer_len)
+        want_starts, want_ends, want_scores, want_null = select_starts_ends(
+            start[None], end[None], (~keep).astype(np.int64)[None], None, top_k=candidates,
+            handle_impossible_answer=True, max_answer_len=max_answer_len)
         assert isinstance(spans, Spans)
-        assert (spans.starts, spans.ends) == (want_starts, want_ends), chunk
-        assert spans.scores == pytest.approx(want_scores, rel=1e-5, abs=1e-12), chunk
+        assert (spans.starts, spans.ends) == (want_starts.tolist(), want_ends.tolist()), chunk
+        assert spans.scores == pytest.approx(want_scores.tolist(), rel=1e-5, abs=1e-12), chunk
         assert spans.null_score == pytest.approx(want_null, rel=1e-5, abs=1e-12), chunk
 
 
