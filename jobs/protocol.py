@@ -105,6 +105,16 @@ def ledger_keys(job_id: str) -> list[str]:
     return [base, *(f"{base}:{part}" for part in LEDGER_PARTS)]
 
 
+def running_key(job_id: str) -> str:
+    """The ledger's set of shards a worker has started and not yet committed or failed."""
+    return f"{LEDGER_PREFIX}{job_id}:running"
+
+
+def requeue_key(job_id: str, shard: int, starts: int | str) -> str:
+    """The claim on re-enqueueing ``shard`` after its ``starts``-th start (:mod:`jobs.recovery`)."""
+    return f"{REQUEUE_PREFIX}{job_id}:{shard}:{starts}"
+
+
 def lease_key(job_id: str, shard: int) -> str:
     return f"{LEASE_PREFIX}{job_id}:{shard}"
 

@@ -41,17 +41,17 @@ from jobs.io.layout import OutputLayout
 from jobs.ledger import ACTIVE_SECONDS
 from jobs.manifest import Manifest
 from jobs.protocol import (
-    DELIVERIES_PREFIX,
     HEAL_SCAN_KEY,
     JOB_INDEX_PREFIX,
     JOB_QUEUES_KEY,
     JOBS_KEY,
-    LEASE_PREFIX,
-    REQUEUE_PREFIX,
     TASK_NAME,
     UNSEEN_PREFIX,
+    deliveries_key,
+    lease_key,
+    requeue_key,
+    running_key,
 )
-from jobs.protocol import ledger_keys as job_keys
 
 log = logging.getLogger(__name__)
 Send = Callable[[Manifest, OutputLayout, set[int], str], int]
@@ -185,21 +185,20 @@ class Recovery:
     def take_over(self, job: _Job, report: ScanReport) -> None:
         """Re-enqueue the running shards of ``job`` whose lease has expired (their holder died)."""
         job_id = job.manifest.job_id
-        running_key = job_keys(job_id)[4]
-        running = sorted(int(s) for s in self.client.smembers(running_key))
+        running = sorted(int(s) for s in self.client.smembers(running_key(job_id)))
         if not running:
             return
         pipe = self.client.pipeline()
         for shard in running:
-            pipe.exists(f"{LEASE_PREFIX}{job_id}:{shard}")
+            pipe.exists(lease_key(job_id, shard))
         dead = [shard for shard, alive in zip(running, pipe.execute(), strict=True) if not alive]
         if not dead:
             return
         committed, failed = job.layout.marker_numbers()
         settled = [shard for shard in dead if shard in committed or shard in failed]
         if settled:  # its holder died after the marker: nothing to run
-            self.client.srem(running_key, *settled)
-        claimed = self._claim(job_id, [s for s in dead if s not in settled], running_key)
+            self.client.srem(running_key(job_id), *settled)
+        claimed = self._claim(job_id, [s for s in dead if s not in settled])
         if claimed and self._send(job, claimed):
             report.taken_over[job_id] = sorted(claimed)
             log.warning("batchformers: took over shard(s) %s of job %s: their worker stopped renewing the lease "
@@ -215,8 +214,8 @@ class Recovery:
         unseen_key = UNSEEN_PREFIX + job_id
         pipe = self.client.pipeline()
         for shard in candidates:
-            pipe.exists(f"{LEASE_PREFIX}{job_id}:{shard}")
-        pipe.smembers(job_keys(job_id)[4])
+            pipe.exists(lease_key(job_id, shard))
+        pipe.smembers(running_key(job_id))
         pipe.hgetall(unseen_key)
         *alive, running, seen = pipe.execute()
         running_now = {int(s) for s in running}
@@ -233,7 +232,7 @@ class Recovery:
             pipe.expire(unseen_key, ACTIVE_SECONDS)
         pipe.execute()
         due = [shard for shard in sorted(nowhere) if now - first_seen.get(shard, now) >= self.lease_seconds]
-        claimed = self._claim(job_id, due, job_keys(job_id)[4])
+        claimed = self._claim(job_id, due)
         if claimed and self._send(job, claimed):
             self.client.hdel(unseen_key, *map(str, claimed))
             report.healed[job_id] = sorted(claimed)
@@ -272,16 +271,15 @@ class Recovery:
         period = int(self.lease_seconds / HEAL_SCANS_PER_LEASE * 1000)
         return bool(self.client.set(HEAL_SCAN_KEY, self.identity, nx=True, px=max(1, period)))
 
-    def _claim(self, job_id: str, shards: list[int], running_key: str) -> set[int]:
+    def _claim(self, job_id: str, shards: list[int]) -> set[int]:
         """The shards of ``shards`` whose re-enqueue this process won (one lock per shard and start count)."""
         if not shards:
             return set()
-        starts = self.client.mget([f"{DELIVERIES_PREFIX}{job_id}:{shard}" for shard in shards])
+        starts = self.client.mget([deliveries_key(job_id, shard) for shard in shards])
         ttl = int(self.lease_seconds * LOCK_LEASES * 1000)
         claimed = set()
         for shard, count in zip(shards, starts, strict=True):
-            keys = [f"{LEASE_PREFIX}{job_id}:{shard}", f"{REQUEUE_PREFIX}{job_id}:{shard}:{_text(count or 0)}",
-                    running_key]
+            keys = [lease_key(job_id, shard), requeue_key(job_id, shard, _text(count or 0)), running_key(job_id)]
             if self.client.eval(_CLAIM, 3, *keys, self.identity, ttl, shard):
                 claimed.add(shard)
         return claimed

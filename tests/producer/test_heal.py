@@ -14,8 +14,7 @@ from typing import Any
 
 import redis
 
-from jobs.protocol import JOB_QUEUES_KEY, LEASE_PREFIX
-from jobs.protocol import ledger_keys as job_keys
+from jobs.protocol import JOB_QUEUES_KEY, LEASE_PREFIX, running_key
 from jobs.recovery import shard_of
 from jobs.settings import Settings
 from producer.heal import Watcher, recovery_for
@@ -83,7 +82,7 @@ def test_a_dead_holder_is_taken_over_once(tmp_path: Path, redis_url: str, queue_
     submission = submit(tokenize_spec(tmp_path / "in.parquet", tmp_path / "out"), settings)
     client = redis.Redis.from_url(redis_url)
     _lose_queue(settings)  # delivered, as it were: the dead worker's messages sit unacked
-    running = job_keys(submission.job_id)[4]
+    running = running_key(submission.job_id)
     client.sadd(running, 1, 2)
     client.set(f"{LEASE_PREFIX}{submission.job_id}:2", "alive/1", px=60_000)
     scanners = [recovery_for(settings, identity="a"), recovery_for(settings, identity="b")]
