@@ -42,12 +42,12 @@ from jobs.ledger import ACTIVE_SECONDS
 from jobs.manifest import Manifest
 from jobs.protocol import (
     HEAL_SCAN_KEY,
-    JOB_INDEX_PREFIX,
     JOB_QUEUES_KEY,
     JOBS_KEY,
     TASK_NAME,
     UNSEEN_PREFIX,
     deliveries_key,
+    job_index_key,
     lease_key,
     requeue_key,
     running_key,
@@ -143,7 +143,7 @@ class Recovery:
         """Unfinished, uncancelled jobs of our queue submitted in the last ACTIVE_SECONDS, and ``outputs``."""
         ids = [_text(job) for job in self.client.zrangebyscore(JOBS_KEY, now - ACTIVE_SECONDS, "+inf")]
         pipe = self.client.pipeline()
-        pipe.mget([JOB_INDEX_PREFIX + job for job in ids] or ["-"])
+        pipe.mget([job_index_key(job) for job in ids] or ["-"])
         pipe.hmget(JOB_QUEUES_KEY, ids or ["-"])
         outputs, queues = pipe.execute()
         wanted: list[tuple[str | None, str]] = [(job, _text(output)) for job, output, queue in zip(ids, outputs, queues, strict=False)
