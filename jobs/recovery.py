@@ -61,7 +61,6 @@ SCANS_PER_LEASE = 4  # the takeover check runs every lease / 4: a dead holder's 
 HEAL_SCANS_PER_LEASE = 2  # one process looks for lost messages every lease / 2
 LOCK_LEASES = 3  # a claim expires after this many leases: a message lost again is sent again after that
 KOMBU_BINDINGS = "_kombu.binding."  # kombu's Redis transport: one set per exchange, members name the queues
-KOMBU_SEPARATOR = "\x06\x16"
 UNACKED_KEY = "unacked"  # kombu's hash of delivered, not yet acked messages
 UNREADABLE_BACKOFF_LEASES = 5  # an output that cannot be read (deleted, unreachable) is looked at again after this
 
@@ -258,7 +257,7 @@ class Recovery:
         names = {self.queue, *job_queues}
         for key in self.client.scan_iter(match=KOMBU_BINDINGS + "*", count=1000):
             for member in self.client.smembers(key):
-                names.add(_text(member).split(KOMBU_SEPARATOR)[-1])
+                names.add(_text(member).split(routing.KOMBU_SEPARATOR)[-1])
         lists = [key for name in sorted(names) for key in routing.queue_keys(name)]
         pipe = self.client.pipeline()
         for name in lists:

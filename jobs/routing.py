@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 MIN_PRIORITY = 0
 MAX_PRIORITY = 9
 DEFAULT_PRIORITY = 5
-PRIORITY_SEPARATOR = "\x06\x16"  # kombu's Redis transport: queue Q's list for priority p > 0 is Q + sep + p
+# kombu's Redis transport joins names with this: queue Q's list for priority p > 0 is Q + sep + p,
+# and the members of an exchange's binding set end in sep + queue (read by jobs.recovery).
+KOMBU_SEPARATOR = "\x06\x16"
 JOB_QUEUE_SEPARATOR = "."
 
 
@@ -44,7 +46,7 @@ def job_queue(base: str, job_id: str) -> str:
 
 def queue_keys(queue: str) -> list[str]:
     """The Redis lists kombu keeps for ``queue``, one per priority step, first served first."""
-    return [queue if step == 0 else f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS]
+    return [queue if step == 0 else f"{queue}{KOMBU_SEPARATOR}{step}" for step in PRIORITY_STEPS]
 
 
 def runner_key(spec: JobSpec) -> str:
