@@ -35,7 +35,7 @@ LOCAL = "local"
 WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".onnx", ".gguf")
 """Weight files other than safetensors: only their size is pinned (hashing gigabytes per check is too slow)."""
 SAFETENSORS_SUFFIX = ".safetensors"
-HEADER_LIMIT = 100 * 1024 * 1024
+HEADER_LIMIT = 100 * 1024 * 1024  # a safetensors header longer than this is not one (also for the submit check)
 
 
 class ModelChanged(ModelLoadError):

@@ -28,6 +28,7 @@ from typing import Any
 
 from jobs.engine.base import ModelRequirement
 from jobs.errors import SpecError
+from jobs.pinning import HEADER_LIMIT
 from jobs.spec import JobSpec
 from jobs.tasks.registry import get_task_class
 
@@ -37,7 +38,6 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
                    "sentencepiece.bpe.model", "source.spm")
 HUB_TIMEOUT = 5.0
-HEADER_LIMIT = 100 * 1024 * 1024  # a safetensors header larger than this is not one
 
 
 @dataclass(frozen=True)
