@@ -23,6 +23,7 @@ import threading
 import time
 
 from jobs.engine.base import Runner, TaskType
+from jobs.engine.batching import free_cached_device_memory
 from jobs.errors import BatchformersError, SpecError
 from jobs.routing import model_tag, runner_key
 from jobs.settings import Settings
@@ -93,9 +94,7 @@ def _evict_oldest() -> None:
     log.info("batchformers: evicted %s model setup %s in process %s", name, model_tag(key), os.getpid())
     metrics.model_evicted(name)
     gc.collect()  # the evicted runner held the only references to its weights
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
+    free_cached_device_memory()
 
 
 def _is_out_of_device_memory(exc: BaseException) -> bool:

@@ -113,14 +113,15 @@ def run_splitting_on_oom(
         if len(results) != len(batch):
             raise ValueError(f"batch function returned {len(results)} results for {len(batch)} rows")
         return results
-    _free_cached_memory()
+    free_cached_device_memory()
     if len(batch) == 1:
         return [RowOutOfMemory("out of memory even for this row alone; lower max_length or use a larger GPU")]
     half = len(batch) // 2
     return run_splitting_on_oom(fn, batch[:half]) + run_splitting_on_oom(fn, batch[half:])
 
 
-def _free_cached_memory() -> None:
+def free_cached_device_memory() -> None:
+    """Give the CUDA caching allocator's free blocks back, where CUDA is in use (after an OOM, an eviction)."""
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
