@@ -133,7 +133,7 @@ def run_and_commit(
     allowed = spec.max_retries + 1
     attempt = attempts.increment()
     if attempt > allowed:  # the runs allowed all started and none finished: a crash each time
-        if layout.failed().get(shard):  # another copy of the message got here first
+        if layout.read_failed([shard]):  # another copy of the message got here first
             return {"shard": shard, "skipped": "already failed"}
         error = attempts.last_error() or WORKER_LOST.format(holder="an unknown worker")
         fail(layout, manifest.job_id, shard, gave_up(allowed, error), allowed, ledger)

@@ -80,7 +80,7 @@ def describe(output: str, rows: int = 5) -> OutputDescription:
         rows=sum(m["rows"] for m in committed.values()),
         rows_expected=manifest.total_rows,
         row_errors=sum(m["errors"] for m in committed.values()),
-        failed_shards=len(set(layout.failed()) - set(committed)),
+        failed_shards=len(layout.marker_numbers()[1] - set(committed)),
         schema=schema,
         schema_matches_manifest=_normalised(schema) == _normalised(manifest.output_schema),
         versions=manifest.versions,

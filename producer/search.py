@@ -55,7 +55,7 @@ def search(output: str, query: str, top_k: int = DEFAULT_TOP_K, where: str | Non
     kept = list(dict.fromkeys([*spec.kept_columns(), ROW_INDEX]))
 
     def parts() -> Iterator[pa.Table]:
-        for shard in sorted(layout.committed()):
+        for shard in sorted(layout.marker_numbers()[0]):
             with layout.storage.open(part_name(shard)) as handle:
                 yield pq.read_table(handle, columns=[*kept, EMBEDDING, "error"])
 

@@ -127,14 +127,15 @@ def _refuse_taken(spec: JobSpec, existing: Manifest, manifest: Manifest) -> NoRe
 def _abandoned(layout: OutputLayout, manifest: Manifest) -> bool:
     """No shard of the job was committed, and none can still be running: every one failed, or the
     job was interrupted with its embedded broker, or never enqueued."""
-    if layout.committed() or layout.is_cancelled():
+    committed, failed = layout.marker_numbers()
+    if committed or layout.is_cancelled():
         return False
-    return len(layout.failed()) == len(manifest.shards) or interruption(layout) is not None
+    return len(failed) == len(manifest.shards) or interruption(layout) is not None
 
 
 def _forget_job(layout: OutputLayout) -> None:
     """Remove the markers of an abandoned job, so that another job can take its output location."""
-    for shard in layout.failed():
+    for shard in layout.marker_numbers()[1]:
         layout.clear_failed(shard)
     clear_interrupted(layout)
 
