@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jobs.io.sources import SourceFile
-from jobs.spec import JobSpec
+from jobs.io.source_file import SourceFile
+
+if TYPE_CHECKING:
+    from jobs.spec import JobSpec
 
 MANIFEST_VERSION = 1
 
@@ -50,7 +52,17 @@ class Manifest:
         return sum(shard.rows for shard in self.shards)
 
     def job_spec(self) -> JobSpec:
+        """The spec, validated (which imports every task type's parameters: use :meth:`spec_value` to read one)."""
+        from jobs.spec import JobSpec
+
         return JobSpec(**self.spec)
+
+    def spec_value(self, name: str) -> Any:
+        """One field of the spec as submitted, without validating it; the field's default for a manifest
+        written before the field existed."""
+        if name in self.spec:
+            return self.spec[name]
+        return getattr(self.job_spec(), name)
 
     def to_json(self) -> bytes:
         payload = asdict(self)

@@ -25,10 +25,12 @@ import struct
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs.errors import ModelLoadError
-from jobs.spec import JobSpec
+
+if TYPE_CHECKING:
+    from jobs.spec import JobSpec
 
 HUB = "hub"
 LOCAL = "local"

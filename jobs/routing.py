@@ -19,11 +19,11 @@ import json
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-import redis
-
 from jobs.protocol import PRIORITY_STEPS, ROUTES_PREFIX
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the functions take a client; the job spec needs only the priority constants
+    import redis
+
     from jobs.spec import JobSpec
 
 MIN_PRIORITY = 0

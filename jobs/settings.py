@@ -1,13 +1,19 @@
-"""Settings of workers and the producer, from ``BATCHFORMERS_*`` environment variables."""
+"""Settings of workers and the producer, from ``BATCHFORMERS_*`` environment variables.
+
+A plain pydantic model that reads its variables itself (any case; a value given to the
+constructor wins): pydantic-settings, which did this before, cost every command ~50-90 ms of
+imports (``batchformers status`` reads one setting, the broker URL).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+ENV_PREFIX = "BATCHFORMERS_"
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 DEFAULT_QUEUE = "batchformers"
 DEFAULT_SHARD_TIME_LIMIT = 3600.0
@@ -20,10 +26,11 @@ CACHE_SUBDIR = "batchformers"
 """``BATCHFORMERS_CACHE_DIR`` defaults to this directory under ``HF_HOME`` (``~/.cache/huggingface``)."""
 
 
-class Settings(BaseSettings):
+class Settings(BaseModel):
     """One place for every knob; names map to ``BATCHFORMERS_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="BATCHFORMERS_", extra="ignore")
+    model_config = ConfigDict(extra="ignore", validate_default=True,
+                              protected_namespaces=("model_validate", "model_dump"))  # fields model_slots, models
 
     # repr=False: the URLs may hold a password, and settings objects end up in logs and tracebacks.
     broker_url: str = Field(DEFAULT_BROKER_URL, repr=False, description="Celery broker (redis:// or rediss://).")
@@ -72,6 +79,16 @@ class Settings(BaseSettings):
     flower_basic_auth: str | None = Field(
         None, repr=False, description="`user:password` (comma-separated for several) Flower asks for; no login when unset."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_environment(cls, given: Any) -> Any:
+        """``BATCHFORMERS_<NAME>`` (in any case) for each field the constructor was not given."""
+        if not isinstance(given, dict):
+            return given
+        found = {key[len(ENV_PREFIX):].lower(): value for key, value in os.environ.items()
+                 if key.upper().startswith(ENV_PREFIX)}
+        return {**{name: found[name] for name in cls.model_fields if name in found}, **given}
 
     def backend_url(self) -> str:
         return self.result_backend or self.broker_url

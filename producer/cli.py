@@ -1,4 +1,10 @@
-"""The batchformers command line."""
+"""The batchformers command line.
+
+The parser is built from the standard library alone and each command imports what it needs in
+its handler, so ``--help``, ``--version`` and the commands that only read (``status``, ``jobs``,
+``inspect`` ...) never load the job spec's validation, Celery or a model library
+(``tests/producer/test_light_imports.py`` holds every command to that).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,12 @@ import json
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs.errors import BatchformersError
-from jobs.settings import Settings
-from jobs.spec import load_spec, spec_json_schema
+
+if TYPE_CHECKING:
+    from jobs.settings import Settings
 
 EXIT_FAILED_SHARDS = 1
 EXIT_USAGE = 2
@@ -67,6 +74,19 @@ def _version() -> str:
         return "batchformers (not installed)"
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the installed version, looked up only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0,
+                         help="show program's version number and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(_version())
+        parser.exit()
+
+
 BROKER_HELP = "broker URL (redis://[:PASSWORD@]HOST:PORT/DB); default: BATCHFORMERS_BROKER_URL"
 JOB_HELP = "job id (as submit printed it) or output directory"
 
@@ -76,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="batchformers", description="Batch jobs for Hugging Face NLP models: plan a dataset into shards, "
         "run them on Celery workers, write Parquet.",
         epilog="`batchformers COMMAND --help` shows the options of one command.")
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(title="commands")
 
     run = commands.add_parser("run", help="run a job to the end on this machine (or on --broker)",
@@ -161,19 +181,28 @@ def _parser() -> argparse.ArgumentParser:
     search.set_defaults(handler=_search)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of job specs")
-    schema.set_defaults(handler=lambda args: _print_json(spec_json_schema()))
+    schema.set_defaults(handler=_schema)
     return parser
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from jobs.settings import Settings
+
     broker = getattr(args, "broker", None)
     return Settings(broker_url=broker) if broker else Settings()
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from jobs.spec import spec_json_schema
+
+    return _print_json(spec_json_schema())
 
 
 def _run(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
+    from jobs.spec import load_spec
     from producer.run import RunInterrupted, run
 
     spec = load_spec(args.job, output=args.output)
@@ -255,6 +284,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
+    from jobs.spec import load_spec
     from producer.submit import submit
 
     spec = load_spec(args.job, output=args.output)
@@ -271,8 +301,6 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from producer.status import follow, render, status, watch
 
     settings = _settings(args)
@@ -286,6 +314,8 @@ def _status(args: argparse.Namespace) -> int:
     current = status(args.job, settings)
     if args.json:
         return _print_json(current.to_dict())
+    from rich.console import Console
+
     Console().print(render(current))
     return 0
 
@@ -358,13 +388,13 @@ def _compact(args: argparse.Namespace) -> int:
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from producer.jobs_view import job_lines, render
 
     lines = job_lines(_settings(args), limit=args.limit)
     if args.json:
         return _print_json([line.to_dict() for line in lines])
+    from rich.console import Console
+
     Console(width=max(160, Console().width)).print(render(lines))
     return 0
 

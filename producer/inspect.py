@@ -54,9 +54,9 @@ def describe(output: str, rows: int = 5) -> OutputDescription:
     """Describe the job output at ``output``; OutputError when it holds no batchformers job."""
     layout = OutputLayout(output)
     manifest = layout.read_manifest()
-    spec = manifest.job_spec()
     pin = pin_of(manifest)
-    committed = layout.committed()
+    committed_names, failed_names = layout.marker_numbers()  # one listing; the markers read in parallel
+    committed = layout.read_committed(sorted(committed_names))
     completion = layout.completion()
     schema = manifest.output_schema
     head: list[dict[str, Any]] = []
@@ -71,16 +71,16 @@ def describe(output: str, rows: int = 5) -> OutputDescription:
     return OutputDescription(
         output=output,
         job_id=manifest.job_id,
-        task=spec.task,
-        model=spec.resolved_model(),
-        revision=spec.revision,
+        task=str(manifest.spec_value("task")),
+        model=str(manifest.spec_value("model") or manifest.job_spec().resolved_model()),  # a task's default model
+        revision=manifest.spec_value("revision"),
         state="complete" if completion else "incomplete",
         shards=len(manifest.shards),
         parts=len(committed),
         rows=sum(m["rows"] for m in committed.values()),
         rows_expected=manifest.total_rows,
         row_errors=sum(m["errors"] for m in committed.values()),
-        failed_shards=len(layout.marker_numbers()[1] - set(committed)),
+        failed_shards=len(failed_names - set(committed)),
         schema=schema,
         schema_matches_manifest=_normalised(schema) == _normalised(manifest.output_schema),
         versions=manifest.versions,
@@ -89,7 +89,7 @@ def describe(output: str, rows: int = 5) -> OutputDescription:
         shard_seconds=round(sum(m["seconds"] for m in committed.values()), 3),
         head=head,
         truncated=sum(int(m.get("truncated") or 0) for m in committed.values()),
-        max_error_rate=spec.max_error_rate,
+        max_error_rate=float(manifest.spec_value("max_error_rate")),
         model_pin=manifest.model_pin,
         pinned=pin.describe() if pin else "",
     )

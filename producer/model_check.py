@@ -3,8 +3,10 @@
 Without these a wrong model is found only by the workers (a missing path fails
 every shard after the model library's cryptic message) or never (a T5 checkpoint
 for ``ner`` loads with a new, random classifier and "finds" ``LABEL_0`` entities).
-Here the producer reads the model's ``config.json`` with ``transformers.AutoConfig``
-and the names of its weights from the safetensors header, without loading weights:
+Here the producer reads the model's ``config.json`` itself, with what only transformers'
+config classes and auto mappings know kept as data in :mod:`jobs.model_table` (importing
+transformers costs seconds: it imports torch), and the names of its weights from the
+safetensors header, without loading weights (a hub model: one download of config.json):
 
 - a local directory must exist and hold a config (``tokenize``: any tokenizer files);
 - a hub id must be in the local cache or resolvable on the hub; offline, the error says
@@ -24,13 +26,17 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from jobs.engine.base import ModelRequirement
 from jobs.errors import SpecError
+from jobs.model_table import HEAD_CLASSES
 from jobs.pinning import HEADER_LIMIT
-from jobs.spec import JobSpec
 from jobs.tasks.registry import get_task_class
+from producer.model_config import ModelConfig, read_config, table_is_current
+
+if TYPE_CHECKING:
+    from jobs.engine.base import ModelRequirement
+    from jobs.spec import JobSpec
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -93,23 +99,21 @@ def _looks_like_path(model: str) -> bool:
     return model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
 
 
-def _config(spec: JobSpec, config_file: Path) -> Any:
-    from transformers import AutoConfig
-
+def _config(spec: JobSpec, config_file: Path) -> ModelConfig:
     try:
-        return AutoConfig.from_pretrained(str(config_file.parent), trust_remote_code=spec.trust_remote_code)
-    except Exception as exc:  # an unknown model type, a broken file, remote code not trusted ...
+        return read_config(config_file, spec.trust_remote_code)
+    except (ValueError, OSError) as exc:  # an unknown model type, a broken file, remote code not trusted ...
         raise SpecError("model", f"cannot read the config of {spec.resolved_model()}: {exc}") from None
 
 
-def _check_config(spec: JobSpec, requirement: ModelRequirement, config: Any, files: ModelFiles) -> list[str]:
+def _check_config(spec: JobSpec, requirement: ModelRequirement, config: ModelConfig, files: ModelFiles) -> list[str]:
     model = spec.resolved_model()
-    model_type = getattr(config, "model_type", "?")
-    architectures = list(getattr(config, "architectures", None) or [])
+    model_type = config.model_type
+    architectures = list(config.architectures)
     described = f"{model} ({', '.join(architectures) or model_type})"
-    if getattr(config, "auto_map", None):  # custom code: its classes are not known here
+    if config.auto_map:  # custom code: its classes are not known here
         return []
-    if requirement.encoder_decoder and not getattr(config, "is_encoder_decoder", False):
+    if requirement.encoder_decoder and not config.is_encoder_decoder:
         raise SpecError("model", f"{described} is not {requirement.kind}, which task {spec.task} needs "
                                  "(a T5, BART, Marian, M2M100 ... checkpoint)")
     loads = _class_for(requirement, model_type)
@@ -133,10 +137,12 @@ def _check_config(spec: JobSpec, requirement: ModelRequirement, config: Any, fil
 def _class_for(requirement: ModelRequirement, model_type: str) -> str | None:
     if requirement.mapping is None:
         return None
-    from transformers.models.auto import modeling_auto
+    if table_is_current():
+        found = HEAD_CLASSES[requirement.mapping].get(model_type)
+    else:
+        from transformers.models.auto import modeling_auto
 
-    names: dict[str, str] = getattr(modeling_auto, requirement.mapping)
-    found = names.get(model_type)
+        found = getattr(modeling_auto, requirement.mapping).get(model_type)
     return found if isinstance(found, str) else None
 
 
@@ -152,8 +158,8 @@ def _untrained_head(requirement: ModelRequirement, loads: str, architectures: li
     return None
 
 
-def _label_warnings(model: str, config: Any) -> list[str]:
-    labels = [str(label) for label in (getattr(config, "id2label", None) or {}).values()]
+def _label_warnings(model: str, config: ModelConfig) -> list[str]:
+    labels = list(config.labels)
     if labels and all(label.startswith("LABEL_") for label in labels):
         return [f"model {model}: its config names no labels (id2label is {', '.join(labels[:4])}"
                 f"{' ...' if len(labels) > 4 else ''}), so entities will be named like that"]

@@ -31,14 +31,14 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from jobs.errors import OutputError
 from jobs.io.storage import Storage
 from jobs.manifest import Manifest
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 META_DIR = "_batchformers"
 SHARDS_DIR = f"{META_DIR}/shards"
@@ -105,6 +105,8 @@ class OutputLayout:
         self.storage.remove_temporaries(part_name(shard))
         self.storage.remove_temporaries(SHARDS_DIR, marker_name(shard))
         buffer = io.BytesIO()
+        import pyarrow.parquet as pq  # here, not at import: status and jobs read layouts without pyarrow
+
         pq.write_table(table, buffer, compression=PARQUET_COMPRESSION)
         written = None if fault is None else (lambda: fault(shard, PART_WRITTEN))
         self.storage.write_atomic(buffer.getvalue(), part_name(shard), before_publish=written)

@@ -7,9 +7,12 @@ either, and is stored with ours."""
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from jobs.engine.base import TaskType
 from jobs.errors import SpecError
+
+if TYPE_CHECKING:
+    from jobs.engine.base import TaskType
 
 TASKS: dict[str, str] = {
     "tokenize": "jobs.tasks.tokenize:TokenizeTask",
