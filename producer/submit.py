@@ -36,7 +36,7 @@ from producer.interruption import clear_interrupted, interruption, mark_interrup
 from producer.job_index import remember, safe_url
 from producer.model_check import check_model
 from producer.pin import check_pin, resolve_pin
-from producer.plan import build_manifest
+from producer.plan import plan_job, read_warnings
 
 # The hard time limit leaves the shard this long after the soft one to record its failure.
 GRACE_FRACTION = 0.1
@@ -81,12 +81,19 @@ def check_allowed(spec: JobSpec, manifest: Manifest, settings: Settings) -> None
 
 def prepare(spec: JobSpec, settings: Settings | None = None) -> tuple[Manifest, OutputLayout]:
     """Validate against the data and the output location; write the manifest if new."""
+    manifest, layout, _ = prepare_with_warnings(spec, settings)
+    return manifest, layout
+
+
+def prepare_with_warnings(spec: JobSpec, settings: Settings | None = None) -> tuple[Manifest, OutputLayout, list[str]]:
+    """:func:`prepare`, and what the job's plan says about its inputs' read amplification (for the
+    plan actually used: an existing job keeps the plan of its manifest)."""
     settings = settings or Settings()
     if not settings.allows(spec.output):
         raise SpecError("output", f"{spec.output} is outside the allowed roots ({', '.join(settings.roots())}); "
                         "use a location under one of them, or ask the operator to allow it in "
                         "BATCHFORMERS_ALLOWED_ROOTS")
-    manifest = build_manifest(spec)
+    manifest, units = plan_job(spec)
     check_allowed(spec, manifest, settings)
     layout = OutputLayout(spec.output)
     if layout.has_manifest():
@@ -95,7 +102,7 @@ def prepare(spec: JobSpec, settings: Settings | None = None) -> tuple[Manifest, 
                                                                               manifest.input_fingerprint)
         if same_job:  # a resume loads the model pinned at the first submit
             check_pin(existing)
-            return existing, layout
+            return existing, layout, read_warnings(existing, units)
         if not _abandoned(layout, existing):
             _refuse_taken(spec, existing, manifest)
         _forget_job(layout)
@@ -107,7 +114,7 @@ def prepare(spec: JobSpec, settings: Settings | None = None) -> tuple[Manifest, 
         layout.write_manifest(manifest)
     except OSError as exc:
         raise OutputError(f"cannot write to {spec.output}: {exc}") from exc
-    return manifest, layout
+    return manifest, layout, read_warnings(manifest, units)
 
 
 def _refuse_taken(spec: JobSpec, existing: Manifest, manifest: Manifest) -> NoReturn:
@@ -233,7 +240,8 @@ def submit(spec: JobSpec, settings: Settings | None = None) -> Submission:
     settings = settings or Settings()
     check_broker(settings)
     warnings = check_model(spec)
-    manifest, layout = prepare(spec, settings)
+    manifest, layout, read_amplification = prepare_with_warnings(spec, settings)
+    warnings = warnings + read_amplification
     layout.uncancel()
     clear_interrupted(layout)
     messages = messages_for(manifest, layout)

@@ -140,3 +140,125 @@ def test_job_reads_and_writes_s3(bucket: str, s3_env: dict[str, str], news_parqu
     assert done.returncode == 0, done.stderr
     reported = json.loads(done.stdout)
     assert reported["state"] == "complete" and reported["rows_done"] == 66 and reported["committed"] == 4
+
+
+class _GetBytes:
+    """Body bytes of the GetObject requests an s3fs filesystem makes (botocore's after-call event)."""
+
+    def __init__(self, fs: Any) -> None:
+        fs.connect()
+        self.events, self.bytes = fs.s3.meta.events, 0
+        self.events.register("after-call.s3.GetObject", self._count)
+
+    def _count(self, parsed: dict[str, Any] | None = None, **_: Any) -> None:
+        self.bytes += int((parsed or {}).get("ContentLength") or 0)
+
+    def close(self) -> None:
+        self.events.unregister("after-call.s3.GetObject", self._count)
+
+
+def test_a_shard_of_an_arrow_file_fetches_only_its_record_batches(bucket: str) -> None:
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    from jobs.io.sources import describe, read_rows
+
+    rows, batch = 20_000, 1_000
+    table = pa.table({"id": list(range(rows)), "text": [f"row {i} " * 10 for i in range(rows)]})
+    buffer = io.BytesIO()
+    feather.write_feather(table, buffer, compression="uncompressed", chunksize=batch)
+    storage = Storage.at(f"s3://{bucket}/in/rows.arrow")
+    storage.fs.pipe_file(storage.root, buffer.getvalue())
+    counted = _GetBytes(storage.fs)
+    try:
+        source = describe(storage, storage.root)
+        described = counted.bytes
+        assert source.format == "arrow_file" and source.num_rows == rows
+        assert described < source.size / 20  # footer and batch headers, not the batches
+        counted.bytes = 0
+        got = read_rows(source, 4_500, 6_500, ["id", "text"])  # overlaps batches 4, 5 and 6
+        assert got.column("id").to_pylist() == list(range(4_500, 6_500))
+        assert got.column("text").to_pylist() == table.column("text").to_pylist()[4_500:6_500]
+        three_batches = source.size * 3 * batch / rows
+        assert counted.bytes < three_batches * 1.1  # the file is 20 batches: the old read_all fetched all
+    finally:
+        counted.close()
+
+
+def _parquet_bytes(ids: range, row_group_size: int) -> bytes:
+    import pyarrow as pa
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"id": list(ids), "text": [f"row {i} " * 10 for i in ids]}), buffer,
+                   row_group_size=row_group_size)
+    return buffer.getvalue()
+
+
+def test_later_shards_of_a_parquet_file_skip_its_footer(bucket: str) -> None:
+    """A worker reads a file's footer with its first shard and remembers it: a later shard of the same
+    size fetches its row groups' column chunks alone, and the footer's bytes fewer."""
+    from jobs.io.sources import describe, forget_indexes, read_rows
+
+    rows, group = 20_000, 1_000
+    data = _parquet_bytes(range(rows), group)
+    storage = Storage.at(f"s3://{bucket}/in/rows.parquet")
+    storage.fs.pipe_file(storage.root, data)
+    source = describe(storage, storage.root)
+    metadata = pq.read_metadata(io.BytesIO(data))
+    footer = int.from_bytes(data[-8:-4], "little") + 8
+
+    def chunks(groups: range) -> int:
+        return sum(metadata.row_group(g).column(c).total_compressed_size for g in groups for c in range(2))
+
+    forget_indexes()
+    counted = _GetBytes(storage.fs)
+    try:
+        fetched = []
+        for start in (2_000, 7_000):  # each shard exactly two row groups
+            counted.bytes = 0
+            got = read_rows(source, start, start + 2 * group, ["id", "text"])
+            assert got.column("id").to_pylist() == list(range(start, start + 2 * group))
+            fetched.append(counted.bytes)
+    finally:
+        counted.close()
+    assert fetched[1] == chunks(range(7, 9))  # no footer, no read-ahead, no other group
+    assert fetched[0] == chunks(range(2, 4)) + footer + 8  # the footer exactly, after the 8 bytes giving its length
+
+
+def test_a_parquet_file_rewritten_under_its_url_is_read_as_it_is_now(bucket: str) -> None:
+    """The remembered footer belongs to the file's version (size, time, rows: what the worker checks the
+    file against), not to its url: the job resubmitted over the new file reads the new rows."""
+    from jobs.errors import InputError
+    from jobs.io.sources import check_source, describe, read_rows
+
+    storage = Storage.at(f"s3://{bucket}/in/changing.parquet")
+    storage.fs.pipe_file(storage.root, _parquet_bytes(range(3_000), 500))
+    old = describe(storage, storage.root)
+    assert read_rows(old, 1_000, 1_500, ["id"]).column("id").to_pylist() == list(range(1_000, 1_500))
+    storage.fs.pipe_file(storage.root, _parquet_bytes(range(50_000, 54_000), 700))
+    with pytest.raises(InputError, match="changed since the job was submitted"):
+        check_source(old, 1_000, 1_500, Settings())
+    new = describe(storage, storage.root)
+    assert new != old
+    assert read_rows(new, 1_000, 1_500, ["id"]).column("id").to_pylist() == list(range(51_000, 51_500))
+
+
+def test_an_arrow_stream_on_s3_is_warned_at_submit(bucket: str, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    from producer.submit import prepare_with_warnings
+    from tests.models import tiny_model_path
+
+    rows = 20_000
+    table = pa.table({"id": list(range(rows)), "text": [f"row {i} " * 10 for i in range(rows)]})
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=1_000)
+    Storage.at(f"s3://{bucket}/in/rows.arrow").fs.pipe_file(f"{bucket}/in/rows.arrow", sink.getvalue().to_pybytes())
+    spec = load_spec({"task": "tokenize", "model": str(tiny_model_path("bert-ner")),
+                      "input": f"s3://{bucket}/in/rows.arrow", "columns": {"text": "text", "id": "id"},
+                      "output": str(tmp_path / "out"), "shard_rows": 2_000})
+    manifest, _, warnings = prepare_with_warnings(spec)
+    assert manifest.sources[0].format == "arrow_stream" and len(manifest.shards) == 10
+    assert len(warnings) == 1 and "Arrow stream" in warnings[0] and "5.5x" in warnings[0]  # (1+...+10)/10

@@ -18,47 +18,38 @@ storage (``save_to_disk`` or Parquet) and point ``input`` there.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import posixpath
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from jobs.errors import InputError
 from jobs.io.readers import DATA_SUFFIXES, datasets_loader, format_of, reader_for
+from jobs.io.readers.base import FileLayout
 from jobs.io.readers.datasets_dir import saved_dataset_files
 from jobs.io.readers.loaded import DatasetChoice, discover_loaded
+from jobs.io.source_file import SourceFile
 from jobs.io.storage import Storage
 
 if TYPE_CHECKING:
     from jobs.settings import Settings
 
 __all__ = ["SourceFile", "check_source", "datasets_loader", "describe", "describe_all", "discover", "file_stamp",
-           "fingerprint", "read_rows", "schema_of"]
+           "fingerprint", "forget_indexes", "forget_layouts", "read_rows", "read_units", "schema_of"]
 PLAN_READERS = 32  # input files whose metadata (size, time, Parquet footer) is read at once
+INDEX_CACHE_FILES = 64  # input files whose footer or batch rows a worker process remembers (a wide file's
+# Parquet footer can be megabytes; a worker runs a file's shards close together, so few files are in use)
 Progress = Callable[[int, int], None]
 """Called as ``progress(files described, files in all)`` while planning."""
-# Schemas read with the row counts, so that checking columns opens no file a second time.
-_schemas: dict[str, pa.Schema] = {}
-_schemas_lock = threading.Lock()
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    """One input file with what planning needs to know about it."""
-
-    url: str
-    format: str  # "parquet" | "arrow_file" | "arrow_stream"
-    num_rows: int
-    size: int
-    modified: str
-
-    def identity(self) -> str:
-        return f"{self.url}|{self.size}|{self.modified}|{self.num_rows}"
+# Layouts (schemas, read units) read with the row counts, so that checking columns and planning
+# open no file a second time; planning forgets them when done (forget_layouts).
+_layouts: dict[str, FileLayout] = {}
+_layouts_lock = threading.Lock()
 
 
 def discover(location: str, input_format: str = "auto", dataset: DatasetChoice | None = None,
@@ -95,18 +86,18 @@ def file_stamp(storage: Storage, path: str) -> tuple[int, str]:
 
 
 def describe(storage: Storage, path: str, input_format: str = "auto") -> SourceFile:
-    """Read the metadata of one file (row count, size, modification time; a Parquet file's schema too)."""
+    """Read the metadata of one file (row count, size, modification time, read units; a Parquet
+    file's schema too), keeping its layout for :func:`schema_of` and :func:`read_units`."""
     fmt = format_of(storage, path, input_format)
     size, modified = file_stamp(storage, path)
     url = _url(storage, path)
     try:
-        num_rows, schema = reader_for(fmt).describe(storage, path)
+        layout = reader_for(fmt).layout(storage, path)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"cannot read {url}: {exc}") from exc
-    source = SourceFile(url=url, format=fmt, num_rows=num_rows, size=size, modified=modified)
-    if schema is not None:
-        with _schemas_lock:
-            _schemas[source.identity()] = schema
+    source = SourceFile(url=url, format=fmt, num_rows=layout.rows, size=size, modified=modified)
+    with _layouts_lock:
+        _layouts[source.identity()] = layout
     return source
 
 
@@ -167,10 +158,10 @@ def fingerprint(files: list[SourceFile]) -> str:
 
 
 def schema_of(source: SourceFile) -> pa.Schema:
-    with _schemas_lock:
-        known = _schemas.pop(source.identity(), None)
-    if known is not None:
-        return known
+    with _layouts_lock:
+        known = _layouts.get(source.identity())
+    if known is not None and known.schema is not None:
+        return known.schema
     storage, path = _split(source.url)
     try:
         return reader_for(source.format).schema(storage, path)
@@ -178,15 +169,53 @@ def schema_of(source: SourceFile) -> pa.Schema:
         raise InputError(f"cannot read the schema of {source.url}: {exc}") from exc
 
 
-def read_rows(source: SourceFile, start: int, stop: int, columns: list[str]) -> pa.Table:
-    """Rows ``[start, stop)`` of ``columns`` from one file, reading little else."""
+def read_units(source: SourceFile) -> tuple[int, ...] | None:
+    """Rows of each piece a range read of ``source`` decodes whole (:class:`FileLayout`'s ``units``)."""
+    with _layouts_lock:
+        known = _layouts.get(source.identity())
+    if known is not None:
+        return known.units
     storage, path = _split(source.url)
     try:
-        return reader_for(source.format).read_range(storage, path, start, stop, columns)
+        return reader_for(source.format).layout(storage, path).units
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"cannot read {source.url}: {exc}") from exc
+
+
+def forget_layouts(sources: list[SourceFile]) -> None:
+    """Drop the layouts kept for ``sources`` (planning is done with them)."""
+    with _layouts_lock:
+        for source in sources:
+            _layouts.pop(source.identity(), None)
+
+
+def read_rows(source: SourceFile, start: int, stop: int, columns: list[str]) -> pa.Table:
+    """Rows ``[start, stop)`` of ``columns`` from one file, reading little else.
+
+    What a reader reads before any row (a Parquet footer, an Arrow file's batch headers: its
+    :meth:`~jobs.io.readers.base.Reader.index`) is read once per process and file version, not once
+    per shard: a worker runs many shards of one file. The version is ``source`` itself (url, size,
+    modification stamp, rows), which :func:`check_source` holds the file to before every shard, so a
+    file rewritten under its url is either refused there or, resubmitted, a new key here."""
+    storage, path = _split(source.url)
+    try:
+        reader = reader_for(source.format)
+        return reader.read_range(storage, path, start, stop, columns, _worker_index(source))
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"cannot read rows {start}-{stop} of {source.url}: {exc}") from exc
     except KeyError as exc:
         raise InputError(f"{source.url} has no column {exc}") from exc
+
+
+@functools.lru_cache(maxsize=INDEX_CACHE_FILES)
+def _worker_index(source: SourceFile) -> Any:
+    storage, path = _split(source.url)
+    return reader_for(source.format).index(storage, path)
+
+
+def forget_indexes() -> None:
+    """Drop the file indexes :func:`read_rows` remembers: the next read of each file is a first one."""
+    _worker_index.cache_clear()
 
 
 def _directory_files(storage: Storage) -> list[str]:

@@ -77,6 +77,17 @@ class Storage:
         handle: IO[Any] = self.fs.open(self.path(*parts), mode)
         return handle
 
+    def open_ranges(self, path: str) -> Any:
+        """``path`` opened for reads at scattered offsets (Parquet row groups, IPC record batches):
+        memory-mapped on a local disk; on object storage without read-ahead, so that a reader that
+        seeks fetches what it asks for and no more (fsspec's default read-ahead fetches blocks of
+        up to 50 MB: a shard of a large file downloaded most of it)."""
+        if not self.remote:
+            import pyarrow as pa
+
+            return pa.memory_map(path)
+        return self.fs.open(path, "rb", cache_type="none")
+
     def list(self, *parts: str) -> list[str]:
         """Names (not paths) directly under a folder; empty when it does not exist."""
         folder = self.path(*parts)

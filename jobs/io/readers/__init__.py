@@ -57,7 +57,7 @@ def format_of(storage: Storage, path: str, input_format: str = "auto") -> str:
              or (input_format == "auto" and path.endswith(reader.suffixes))]
     if len(named) == 1:
         return named[0].name
-    with storage.fs.open(path, "rb") as handle:
+    with storage.open_ranges(path) as handle:  # without read-ahead: a few bytes, not the first 50 MB
         head = handle.read(MAGIC_BYTES)
     signed = [reader for reader in READERS.values() if reader.magic is not None and head.startswith(reader.magic)]
     unsigned = [reader for reader in READERS.values() if reader.magic is None
