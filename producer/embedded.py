@@ -1,4 +1,10 @@
-"""A private Redis server and local worker processes, for ``batchformers run`` on one machine."""
+"""A private Redis server and local worker processes, for ``batchformers run`` on one machine.
+
+Local workers given a job (``preload``: its output location and spec fingerprint) load its
+model as soon as ``submit`` has written the manifest, before the first message arrives: the
+environment variables ``BATCHFORMERS_PRELOAD_OUTPUT`` and ``BATCHFORMERS_PRELOAD_SPEC`` tell
+their pool processes (:mod:`worker.preload`).
+"""
 
 from __future__ import annotations
 
@@ -26,6 +32,8 @@ GRACEFUL_STOP_SECONDS = 20.0
 FAST_STOP_SECONDS = 3.0
 REDIS_STOP_SECONDS = 10.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PRELOAD_OUTPUT_ENV = "BATCHFORMERS_PRELOAD_OUTPUT"  # worker.preload's names (a test keeps them equal)
+PRELOAD_SPEC_ENV = "BATCHFORMERS_PRELOAD_SPEC"
 
 
 def die_with_parent() -> None:
@@ -160,19 +168,27 @@ class EmbeddedRedis:
 
 
 class LocalWorkers:
-    """``count`` Celery worker processes (one model each) against ``broker_url``."""
+    """``count`` Celery worker processes (one model each) against ``broker_url``.
+
+    ``preload`` is the job they are started for, as (output location, spec fingerprint): each
+    pool process loads its model as soon as the manifest is there (see the module docstring).
+    """
 
     def __init__(self, broker_url: str, count: int = 1, queue: str | None = None,
-                 log_dir: str | None = None, extra_env: dict[str, str] | None = None) -> None:
+                 log_dir: str | None = None, extra_env: dict[str, str] | None = None,
+                 preload: tuple[str, str] | None = None) -> None:
         self.broker_url = broker_url
         self.count = count
         self.queue = queue
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="batchformers-workers-"))
-        self.extra_env = extra_env or {}
+        self.extra_env = dict(extra_env or {})
+        if preload:
+            self.extra_env.update({PRELOAD_OUTPUT_ENV: preload[0], PRELOAD_SPEC_ENV: preload[1]})
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def environment(self) -> dict[str, str]:
-        env = {**os.environ, **self.extra_env, "BATCHFORMERS_BROKER_URL": self.broker_url}
+        inherited = {k: v for k, v in os.environ.items() if k not in (PRELOAD_OUTPUT_ENV, PRELOAD_SPEC_ENV)}
+        env = {**inherited, **self.extra_env, "BATCHFORMERS_BROKER_URL": self.broker_url}
         if self.queue:
             env["BATCHFORMERS_QUEUE"] = self.queue
         if "BATCHFORMERS_TORCH_THREADS" not in env:
@@ -218,6 +234,14 @@ class LocalWorkers:
         for process in self.processes:
             with suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        self.force()
+        for process in self.processes:
+            process.wait()
+        self.processes.clear()
+
+    def kill(self) -> None:
+        """Kill every worker and its pool processes at once, and reap them: for workers with nothing
+        left to finish (their job is finished, or never started) on a broker about to be thrown away."""
         self.force()
         for process in self.processes:
             process.wait()

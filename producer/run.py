@@ -1,7 +1,11 @@
 """Run a job to the end from this process: submit, watch with a progress bar, summarise.
 
 With no broker given, ``run`` brings its own: a private Redis server and local
-worker processes, all stopped when the job ends. Interrupted (Ctrl-C, SIGTERM,
+worker processes, all stopped when the job ends. The workers start at once, alongside
+``submit``: they boot, import torch and load the job's model (:mod:`producer.embedded`)
+while the producer checks, plans and writes the manifest; a job whose output is already
+complete starts none. Once every shard is committed or failed they are killed outright:
+nothing they hold matters any more. Interrupted (Ctrl-C, SIGTERM,
 SIGHUP), it stops them within a few seconds (a second Ctrl-C kills them at once),
 marks the job interrupted and raises :class:`RunInterrupted`; committed shards are
 kept, and running the job again resumes it. With a broker given, an interrupt only
@@ -13,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from types import FrameType
@@ -28,6 +33,10 @@ from producer.status import JobStatus, job_status, wait
 from producer.submit import Submission, submit
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+SUCCESS_WAIT_SECONDS = 5.0  # for the last commit's _SUCCESS, before its worker is killed
+SUCCESS_POLL_SECONDS = 0.02
+WAIT_POLL_SECONDS = 0.5  # the status of a job on a cluster
+EMBEDDED_POLL_SECONDS = 0.1  # on the private Redis a poll costs ~10 ms: the end of a small job shows at once
 
 
 class RunInterrupted(BatchformersError):
@@ -72,26 +81,43 @@ def run(
                                 "local workers only")
     output: str | None = None
     local: LocalWorkers | None = None
+    run_marker = _RunMarker()
     with _signals_raise() as stopping, ExitStack() as stack:
+
+        def start_workers(url: str) -> LocalWorkers:
+            started = stack.enter_context(LocalWorkers(url, count=workers, log_dir=log_dir,
+                                                       preload=(spec.output, spec.fingerprint())))
+            stopping.forcible.append(started)
+            return started
+
         try:
             if embedded:
                 server = stack.enter_context(EmbeddedRedis())
                 stopping.forcible.append(server)
                 broker_url = server.url
+                stack.callback(run_marker.clear)  # after the workers stopped (entered later: they stop first)
+                if not _complete_already(spec):  # they boot, and load the model, while submit checks and plans
+                    local = start_workers(broker_url)
             assert broker_url is not None
-            submission = submit(spec, Settings(broker_url=broker_url))
+            submission = _submit(spec, broker_url, local)
             output = submission.output
-            if embedded and submission.enqueued:  # workers only for work: not for a finished job
-                mark_run_here(OutputLayout(output))
-                stack.callback(clear_run_here, OutputLayout(output))  # after the workers stopped
-                local = stack.enter_context(LocalWorkers(broker_url, count=workers, log_dir=log_dir))
-                stopping.forcible.append(local)
+            if embedded and submission.enqueued:
+                run_marker.mark(OutputLayout(output))
+                if local is None:  # the output said complete, yet some shard is not committed after all
+                    local = start_workers(broker_url)
+            elif local is not None:
+                local.kill()  # nothing to run: they never had a shard
             if on_submit:
                 on_submit(submission)
             with _ProgressBar(submission.rows, progress and not submission.already_complete) as bar:
-                final = wait(submission.output, timeout=timeout, on_update=bar.update,
-                             settings=Settings(broker_url=broker_url))
+                final = wait(submission.output, poll=EMBEDDED_POLL_SECONDS if embedded else WAIT_POLL_SECONDS,
+                             timeout=timeout, on_update=bar.update, settings=Settings(broker_url=broker_url))
             stopping.signalled = True  # from here on a signal only hurries the stop along
+            if local is not None and _nothing_left_to_write(final):
+                # Every shard is committed (and _SUCCESS written) or failed for good: no worker holds
+                # anything that matters, and the embedded Redis with its queue is thrown away next.
+                # A warm shutdown would only wait for each pool's join (seconds); kill them instead.
+                local.kill()
             return final
         except _Signalled as signalled:
             if on_stopping:
@@ -105,6 +131,59 @@ def run(
                                                        f"{signal.Signals(signalled.signum).name}")
                 status = job_status(output)
             raise RunInterrupted(signalled.signum, status, embedded) from None
+
+
+def _complete_already(spec: JobSpec) -> bool:
+    """The output holds a complete job (its ``_SUCCESS``): submit will most likely enqueue nothing,
+    so no worker is started before it says so. A guess only: submit decides."""
+    try:
+        return OutputLayout(spec.output).is_complete()
+    except (OSError, ValueError, BatchformersError):  # unreachable or not a location: submit says why
+        return False
+
+
+def _submit(spec: JobSpec, broker_url: str, local: LocalWorkers | None) -> Submission:
+    """``submit``; workers started for the job are killed when it refuses (they never had a shard)."""
+    try:
+        return submit(spec, Settings(broker_url=broker_url))
+    except Exception:
+        if local is not None:
+            local.kill()
+        raise
+
+
+def _nothing_left_to_write(status: JobStatus, wait_seconds: float = SUCCESS_WAIT_SECONDS) -> bool:
+    """Every shard committed or failed for good, and ``_SUCCESS`` written when all committed.
+
+    The last commit writes ``_SUCCESS`` just after the count that ``status`` reads, so it may
+    still be on its way: it is awaited (milliseconds) before the workers can be killed.
+    """
+    if status.committed + status.failed < status.shards:
+        return False
+    if status.committed < status.shards:
+        return True
+    layout = OutputLayout(status.output)
+    deadline = time.monotonic() + wait_seconds
+    while not layout.is_complete():
+        if time.monotonic() > deadline:
+            return False  # not written yet: a warm stop lets the worker finish writing it
+        time.sleep(SUCCESS_POLL_SECONDS)
+    return True
+
+
+class _RunMarker:
+    """The job's ``RUN`` marker (:func:`producer.interruption.mark_run_here`), cleared on the way out."""
+
+    def __init__(self) -> None:
+        self.layout: OutputLayout | None = None
+
+    def mark(self, layout: OutputLayout) -> None:
+        mark_run_here(layout)
+        self.layout = layout
+
+    def clear(self) -> None:
+        if self.layout is not None:
+            clear_run_here(self.layout)
 
 
 class _Stopping:

@@ -1,7 +1,8 @@
 """Every worker scans for shards to take over or heal (:mod:`jobs.recovery`), from a thread of its main process.
 
 Started when the worker is ready (Celery's ``worker_ready``, in the main process, so a
-busy or crashed pool child does not stop it), it scans every lease / 4. The main process
+busy or crashed pool child does not stop it), it scans every lease / 4. The thread builds its
+scanner itself (importing :mod:`producer.heal`), so that this costs the worker's start nothing. The main process
 lives as long as the worker does: a worker SIGKILLed with its children is taken over by
 the scans of the other workers (or of a waiting ``run --broker`` / ``status --watch``).
 """
@@ -23,14 +24,10 @@ _stop = threading.Event()
 
 @worker_ready.connect
 def _start_scanning(sender: Any = None, **_: Any) -> None:
-    from producer.heal import recovery_for
-
-    settings = Settings()
     identity = str(getattr(sender, "hostname", "") or "worker")
-    recovery = recovery_for(settings, app=getattr(sender, "app", None), identity=identity)
-    thread = threading.Thread(target=_scan_forever, args=(recovery,), name="batchformers-recovery", daemon=True)
+    thread = threading.Thread(target=_scan_forever, args=(identity, getattr(sender, "app", None)),
+                              name="batchformers-recovery", daemon=True)
     thread.start()
-    log.info("batchformers: scanning for dead workers' and lost shards every %.1fs", recovery.interval)
 
 
 @worker_shutdown.connect
@@ -38,7 +35,11 @@ def _stop_scanning(**_: Any) -> None:
     _stop.set()
 
 
-def _scan_forever(recovery: Any) -> None:
+def _scan_forever(identity: str, app: Any) -> None:
+    from producer.heal import recovery_for
+
+    recovery = recovery_for(Settings(), app=app, identity=identity)
+    log.info("batchformers: scanning for dead workers' and lost shards every %.1fs", recovery.interval)
     while not _stop.wait(recovery.interval):
         try:
             recovery.scan()

@@ -69,12 +69,14 @@ def _start_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Path, Path]:
 
 
 def _wait_started(process: subprocess.Popen[str], output: Path, timeout: float = 90) -> set[int]:
-    """Until the job is submitted and redis-server, a worker and its pool process run; their PIDs."""
+    """Until the job is submitted (and taken by the run: its RUN marker) and redis-server, a worker
+    and its pool process run; their PIDs. The workers start alongside submit, so either may come first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
         children = _descendants(process.pid)
-        if (output / "_batchformers" / "manifest.json").exists() and len(children) >= 3:
+        meta = output / "_batchformers"
+        if (meta / "manifest.json").exists() and (meta / "RUN").exists() and len(children) >= 3:
             return children
         time.sleep(0.2)
     raise AssertionError("the run did not start its Redis and worker in time")
