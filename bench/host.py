@@ -12,7 +12,10 @@ Arrow. Measured in one run, per task:
   with overlap on and off.
 
 NER (aggregation ``simple``) also runs end to end through ``batchformers run`` with one worker
-(embedded Redis), timed inside the worker (first shard start to last commit).
+(embedded Redis), timed inside the worker (first shard start to last commit), with the torch
+threads ``run`` gives a worker (the cores over the workers), as a user gets them: with those, torch's
+OpenMP threads spinning between kernels took the tokenizer's cores, 0.25x the raw call on 2 cores
+(issue 21; ``worker.app._limit_threads`` makes them sleep).
 Targets (NER through ``run``): host path >= 0.5x the raw tokenizer call, >= 60% of device time hidden.
 
 On a CPU the 1-layer model's forward still computes on the device thread (on a GPU its compute is device
@@ -36,6 +39,10 @@ from bench.models import COMPLETE, _bert_tokenizer
 from jobs.engine.staged import DEVICE_SECONDS_ENV, RunOptions
 
 HOST_TARGET = 0.5
+RUN_TARGET = 0.6  # issue 21: the host path through `run` over the raw tokenizer call
+RUN_ROWS = 40_000  # issue 21's NER job for figures(); a quick run takes a tenth
+QUICK_RUN_ROWS = 4_000
+RUN_SHARD_ROWS = 10_000
 HIDDEN_TARGET = 0.6
 ROWS = {"tokenize": 20_000, "ner": 20_000, "qa": 1_000, "summarization": 600, "translation": 1_500}
 QUICK_ROWS = {"tokenize": 400, "ner": 400, "qa": 40, "summarization": 24, "translation": 40}
@@ -171,31 +178,57 @@ def in_process(task: str, model_dir: Path, rows: dict[str, list[str]], batch_siz
 
 def end_to_end_ner(model_dir: Path, rows: dict[str, list[str]], workdir: Path) -> dict[str, Any]:
     """NER through ``batchformers run`` (embedded Redis, one worker): host only, then with device time."""
-    from bench.measure import WorkerPool, run_batchformers
-
     source = write_parquet(rows, workdir / "data" / "host-ner.parquet")
-    name = model_dir.name
     result: dict[str, Any] = {}
     for label, per_token in (("host", 0.0), ("both", None)):
         if per_token is None:
             per_token = result["host_steady_seconds"] / max(1, result["padded_tokens"])
-        os.environ[DEVICE_SECONDS_ENV] = repr(per_token)
-        os.environ["BATCHFORMERS_TORCH_THREADS"] = "1"
-        try:
-            spec = {"task": "ner", "model": str(model_dir), "input": str(source), "columns": {"id": "id"},
-                    "output": str(workdir / "out" / f"{name}-{label}"), "params": PARAMS["ner"],
-                    "shard_rows": 10_000, "device": "cpu"}
-            with WorkerPool(1, workdir / "logs" / f"{name}-{label}", shared=False) as pool:
-                timing, _, phases = run_batchformers(spec, pool, timeout=1800)
-        finally:
-            os.environ.pop(DEVICE_SECONDS_ENV, None)
-            os.environ.pop("BATCHFORMERS_TORCH_THREADS", None)
-        result[f"{label}_steady_seconds"] = phases["steady_seconds"]
-        result[f"{label}_total_seconds"] = timing.seconds
-        result["padded_tokens"] = _padded_tokens(Path(spec["output"]))
+        steady, total, output = run_ner(model_dir, source, workdir, label, per_token)
+        result[f"{label}_steady_seconds"] = steady
+        result[f"{label}_total_seconds"] = total
+        result["padded_tokens"] = _padded_tokens(output)
         if per_token:
             result["device_seconds"] = per_token * result["padded_tokens"]
     return result
+
+
+def run_ner(model_dir: Path, source: Path, workdir: Path, label: str, per_token: float = 0.0,
+            shard_rows: int = RUN_SHARD_ROWS) -> tuple[float, float, Path]:
+    """One NER job through ``batchformers run`` (one worker, run's own thread settings): (first shard start
+    to last commit, command to exit, the output) in seconds; ``per_token``: simulated device seconds."""
+    from bench.measure import WorkerPool, run_batchformers
+
+    output = workdir / "out" / f"{model_dir.name}-{label}"
+    os.environ[DEVICE_SECONDS_ENV] = repr(per_token)
+    try:
+        spec = {"task": "ner", "model": str(model_dir), "input": str(source), "columns": {"id": "id"},
+                "output": str(output), "params": PARAMS["ner"], "shard_rows": shard_rows, "device": "cpu"}
+        with WorkerPool(1, workdir / "logs" / f"{model_dir.name}-{label}", shared=False) as pool:
+            timing, _, phases = run_batchformers(spec, pool, timeout=1800)
+    finally:
+        os.environ.pop(DEVICE_SECONDS_ENV, None)
+    return phases["steady_seconds"], timing.seconds, output
+
+
+def figures(workdir: Path, quick: bool, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Issue 21's figure for ``python -m bench --startup``: NER on a 0-layer model (embeddings and head:
+    the job's rate is the host path's) through ``batchformers run``, one worker, over one raw batched
+    tokenizer call on the same rows, measured in the same run."""
+    count = QUICK_RUN_ROWS if quick else RUN_ROWS
+    rows = rows_for("ner", count)
+    model_dir = build_near_free("ner", workdir / "models" / "near-free-ner-0-layers", 0)
+    load = os.getloadavg()[0]
+    raw, tokens = raw_tokenizer(model_dir, rows)
+    source = write_parquet(rows, workdir / "data" / f"host-ner-{count}.parquet")
+    steady, _, _ = run_ner(model_dir, source, workdir, f"run-{count}", shard_rows=max(1, count // 4))
+    log(f"host path through run: {tokens / steady:,.0f} tokens/s, raw tokenizer {tokens / raw.seconds:,.0f}")
+    note = f"{count:,} rows, {tokens:,} tokens, load {load:.1f}-{os.getloadavg()[0]:.1f}"
+    return [
+        {"name": "NER host path through `run` ÷ raw tokenizer call", "value": raw.seconds / steady, "unit": "x",
+         "target": RUN_TARGET, "better": "higher", "note": note},
+        {"name": "NER through `run` (0 layers, 1 worker)", "value": tokens / steady, "unit": "tokens/s", "note": note},
+        {"name": "raw batched tokenizer call", "value": tokens / raw.seconds, "unit": "tokens/s", "note": note},
+    ]
 
 
 def _padded_tokens(output: Path) -> int:

@@ -150,7 +150,8 @@ class Ledger:
         return cls(client, manifest.job_id, len(manifest.shards), manifest.created_at, retention=retention)
 
     def record_commit(self, shard: int, marker: dict[str, Any]) -> tuple[bool, int] | None:
-        """Count a committed shard; (first commit?, shards committed), or None without a ledger."""
+        """Count a committed shard and take it off the running set (and the failed one); (first commit?,
+        shards committed), or None without a ledger."""
         started, committed_at = marker_times(marker)
         fresh, count = self.client.eval(
             _RECORD, len(self.keys), *self.keys, self.generation, self.shards, shard,

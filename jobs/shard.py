@@ -145,7 +145,7 @@ def run_and_commit(
         with lease.kept():
             check_source(manifest.sources[plan.source], plan.start, plan.stop, settings)
             task, runner = load(pinned_spec(spec, manifest), settings)  # the model pinned at submit
-            table, summary = run_shard(manifest, plan, task, runner, progress, overlap=settings.overlap)
+            table, summary = run_shard(manifest, plan, task, runner, progress, overlap=settings.overlap, spec=spec)
             hooks.before_commit(shard)
             if not lease.held():
                 log.error("shard %s of job %s: lease lost to %s; not committing", shard, manifest.job_id,
@@ -244,10 +244,11 @@ def run_shard(
     runner: Runner,
     progress: ProgressCallback | None = None,
     overlap: bool = True,
+    spec: JobSpec | None = None,
 ) -> tuple[pa.Table, dict[str, Any]]:
-    """The shard's output table and a summary (rows, errors, seconds)."""
+    """The shard's output table and a summary (rows, errors, seconds); ``spec``: the manifest's, validated already."""
     started = time.monotonic()
-    spec = manifest.job_spec()
+    spec = spec or manifest.job_spec()
     roles = spec.input_columns()
     kept = spec.kept_columns()
     wanted = list(dict.fromkeys(kept + list(roles.values())))

@@ -56,11 +56,27 @@ def quiet_progress_bars() -> None:
 app = make_app()
 
 
+OMP_WAIT_POLICY = "OMP_WAIT_POLICY"
+PASSIVE = "PASSIVE"
+
+
 @worker_process_init.connect
 def _limit_threads(**_: Any) -> None:
-    """Each worker process gets its share of the cores, set after the fork."""
+    """Each worker process gets its share of the cores, set after the fork.
+
+    torch's OpenMP threads sleep between parallel regions instead of spinning (unless
+    ``OMP_WAIT_POLICY`` says otherwise): a spinning intra-op thread takes the core the
+    tokenizer's threads and the engine's host stages need, and with 2 torch threads on 2
+    cores a near-free model's shard ran 1.7-4x slower (issue 21). OpenMP reads the policy
+    when it is loaded, so it is set before torch is imported in this process.
+    """
+    os.environ.setdefault(OMP_WAIT_POLICY, PASSIVE)
     threads = Settings().torch_threads
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+
+
+# After _limit_threads, so that a pool process sets its threads before it loads a model.
+from worker import preload  # noqa: E402, F401 - each pool process imports torch early, and loads a known job's model

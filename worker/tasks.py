@@ -12,6 +12,7 @@ module only adds what needs Celery or the worker process:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
@@ -45,6 +46,13 @@ HOOKS = Hooks(started=faults.started, before_commit=faults.before_commit, commit
 _manifests: dict[tuple[str, str], Manifest] = {}
 
 
+@functools.cache
+def worker_settings() -> Settings:
+    """This process's settings, read from its environment once: it does not change under a running worker,
+    and reading it costs a millisecond or more per shard."""
+    return Settings()
+
+
 def manifest_for(message: ShardMessage, layout: OutputLayout) -> Manifest:
     key = (message.job_id, message.output)
     if key not in _manifests:
@@ -66,7 +74,7 @@ class ShardTask(Task):  # type: ignore[misc]
 
 @app.task(bind=True, base=ShardTask, name=TASK_NAME)
 def run_shard_task(self: ShardTask, message: dict[str, Any]) -> dict[str, Any]:
-    settings = Settings()
+    settings = worker_settings()
     try:
         shard = ShardMessage.from_dict(message)
     except (KeyError, TypeError) as exc:
@@ -104,16 +112,19 @@ def run_shard_task(self: ShardTask, message: dict[str, Any]) -> dict[str, Any]:
             log.warning("shard %s of job %s is running on %s; looking again in %.0fs", shard.shard,
                         shard.job_id, lease.current_holder(), delay)
             raise self.retry(countdown=delay, max_retries=None)
+        counted = False
         try:
             ledger.started(shard.shard)
             result = run_and_commit(
                 manifest, shard.shard, layout, lease, DeliveryCount(client, shard.job_id, shard.shard), ledger,
                 settings, runner_for, progress=_progress_reporter(self, manifest.shards[shard.shard].rows), hooks=HOOKS,
                 time_limits=(SoftTimeLimitExceeded,))
+            counted = "skipped" not in result  # counting the commit took the shard off the running set
         except RetryLater as retry:
             raise self.retry(exc=retry.__cause__, countdown=retry.delay, max_retries=None) from retry
         finally:
-            _stopped(ledger, shard.shard)
+            if not counted:
+                _stopped(ledger, shard.shard)
             lease.release()
     except redis.RedisError as exc:
         # The broker went away while we were keeping the shard's books. Requeue the message

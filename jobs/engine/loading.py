@@ -90,7 +90,17 @@ def load_model(auto_class: Any, options: LoadOptions) -> tuple[Any, torch.device
         raise ModelLoadError(f"cannot load model {options.model!r}: {exc}") from exc
     model.to(device)
     model.eval()
+    warm_arrow_conversions()
     return model, device
+
+
+def warm_arrow_conversions() -> None:
+    """Pay, with the model load, what pyarrow's first array built from a Python list costs: it imports
+    pandas then (to ask whether the list is a Series), ~0.5 s that a worker process's first shard
+    paid inside its first decode (issue 21). The worker's preload hides a load; a shard cannot."""
+    import pyarrow as pa
+
+    pa.array([])
 
 
 def model_input_limit(tokenizer: Any, model_config: Any) -> int | None:

@@ -99,9 +99,18 @@ def totals(layout: OutputLayout, manifest: Manifest, ledger: Ledger | None) -> d
 
 
 def rebuild(layout: OutputLayout, manifest: Manifest, ledger: Ledger, shard: int) -> None:
-    """A new ledger from the marker names (committed shards are not read; the few failed ones are)."""
+    """A new ledger from the marker names (committed shards are not read; the few failed ones are).
+
+    Only other shards' markers mean the broker lost a ledger it had (a warning); with none, this is
+    the job's first commit and its ledger is simply created here (a submit that does not create it).
+    """
     committed, failed = layout.marker_numbers()
-    log.warning("job %s: no ledger on the broker; rebuilt from %s commit markers", manifest.job_id, len(committed))
-    ledger.rebuild(committed - {shard})
+    others = committed - {shard}
+    if others:
+        log.warning("job %s: no ledger on the broker; rebuilt from %s commit markers", manifest.job_id,
+                    len(committed))
+    else:
+        log.info("job %s: first commit; its ledger is created on the broker", manifest.job_id)
+    ledger.rebuild(others)
     for number, record in layout.read_failed(sorted(failed - committed)).items():
         ledger.record_failure(number, str(record.get("error", "")))
