@@ -9,6 +9,8 @@
     python -m bench --scale --scale-shards 400 --scale-files 1000,10000
     python -m bench --routing                     # two jobs on two models: FIFO vs model-affine routing
     python -m bench --routing --routing-model base
+    python -m bench --startup                     # run, submit, status, jobs, --help, demo: fixed costs (issue 21)
+    python -m bench --startup --quick             # one process each, no demo (CI: checks the bench works)
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from bench.tasks import BENCHES
 ROOT = Path(__file__).resolve().parents[1]
 HOST_BEGIN = "<!-- bench --host: generated, do not edit by hand -->"
 HOST_END = "<!-- end of bench --host -->"
+STARTUP_BEGIN = "<!-- bench --startup: generated, do not edit by hand -->"
+STARTUP_END = "<!-- end of bench --startup -->"
 ROUTING_BEGIN = "<!-- bench --routing --routing-model {}: generated, do not edit by hand -->"
 ROUTING_END = "<!-- end of bench --routing --routing-model {} -->"
 
@@ -43,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
                       help="per-shard cost vs number of shards, status and submit time, on a local moto S3 server")
     parser.add_argument("--routing", action="store_true",
                         help="two concurrent jobs on two models, routing off (FIFO) then on (bench/routing.py)")
+    parser.add_argument("--startup", action="store_true",
+                        help="start-up and fixed costs of run, submit, status, jobs, --help, demo (bench/startup.py)")
+    parser.add_argument("--startup-runs", type=int,
+                        help="--startup: fresh processes per figure (default 5; 1 with --quick)")
     parser.add_argument("--routing-model", choices=("tiny", "base"), default="tiny", help="--routing: model sizes")
     parser.add_argument("--tasks", default=",".join(BENCHES), help=f"comma-separated, from {', '.join(BENCHES)}")
     parser.add_argument("--workers", type=int,
@@ -65,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         return _scale(args)
     if args.routing:
         return _routing(args)
+    if args.startup:
+        return _startup(args)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in BENCHES]
     if unknown:
@@ -103,6 +113,21 @@ def _host(args: argparse.Namespace, tasks: list[str], log: Any) -> int:
     write_markdown(markdown_path, generated, HOST_BEGIN, HOST_END)
     print(generated)
     log(f"wrote {markdown_path} and {json_path}")
+    return 0
+
+
+def _startup(args: argparse.Namespace) -> int:
+    from bench import startup
+
+    quick = args.mode == "quick"
+    results = startup.run_startup(args.workdir / "startup", quick=quick, runs=args.startup_runs)
+    json_path = args.json or (args.workdir / "startup-quick.json" if quick else ROOT / "bench" / "results" / "startup.json")
+    write_json(json_path, results)
+    generated = startup.markdown(results)
+    markdown_path = args.markdown or (args.workdir / "BENCHMARKS-startup-quick.md" if quick else ROOT / "BENCHMARKS.md")
+    write_markdown(markdown_path, generated, STARTUP_BEGIN, STARTUP_END)
+    print(generated)
+    print(f"wrote {markdown_path} and {json_path}", file=sys.stderr)
     return 0
 
 

@@ -1,23 +1,27 @@
-"""The benchmark harness (``python -m bench --quick``) runs and reports sane numbers.
+"""The benchmark harness (``python -m bench --quick``, ``--startup --quick``) runs and reports sane numbers.
 
 Speed is not asserted (CI machines are noisy); what is checked is that every
 measurement exists, counts every row, and that batchformers' outputs equal the
 baseline's. Task types whose module is not there are skipped with that reason.
+The start-up bench's parsers (worker log, ``-X importtime``) and its hooks for other
+measurement modules are checked on their own, without workers (fast tier).
 """
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench.__main__ import main
+from bench import startup
+from bench.__main__ import STARTUP_BEGIN, STARTUP_END, main
 from bench.run import module_missing
 from bench.scenarios import many_workers
 
-pytestmark = pytest.mark.slow  # runs the benchmark harness with real workers
+slow = pytest.mark.slow  # runs the benchmark harness with real workers
 
 REQUIRED = ("ner", "tokenize")
 # Rows per task: what the assertions need (every method counts every row, outputs equal the baseline's)
@@ -48,6 +52,7 @@ def _task(report: dict[str, Any], name: str) -> dict[str, Any]:
     return next(task for task in report["tasks"] if task["task"] == name)
 
 
+@slow
 @pytest.mark.parametrize("name", [*REQUIRED, *OPTIONAL])
 def test_quick_mode_measures_the_task(report: dict[str, Any], name: str) -> None:
     task = _task(report, name)
@@ -67,11 +72,13 @@ def test_quick_mode_measures_the_task(report: dict[str, Any], name: str) -> None
     assert set(task["targets"]) >= {"vs_baseline"}
 
 
+@slow
 def test_report_names_the_machine(report: dict[str, Any]) -> None:
     assert report["machine"]["cores"] >= 1 and report["mode"] == "quick"
     assert "Machine:" in report["markdown"] and "| task | target |" in report["markdown"]
 
 
+@slow
 def test_many_workers_take_each_row_exactly_once(tmp_path: Path) -> None:
     """Four lightweight workers on one broker, a 40-shard tokenize job: every row once."""
     tokenizer = str(Path(__file__).parent / "fixtures" / "models" / "bert-ner")
@@ -80,3 +87,105 @@ def test_many_workers_take_each_row_exactly_once(tmp_path: Path) -> None:
     assert result["exactly_once"] and result["duplicates"] == 0 and result["missing"] == 0
     assert result["committed_markers"] == 40
     assert result["worker_processes_that_ran_shards"] >= 2  # shards really were shared out
+
+
+@pytest.fixture(scope="module")
+def startup_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``python -m bench --startup --quick``: one fresh process per figure, one instrumented run."""
+    root = tmp_path_factory.mktemp("startup")
+    markdown, json_path = root / "BENCHMARKS.md", root / "startup.json"
+    markdown.write_text("# Benchmarks\n\nkept text\n")
+    assert main(["--startup", "--quick", "--workdir", str(root / "work"), "--markdown", str(markdown),
+                 "--json", str(json_path)]) == 0
+    payload: dict[str, Any] = json.loads(json_path.read_text())
+    payload["markdown"] = markdown.read_text()
+    return payload
+
+
+@slow
+def test_startup_quick_measures_every_command(startup_report: dict[str, Any]) -> None:
+    figures = {f["name"]: f for f in startup_report["figures"]}
+    assert set(figures) == {"help", "version", "run", "submit", "status", "jobs"}
+    for f in figures.values():
+        assert f.get("error") is None, f
+        assert len(f["samples"]) == 1 and f["median"] > 0 and len(f["load"]) == 2
+        assert f["met"] is (None if f["target"] is None else f["median"] <= f["target"])
+    assert figures["status"]["shards"] == startup.QUICK_STATUS_SHARDS
+
+
+@slow
+def test_startup_quick_breaks_the_run_down(startup_report: dict[str, Any]) -> None:
+    rows = {row["step"]: row for row in startup_report["breakdown"]}
+    assert list(rows) == [name for name, _ in startup.BREAKDOWN]
+    for row in rows.values():  # a number, or the reason there is none
+        assert (row["median"] is not None) != (row["note"] is not None), row
+        assert row["note"] is None or row["note"].startswith("not measured")
+    for step in ("CLI import", "model check", "Redis start", "first shard", "total (instrumented run)"):
+        assert rows[step]["median"] is not None, rows[step]
+    run = startup_report["runs_instrumented"][0]
+    assert run["code"] == 0 and {"ready", "received", "loaded"} <= set(run["log"])
+
+
+@slow
+def test_startup_quick_writes_its_section(startup_report: dict[str, Any]) -> None:
+    text = startup_report["markdown"]
+    assert text.startswith("# Benchmarks\n\nkept text\n") and text.count(STARTUP_BEGIN) == 1
+    section = text.split(STARTUP_BEGIN, 1)[1].split(STARTUP_END, 1)[0]
+    assert "| command | median s | target s | met | runs | load |" in section
+    assert "| step | median s | how it is measured |" in section
+    assert all(f"| {name} |" in section for name, _ in startup.BREAKDOWN)
+    assert set(startup_report["hooks"]) == set(startup.HOOKS)
+
+
+WORKER_LOG = """\
+[2026-12-02 05:53:35,780: INFO/MainProcess] local0-9221@vm ready.
+[2026-12-02 05:53:35,788: INFO/MainProcess] Task batchformers.run_shard[63fab58b-0273] received
+[2026-12-02 05:53:38,797: INFO/ForkPoolWorker-1] batchformers: imported torch and transformers in process 8042 (0.7s)
+[2026-12-02 05:53:45,951: INFO/ForkPoolWorker-1] batchformers: loaded ner model /m/bert-ner in process 9272 (7.2s, \
+setup 0c60455a0cc7, 1 of 1 slots)
+[2026-12-02 05:53:46,791: INFO/ForkPoolWorker-1] Task batchformers.run_shard[63fab58b-0273] succeeded in 8.0686s: {}
+[2026-12-02 05:53:50,000: INFO/MainProcess] other-host@vm ready.
+"""
+
+
+def test_worker_log_gives_ready_load_and_task_times() -> None:
+    found = startup.worker_log_events(WORKER_LOG)
+    ready = datetime(2026, 12, 2, 5, 53, 35, 780000).timestamp()
+    assert found["ready"] == pytest.approx(ready, rel=0, abs=1e-3)  # the first ready line, not a later one
+    assert found["received"] - ready == pytest.approx(0.008, abs=1e-4)
+    assert found["succeeded"] - found["loaded"] == pytest.approx(0.84, abs=1e-4)
+    assert (found["load_seconds"], found["task_seconds"], found["task"]) == (7.2, 8.0686, "63fab58b-0273")
+    assert found["import_seconds"] == 0.7 and found["loaded"] - found["imported"] == pytest.approx(7.154, abs=1e-4)
+    assert startup.worker_log_events("no timestamps here\n") == {}
+
+
+def test_importtime_entries_come_heaviest_first() -> None:
+    text = ("import time: self [us] | cumulative | imported package\n"
+            "import time:       100 |        100 |     numpy.core\n"
+            "import time:       300 |        400 |   numpy\n"
+            "import time:      2000 |       2400 | producer\n")
+    found = startup.parse_importtime(text)
+    assert [(e["module"], e["seconds"], e["self"], e["depth"]) for e in found] == [
+        ("producer", 0.0024, 0.002, 0), ("numpy", 0.0004, 0.0003, 1), ("numpy.core", 0.0001, 0.0001, 2)]
+
+
+def test_hooks_report_what_they_could_not_measure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "bf_hook_ok.py").write_text(
+        "def figures(workdir, quick, log):\n"
+        "    return [{'name': 'per-shard overhead', 'value': 40.0, 'unit': 'ms', 'target': 50},\n"
+        "            {'name': 'host / raw', 'value': 0.5, 'target': 0.6, 'better': 'higher'}]\n")
+    (tmp_path / "bf_hook_broken.py").write_text("def figures(workdir, quick, log):\n    raise ValueError('no S3')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = startup.hook_figures(tmp_path, True, lambda message: None, {
+        "missing": "bench.no_such_module", "no function": "bench.data", "ok": "bf_hook_ok",
+        "broken": "bf_hook_broken"})
+    assert found["missing"]["error"] == "not measured: module missing"
+    assert found["no function"]["error"] == "not measured: bench.data has no figures()"
+    assert found["broken"]["error"].startswith("not measured: ValueError")
+    assert [f["met"] for f in found["ok"]["figures"]] == [True, False]
+    results = {"date": "d", "quick": True, "runs": 1, "cores": 2, "load_start": 1.0, "load_end": 1.0,
+               "figures": [], "breakdown": [], "hooks": found}
+    text = startup.markdown(results)
+    assert "| per-shard overhead | 40 ms | <= 50 ms | yes |" in text
+    assert "| host / raw | 0.5 | >= 0.6 | **no** |" in text
+    assert "| missing (`bench.no_such_module`) | not measured: module missing | - | - |" in text
