@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import redis
 
+from jobs.protocol import running_key
 from jobs.routing import job_queue, queue_keys
 from jobs.settings import Settings
 from jobs.spec import load_spec
@@ -150,10 +151,27 @@ def test_backlog_in_flower(flower_url: str, backlog_settings: Settings, tmp_path
     line = next(line for line in cli_json(["jobs", "--json", *broker], capsys) if line["job_id"] == job)
     assert status["pending"] == line["pending"] == 3 == job_status(submission.output, settings).pending
 
-    # A worker runs the job: its queue leaves the page and the metrics; each task shows its job and shard.
+    # A worker busy on a (slowed) shard: the page and the metrics are the broker's lists, sampled while
+    # they stand still; then the job ends, its queue leaves both, and each task shows its job and shard.
     workers = LocalWorkers(settings.broker_url, count=1, queue=settings.queue, log_dir=str(tmp_path / "logs"),
-                           extra_env={"BATCHFORMERS_LEASE_SECONDS": "10", "BATCHFORMERS_TORCH_THREADS": "1"}).start()
+                           extra_env={"BATCHFORMERS_LEASE_SECONDS": "10", "BATCHFORMERS_TORCH_THREADS": "1",
+                                      "BATCHFORMERS_TEST_FAULTS": "sleep=2"}).start()
     try:
+        client = redis.Redis.from_url(settings.broker_url)
+        _until(lambda: client.scard(running_key(job)), 60, "a worker busy on a shard")
+
+        def agrees() -> bool:
+            before = lengths(settings, queue), client.smembers(running_key(job))
+            page, gauges = broker_page(flower_url).get(queue), metrics(flower_url)
+            if (lengths(settings, queue), client.smembers(running_key(job))) != before or not before[1]:
+                return False  # a shard started or ended meanwhile: sample again
+            pending = job_status(submission.output, settings).pending
+            assert page == sum(before[0]) == gauges[("batchformers_queue_messages", f'job="{job}",priority="7"')]
+            assert gauges[("batchformers_jobs_pending_shards", f'job="{job}"')] == pending == sum(before[0])
+            return True
+
+        _until(agrees, 30, "a still moment of the run")
+        client.close()
         assert wait(submission.output, timeout=120).state == "complete"
         assert sum(lengths(settings, queue)) == 0
         assert queue not in broker_page(flower_url)
