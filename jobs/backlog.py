@@ -5,8 +5,10 @@ take it from here, and the pending count is the one ``status`` and ``jobs`` show
 shards neither committed, failed for good nor running, from the job's ledger (before its first
 commit there is none: then the shard count comes from the job's manifest, read once).
 
-A job is *live* while its queue holds messages or its ledger has no ``finished_at``; a finished
-job with an empty queue is left out, so its queue disappears from the views when the job ends.
+A job is *live* while its queue holds messages or it is not over; a job is over when its ledger has
+``finished_at``, when every shard is committed or failed for good, or when it was cancelled (its
+``CANCELLED`` file, read only once its queue is empty). A job that is over and has an empty queue is
+left out, so its queue disappears from the views when the job ends.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from jobs.routing import MAX_PRIORITY, Route, queue_keys, read_routes
 class JobBacklog:
     route: Route
     waiting: dict[int, int]  # spec priority (0-9, higher first) -> messages in its list
-    pending: int | None  # None: the job has no ledger (yet, or any more)
-    finished: bool
+    pending: int | None  # None: the job has no ledger and its manifest cannot be read
+    over: bool  # complete, every shard committed or failed, or cancelled
+
 
     @property
     def messages(self) -> int:
@@ -32,7 +35,7 @@ class JobBacklog:
 
     @property
     def live(self) -> bool:
-        return self.messages > 0 or not self.finished
+        return self.messages > 0 or not self.over
 
 
 def pending_shards(shards: int, committed: set[int], failed: set[int], running: set[int]) -> int:
@@ -44,14 +47,28 @@ def pending_shards(shards: int, committed: set[int], failed: set[int], running: 
 _manifest_shards: dict[tuple[str, str], int] = {}
 
 
+def job_output(client: redis.Redis, job_id: str) -> str | None:
+    raw = client.get(job_index_key(job_id))
+    return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def cancelled(client: redis.Redis, job_id: str) -> bool:
+    from jobs.io.layout import OutputLayout
+
+    output = job_output(client, job_id)
+    try:
+        return output is not None and OutputLayout(output).is_cancelled()
+    except Exception:  # noqa: BLE001 - any store's error: not known to be cancelled
+        return False
+
+
 def manifest_shards(client: redis.Redis, job_id: str) -> int | None:
     """The job's shard count from its manifest (found through the job index); None when unreadable."""
     from jobs.io.layout import OutputLayout
 
-    raw = client.get(job_index_key(job_id))
-    if raw is None:
+    output = job_output(client, job_id)
+    if output is None:
         return None
-    output = raw.decode() if isinstance(raw, bytes) else str(raw)
     if (job_id, output) not in _manifest_shards:
         try:
             manifest = OutputLayout(output).read_manifest()
@@ -68,11 +85,11 @@ def read_backlog(client: redis.Redis, base: str) -> list[JobBacklog]:
     for route in routes:
         for key in queue_keys(route.queue):
             pipe.llen(key)
-        ledger, committed, _unread, failed, running = ledger_keys(route.job_id)
-        pipe.hmget(ledger, "shards", "finished_at")
-        pipe.smembers(committed)
-        pipe.hkeys(failed)
-        pipe.smembers(running)
+        totals, committed_key, _unread, failed_key, running_key = ledger_keys(route.job_id)
+        pipe.hmget(totals, "shards", "finished_at")
+        pipe.smembers(committed_key)
+        pipe.hkeys(failed_key)
+        pipe.smembers(running_key)
     replies = iter(pipe.execute())
     backlog = []
     for route in routes:
@@ -82,9 +99,11 @@ def read_backlog(client: redis.Redis, base: str) -> list[JobBacklog]:
         (shards, finished_at), committed_set, failed_keys, running_set = (next(replies) for _ in range(4))
         if shards is None and not finished_at:
             shards = manifest_shards(client, route.job_id)
-        pending = None
-        if shards is not None:
-            pending = pending_shards(int(shards), {int(s) for s in committed_set}, {int(s) for s in failed_keys},
-                                     {int(s) for s in running_set})
-        backlog.append(JobBacklog(route=route, waiting=waiting, pending=pending, finished=finished_at is not None))
+        committed, failed = {int(s) for s in committed_set}, {int(s) for s in failed_keys}
+        running = {int(s) for s in running_set} - committed - failed
+        pending = None if shards is None else pending_shards(int(shards), committed, failed, running)
+        over = finished_at is not None or (pending == 0 and not running)
+        if not over and not waiting:
+            over = cancelled(client, route.job_id)
+        backlog.append(JobBacklog(route=route, waiting=waiting, pending=pending, over=over))
     return backlog

@@ -8,6 +8,7 @@ from pathlib import Path
 import redis
 
 from jobs.backlog import pending_shards, read_backlog
+from jobs.io.layout import OutputLayout
 from jobs.protocol import ledger_keys
 from jobs.routing import job_queue, queue_keys
 from jobs.settings import Settings
@@ -38,9 +39,27 @@ def test_a_queued_job_is_its_lists_lengths_until_it_finishes(tmp_path: Path, set
 
     client.delete(*queue_lists(settings.broker_url, settings.queue))  # the messages taken ...
     assert read_backlog(client, settings.queue)[0].live  # ... the job still runs: it stays, with 0
-    client.hset(ledger_keys(submission.job_id)[0], "finished_at", 1.0)  # ... and it finished
+    layout = OutputLayout(submission.output)
+    layout.cancel()  # ... cancelled: it goes
+    assert not read_backlog(client, settings.queue)[0].live
+    layout.uncancel()
+    assert read_backlog(client, settings.queue)[0].live
+    client.hset(ledger_keys(submission.job_id)[0], "finished_at", 1.0)  # ... finished: it goes
     assert not read_backlog(client, settings.queue)[0].live
     assert not list(BacklogCollector(settings.broker_url, {settings.queue}).collect())[0].samples
+
+
+def test_a_job_whose_shards_all_failed_is_over(tmp_path: Path, settings: Settings) -> None:
+    write_rows(tmp_path / "in.parquet", 10)
+    submission = submit(tokenize_spec(tmp_path / "in.parquet", tmp_path / "out"), settings)
+    client = redis.Redis.from_url(settings.broker_url)
+    client.delete(*queue_lists(settings.broker_url, settings.queue))
+    ledger, _committed, _unread, failed, _running = ledger_keys(submission.job_id)
+    client.hset(ledger, mapping={"shards": 2})
+    client.hset(failed, mapping={"0": "boom"})
+    assert read_backlog(client, settings.queue)[0].pending == 1 and read_backlog(client, settings.queue)[0].live
+    client.hset(failed, mapping={"1": "boom"})
+    assert not read_backlog(client, settings.queue)[0].live
 
 
 def test_pending_counts_like_status() -> None:
