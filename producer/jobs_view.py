@@ -33,7 +33,7 @@ class JobLine:
     submitted_at: float
     output: str
     note: str = ""
-    pending: int = 0  # shards waiting for a worker, as status counts them (jobs.backlog.pending_shards)
+    pending: int = 0  # shards waiting for a worker: status's pending (Flower's batchformers_jobs_pending_shards)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
