@@ -1,7 +1,7 @@
 """``batchformers flower``: the Flower dashboard against the configured broker.
 
 Shard tasks show in Flower as ``batchformers.run_shard`` with arguments
-``job=<id> shard=<n> rows=<k>``; while a shard runs its result-backend state is
+``job=<id> shard=<n> rows=<k>``, a column of the task list (:data:`TASKS_COLUMNS`); while a shard runs its result-backend state is
 ``PROGRESS`` with ``{"done": rows, "total": rows}``; its result is
 ``{"shard", "job", "rows", "errors", "seconds"}``.
 
@@ -9,6 +9,10 @@ The broker URL and the basic-auth credentials travel to Flower in its
 environment, never on its command line, so they do not show in ``ps``. Flower's
 HTTP API (``/api/tasks`` ...) needs authentication, or
 ``FLOWER_UNAUTHENTICATED_API=true`` in the environment when it runs without.
+
+Flower runs with the worker's configuration file (``FLOWER_CONF``, :data:`FLOWER_CONFIG`): its Broker
+page lists every live job queue with its messages, and its ``/metrics`` the backlog gauges
+(``worker/flower.py``).
 """
 
 from __future__ import annotations
@@ -16,12 +20,22 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from importlib.util import find_spec
 
 from jobs.errors import BatchformersError
 from jobs.settings import Settings
 
 DEFAULT_ADDRESS = "127.0.0.1"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+TASKS_COLUMNS = "name,uuid,state,args,received,runtime,worker"  # Flower's default, plus args: job and shard
+FLOWER_CONFIG = "worker.flowerconfig"  # a path to Flower, not an import: producer never imports worker
+
+
+def flower_config_path() -> str:
+    spec = find_spec(FLOWER_CONFIG)
+    if spec is None or spec.origin is None:
+        raise BatchformersError(f"cannot find {FLOWER_CONFIG}: install batchformers with its worker package")
+    return spec.origin
 
 
 def check_basic_auth(value: str) -> str:
@@ -42,7 +56,9 @@ def flower_command(port: int, address: str = DEFAULT_ADDRESS, extra: Sequence[st
 
 
 def flower_environment(settings: Settings, basic_auth: str | None = None) -> dict[str, str]:
-    env = {**os.environ, "BATCHFORMERS_BROKER_URL": settings.broker_url}
+    env = {"FLOWER_CONF": flower_config_path(), "FLOWER_TASKS_COLUMNS": TASKS_COLUMNS,
+           **os.environ, "BATCHFORMERS_BROKER_URL": settings.broker_url,
+           "BATCHFORMERS_QUEUE": settings.queue}
     if settings.result_backend:
         env["BATCHFORMERS_RESULT_BACKEND"] = settings.result_backend
     credentials = basic_auth or settings.flower_basic_auth

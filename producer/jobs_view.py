@@ -33,6 +33,7 @@ class JobLine:
     submitted_at: float
     output: str
     note: str = ""
+    pending: int = 0  # shards waiting for a worker: status's pending (Flower's batchformers_jobs_pending_shards)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,7 +54,7 @@ def _line(job: KnownJob, settings: Settings) -> JobLine:
                    shards=current.shards, committed=current.committed, failed=current.failed, rows=current.rows,
                    rows_done=current.rows_done, rows_per_second=current.rows_per_second,
                    eta_seconds=current.eta_seconds, submitted_at=job.submitted_at, output=job.output,
-                   note=current.note)
+                   note=current.note, pending=current.pending)
 
 
 def render(lines: list[JobLine]) -> Any:
