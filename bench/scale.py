@@ -58,6 +58,7 @@ class MotoS3:
                     "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_DEFAULT_REGION": "us-east-1"}
         self.saved = {name: os.environ.get(name) for name in self.env}
         os.environ.update(self.env)
+        _forget_s3_clients()  # fsspec caches filesystems by their arguments: one of an earlier server would be reused
         return self
 
     def bucket(self) -> str:
@@ -69,11 +70,18 @@ class MotoS3:
 
     def __exit__(self, *exc: object) -> None:
         self.server.stop()
+        _forget_s3_clients()
         for name, value in self.saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _forget_s3_clients() -> None:
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 def _spec(model: str, input_url: str, output: str, shard_rows: int) -> dict[str, Any]:

@@ -53,12 +53,15 @@ COMMAND_TIMEOUT = 600.0
 HEAVY_MODULES = ("torch", "transformers", "datasets", "pandas")
 
 TARGETS: dict[str, float | None] = {
-    "run": 5.0, "submit": 1.5, "status": 0.5, "jobs": 0.5, "help": 0.3, "version": None, "demo": 10.0,
+    "run": 5.0, "submit": 1.5, "status": 0.5, "jobs": 0.5, "status_local": 0.5, "jobs_local": 0.5, "help": 0.3, "version": None, "demo": 10.0,
 }
 """Seconds each command may take (issue 21); None: reported, no target."""
 LABELS = {
     "run": f"`batchformers run`, {RUN_ROWS}-row NER, tiny model", "submit": "`batchformers submit` (local model, broker up)",
     "status": "`batchformers status` at {shards:,} shards (S3)", "jobs": "`batchformers jobs` at {shards:,} shards (S3)",
+    "status_local": "`batchformers status` at {shards:,} shards (the same job on local disk)",
+    "jobs_local": "`batchformers jobs` at {shards:,} shards (the same job on local disk)",
+    "s3_client": "S3 client alone: `import s3fs` and one `ls` in a fresh process (the floor under the S3 rows)",
     "help": "`batchformers --help`", "version": "`batchformers --version`",
     "demo": "`batchformers demo` (fresh work directory)",
 }
@@ -462,7 +465,30 @@ def broker_figures(spec_file: Path, workdir: Path, runs: int, shards: int, log: 
             found["figures"].append(figure("status", runs, lambda: _seconds([script, "status", output], env),
                                            shards=shards))
             found["figures"].append(figure("jobs", runs, lambda: _seconds([script, "jobs"], env), shards=shards))
+            floor = [sys.executable, "-c", f"import s3fs; s3fs.S3FileSystem().ls({output!r})"]
+            found["figures"].append(figure("s3_client", runs, lambda: _seconds(floor, env), shards=shards))
+            local = local_copy(output, workdir / "status-local", broker_url)
+            log(f"status and jobs x{runs}, the same job copied to local disk")
+            found["figures"].append(figure("status_local", runs, lambda: _seconds([script, "status", local], env),
+                                           shards=shards))
+            found["figures"].append(figure("jobs_local", runs, lambda: _seconds([script, "jobs"], env), shards=shards))
     return found
+
+
+def local_copy(output: str, directory: Path, broker_url: str) -> str:
+    """The S3 output copied to local disk, and the broker's job index pointed at the copy (same job, same ledger)."""
+    import shutil
+
+    import fsspec
+
+    from jobs.io.layout import OutputLayout
+    from jobs.settings import Settings
+    from producer.job_index import remember
+
+    shutil.rmtree(directory, ignore_errors=True)
+    fsspec.filesystem("s3").get(output.rstrip("/") + "/", str(directory) + "/", recursive=True)
+    remember(Settings(broker_url=broker_url), OutputLayout(str(directory)).read_manifest().job_id, str(directory))
+    return str(directory)
 
 
 def _unmeasured(name: str, exc: Exception, **fields: Any) -> dict[str, Any]:

@@ -21,6 +21,9 @@ from jobs.testing.tiny import build_tiny_model
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SENTENCES = Path(__file__).resolve().parents[1] / "jobs" / "testing" / "data" / "news_sentences.txt"
+# The same tiny model, committed with the tests: a checkout's demo starts without building one (seconds
+# of transformers import and tokenizer training); an installed package builds it once into the workdir.
+COMMITTED_MODEL = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "models" / "bert-ner"
 HUB_HOST = ("huggingface.co", 443)
 
 
@@ -45,6 +48,13 @@ def demo_input(workdir: Path) -> Path:
     return path
 
 
+def offline_model(workdir: Path) -> Path:
+    """The tiny NER model: the committed one when this is a checkout, else built into ``workdir``."""
+    if (COMMITTED_MODEL / "config.json").is_file():
+        return COMMITTED_MODEL
+    return build_tiny_model("bert-ner", workdir / "models" / "bert-ner")
+
+
 def main(workdir: str = ".demo", workers: int = 1) -> int:
     from producer.run import run
 
@@ -55,7 +65,7 @@ def main(workdir: str = ".demo", workers: int = 1) -> int:
     if hub_reachable():
         print("model hub reachable: using the default checkpoint of examples/ner.yaml")
     else:
-        model = build_tiny_model("bert-ner", root / "models" / "bert-ner")
+        model = offline_model(root)
         overrides["model"] = str(model)
         print("OFFLINE: the model hub is not reachable, so this demo uses a tiny NER model built locally "
               f"from a config ({model}).\nIts weights are random: the pipeline runs for real, the entities "

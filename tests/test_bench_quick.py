@@ -105,7 +105,7 @@ def startup_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @slow
 def test_startup_quick_measures_every_command(startup_report: dict[str, Any]) -> None:
     figures = {f["name"]: f for f in startup_report["figures"]}
-    assert set(figures) == {"help", "version", "run", "submit", "status", "jobs"}
+    assert set(figures) == {"help", "version", "run", "submit", "status", "jobs", "s3_client", "status_local", "jobs_local"}
     for f in figures.values():
         assert f.get("error") is None, f
         assert len(f["samples"]) == 1 and f["median"] > 0 and len(f["load"]) == 2

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from typing import Any
 
 from celery import Celery
@@ -73,8 +75,11 @@ def _limit_threads(**_: Any) -> None:
     os.environ.setdefault(OMP_WAIT_POLICY, PASSIVE)
     threads = Settings().torch_threads
     if threads:
+        started = time.perf_counter()
         import torch
 
+        logging.getLogger(__name__).info("batchformers: imported torch in process %s (%.1fs)", os.getpid(),
+                                         time.perf_counter() - started)
         torch.set_num_threads(threads)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -72,13 +73,14 @@ def _preload(output: str, spec_fingerprint: str | None) -> None:
 
 def import_heavy_modules() -> None:
     started = time.perf_counter()
+    fresh = [name for name in HEAVY_MODULES if name not in sys.modules]  # torch may be in (thread settings)
     try:
-        for name in HEAVY_MODULES:
+        for name in fresh:
             importlib.import_module(name)
     except Exception as exc:  # a broken install: the shard's own load reports it
         log.warning("batchformers: preload could not import %s in process %s: %s", name, os.getpid(), exc)
         return
-    log.info("batchformers: imported torch and transformers in process %s (%.1fs)", os.getpid(),
+    log.info("batchformers: imported %s in process %s (%.1fs)", ", ".join(fresh) or "nothing new", os.getpid(),
              time.perf_counter() - started)
 
 

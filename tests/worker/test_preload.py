@@ -77,7 +77,7 @@ def _maps_torch(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc")
 def test_only_the_pool_process_imports_torch_and_before_any_shard(start_workers: Any) -> None:
     workers = start_workers(1)  # no job known: the imports only
-    _wait_for_log(workers, "batchformers: imported torch and transformers in process")
+    _wait_for_log(workers, "transformers, jobs.engine.loading, jobs.engine.staged in process")
     main = workers.processes[0].pid
     children = [int(pid) for pid in Path(f"/proc/{main}/task/{main}/children").read_text().split()]
     assert children and all(_maps_torch(pid) for pid in children)
