@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -51,7 +52,10 @@ def measure_overhead(shards: int = SHARDS, rows_per_shard: int = ROWS_PER_SHARD,
 
     with tempfile.TemporaryDirectory(prefix="batchformers-overhead-") as scratch, \
             EmbeddedRedis(persist=False) as server:
-        directory = Path(workdir or scratch)
+        directory = Path(workdir) if workdir else Path(scratch)
+        if workdir:  # each measurement is a new job: an earlier run's output would hold another input's job
+            shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "BATCHFORMERS_BROKER_URL": server.url, "BATCHFORMERS_TORCH_THREADS": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         command = [sys.executable, "-m", "bench.overhead", str(directory), str(shards), str(rows_per_shard)]

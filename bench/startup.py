@@ -59,12 +59,17 @@ TARGETS: dict[str, float | None] = {
 LABELS = {
     "run": f"`batchformers run`, {RUN_ROWS}-row NER, tiny model", "submit": "`batchformers submit` (local model, broker up)",
     "status": "`batchformers status` at {shards:,} shards (S3)", "jobs": "`batchformers jobs` at {shards:,} shards (S3)",
+    "model_stack": "a fresh `python -c` importing torch, transformers and the NER model class (the floor under `run`'s "
+                   "pool process)",
     "status_local": "`batchformers status` at {shards:,} shards (the same job on local disk)",
     "jobs_local": "`batchformers jobs` at {shards:,} shards (the same job on local disk)",
     "s3_client": "S3 client alone: `import s3fs` and one `ls` in a fresh process (the floor under the S3 rows)",
     "help": "`batchformers --help`", "version": "`batchformers --version`",
     "demo": "`batchformers demo` (fresh work directory)",
 }
+
+MODEL_STACK = [sys.executable, "-c", "import torch, transformers; from transformers import BertForTokenClassification"]
+"""What a pool process must import before it can load the NER model, whatever batchformers does."""
 
 HOOKS = {
     "overhead": "bench.overhead",  # per-shard overhead ms, Redis round trips per shard (issue 21, H4)
@@ -556,6 +561,7 @@ def run_startup(workdir: Path, quick: bool = False, runs: int | None = None, log
     if not quick:
         log(f"batchformers run x{runs}")
         results["figures"].append(figure("run", runs, lambda: run_sample(spec_file, workdir)))
+        results["figures"].append(figure("model_stack", runs, lambda: _seconds(MODEL_STACK, environment())))
     log(f"instrumented run x{runs}")
     results["runs_instrumented"] = _attempt(lambda: [instrumented_run(spec_file, workdir) for _ in range(runs)])
     if quick:  # the instrumented run stands in for the console script's

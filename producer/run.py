@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs.errors import BatchformersError
 from jobs.io.layout import OutputLayout
@@ -29,14 +29,36 @@ from jobs.settings import Settings
 from jobs.spec import JobSpec
 from producer.embedded import EmbeddedRedis, LocalWorkers
 from producer.interruption import clear_run_here, mark_interrupted, mark_run_here
-from producer.status import JobStatus, job_status, wait
-from producer.submit import Submission, submit
+
+if TYPE_CHECKING:
+    from producer.status import JobStatus
+    from producer.submit import Submission
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SUCCESS_WAIT_SECONDS = 5.0  # for the last commit's _SUCCESS, before its worker is killed
 SUCCESS_POLL_SECONDS = 0.02
 WAIT_POLL_SECONDS = 0.5  # the status of a job on a cluster
 EMBEDDED_POLL_SECONDS = 0.1  # on the private Redis a poll costs ~10 ms: the end of a small job shows at once
+
+
+def submit(spec: JobSpec, settings: Settings) -> Submission:
+    """:func:`producer.submit.submit`, imported when called: the local workers are started first, and boot
+    while this process imports what submitting and watching need (celery, kombu, the status model)."""
+    from producer.submit import submit as submit_job
+
+    return submit_job(spec, settings)
+
+
+def wait(output: str, **options: Any) -> JobStatus:
+    from producer.status import wait as wait_for
+
+    return wait_for(output, **options)
+
+
+def job_status(output: str) -> JobStatus:
+    from producer.status import job_status as status_of
+
+    return status_of(output)
 
 
 class RunInterrupted(BatchformersError):
