@@ -152,11 +152,11 @@ def test_backlog_in_flower(flower_url: str, backlog_settings: Settings, tmp_path
     line = next(line for line in cli_json(["jobs", "--json", *broker], capsys) if line["job_id"] == job)
     assert status["pending"] == line["pending"] == 2 == job_status(submission.output, settings).pending
 
-    # A worker busy on a shard (slowed to 4 s, so a browser's look fits in it): the page and the metrics are the broker's lists, sampled while
+    # A worker busy on a shard (slowed to 8 s, so that a headless browser's look fits in it, under load too): the page and the metrics are the broker's lists, sampled while
     # they stand still; then the job ends, its queue leaves both, and each task shows its job and shard.
     workers = LocalWorkers(settings.broker_url, count=1, queue=settings.queue, log_dir=str(tmp_path / "logs"),
                            extra_env={"BATCHFORMERS_LEASE_SECONDS": "10", "BATCHFORMERS_TORCH_THREADS": "1",
-                                      "BATCHFORMERS_TEST_FAULTS": "sleep=4"}).start()
+                                      "BATCHFORMERS_TEST_FAULTS": "sleep=8"}).start()
     try:
         client = redis.Redis.from_url(settings.broker_url)
         _until(lambda: client.scard(running_key(job)), 60, "a worker busy on a shard")
