@@ -44,21 +44,21 @@ class ArrowFileReader(_ArrowIpcReader):
         with storage.open_ranges(path) as source:
             return ipc.open_file(source).schema
 
-    def index(self, storage: Storage, path: str) -> tuple[int, ...]:
-        """The rows of each record batch: a read of every batch header, not worth repeating per shard."""
-        return tuple(_batch_rows(storage, path))
+    def index(self, storage: Storage, path: str) -> tuple[tuple[int, ...], pa.Schema]:
+        """The rows of each record batch (a read of every batch header) and the schema (a read of the
+        footer): not worth repeating per shard, and the schema picks the columns before the file is opened."""
+        return tuple(_batch_rows(storage, path)), self.schema(storage, path)
 
     def read_range(self, storage: Storage, path: str, start: int, stop: int, columns: list[str],
                    index: Any = None) -> pa.Table:
-        units: tuple[int, ...] = index if index is not None else self.index(storage, path)
+        units, schema = index if index is not None else self.index(storage, path)
         offsets = list(itertools.accumulate(units, initial=0))
         first = max(bisect.bisect_right(offsets, start) - 1, 0)
         last = bisect.bisect_left(offsets, stop)  # batches [first, last) hold rows [start, stop)
+        fields = [schema.get_field_index(column) for column in columns]
+        if -1 in fields:
+            raise KeyError(columns[fields.index(-1)])
         with storage.open_ranges(path) as source:
-            schema = ipc.open_file(source).schema
-            fields = [schema.get_field_index(column) for column in columns]
-            if -1 in fields:
-                raise KeyError(columns[fields.index(-1)])
             reader = ipc.open_file(source, options=ipc.IpcReadOptions(included_fields=sorted(set(fields))))
             batches = [reader.get_batch(i) for i in range(first, min(last, reader.num_record_batches))]
             read = pa.Table.from_batches(batches, schema=reader.schema)
