@@ -10,12 +10,16 @@ exits, it is stopped and started again on another port.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from producer.embedded import free_port
 
+ROOT = Path(__file__).resolve().parents[1]
 LISTEN = "0A"  # the TCP state in /proc/net/tcp
 TIME_WAIT = "06"  # leftover of a closed connection; does not stop a server binding (SO_REUSEADDR)
 ATTEMPTS = 5
@@ -88,3 +92,33 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
     except OSError:
         return False
+
+
+@contextmanager
+def flower_on_a_free_port(env: dict[str, str], log_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """``batchformers flower`` in a subprocess with ``env``, listening on a free port: (port, process);
+    stopped on exit, its output in ``log_path``."""
+    started: list[subprocess.Popen[bytes]] = []
+    with open(log_path, "wb") as log:
+
+        def start(port: int) -> tuple[int, Callable[[], None]]:
+            started.append(subprocess.Popen([sys.executable, "-m", "producer.cli", "flower", "--port", str(port)],
+                                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT))
+            process = started[-1]
+            return process.pid, lambda: stop_process(process)
+
+        port = serve_on_a_free_port(start)
+        try:
+            yield port, started[-1]
+        finally:
+            stop_process(started[-1])
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

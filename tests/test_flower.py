@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -25,11 +24,10 @@ from jobs.spec import load_spec
 from producer.flower import check_basic_auth, flower_command, flower_environment
 from producer.status import wait
 from producer.submit import submit
-from tests.ports import serve_on_a_free_port
+from tests.ports import flower_on_a_free_port
 
 pytestmark = pytest.mark.slow  # a Flower process and workers
 
-ROOT = Path(__file__).resolve().parents[1]
 USER, PASSWORD = "ops", "s3cret-pw"
 
 
@@ -64,30 +62,8 @@ def _until(check: Callable[[], Any], timeout: float, what: str) -> Any:
 def flower(settings: Settings, tmp_path: Path) -> Iterator[tuple[FlowerClient, subprocess.Popen[bytes]]]:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("BATCHFORMERS_")},
            "BATCHFORMERS_BROKER_URL": settings.broker_url, "BATCHFORMERS_FLOWER_BASIC_AUTH": f"{USER}:{PASSWORD}"}
-    log = open(tmp_path / "flower.log", "wb")  # noqa: SIM115 - closed below
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(port: int) -> tuple[int, Any]:
-        started.append(subprocess.Popen([sys.executable, "-m", "producer.cli", "flower", "--port", str(port)],
-                                        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT))
-        return started[-1].pid, lambda: _stop(started[-1])
-
-    port = serve_on_a_free_port(start)
-    process = started[-1]
-    try:
+    with flower_on_a_free_port(env, tmp_path / "flower.log") as (port, process):
         yield FlowerClient(port, f"{USER}:{PASSWORD}"), process
-    finally:
-        _stop(process)
-        log.close()
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _record_backend_states(broker_url: str, seen: list[dict[str, Any]], stop: threading.Event) -> threading.Thread:

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -34,11 +33,10 @@ from producer.embedded import LocalWorkers
 from producer.status import job_status, wait
 from producer.submit import submit
 from tests.conftest import _kill
-from tests.ports import serve_on_a_free_port
+from tests.ports import flower_on_a_free_port
 
 pytestmark = pytest.mark.slow  # a Flower process, a browser and a worker
 
-ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium); CI installs it")
 METRIC = re.compile(r'^(batchformers_\w+)\{([^}]*)\} (\S+)$', re.MULTILINE)
@@ -55,29 +53,8 @@ def flower_url(backlog_settings: Settings, tmp_path_factory: pytest.TempPathFact
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("BATCHFORMERS_", "FLOWER_"))},
            "BATCHFORMERS_BROKER_URL": backlog_settings.broker_url, "BATCHFORMERS_QUEUE": backlog_settings.queue,
            "FLOWER_UNAUTHENTICATED_API": "true"}
-    log = open(tmp_path_factory.mktemp("flower") / "flower.log", "wb")  # noqa: SIM115 - closed below
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(port: int) -> tuple[int, Any]:
-        started.append(subprocess.Popen([sys.executable, "-m", "producer.cli", "flower", "--port", str(port)],
-                                        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT))
-        return started[-1].pid, lambda: _stop(started[-1])
-
-    port = serve_on_a_free_port(start)
-    try:
+    with flower_on_a_free_port(env, tmp_path_factory.mktemp("flower") / "flower.log") as (port, _):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        _stop(started[-1])
-        log.close()
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _until(check: Callable[[], Any], timeout: float, what: str) -> Any:
