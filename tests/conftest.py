@@ -67,6 +67,14 @@ def queue_name() -> str:
 
 
 @pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    """A client of the tests' Redis, closed after the test."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def settings(redis_url: str, queue_name: str) -> Settings:
     return Settings(broker_url=redis_url, queue=queue_name, lease_seconds=10)
 

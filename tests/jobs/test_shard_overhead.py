@@ -29,13 +29,6 @@ from tests.reliability import tokenize_spec, write_rows
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def job(tmp_path: Path, settings: Settings, client: redis.Redis) -> Iterator[tuple[Manifest, OutputLayout, Ledger]]:
     """A prepared (not enqueued) job of 3 one-row shards, with no ledger yet."""
     write_rows(tmp_path / "in.parquet", 3)

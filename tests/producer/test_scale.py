@@ -74,13 +74,6 @@ class CountingStorage:
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def job(tmp_path: Path, settings: Settings, client: redis.Redis) -> Iterator[tuple[Manifest, OutputLayout]]:
     """A prepared (not enqueued) job of SHARDS one-row shards, its ledger dropped afterwards."""
     write_rows(tmp_path / "in.parquet", SHARDS)
