@@ -43,6 +43,10 @@ if TYPE_CHECKING:
     from jobs.settings import Settings
 
 TASK_NAME = "batchformers.run_shard"
+# How `batchformers run` tells its local workers' pool processes the job to preload (worker.preload):
+# its output location and spec fingerprint.
+PRELOAD_OUTPUT_ENV = "BATCHFORMERS_PRELOAD_OUTPUT"
+PRELOAD_SPEC_ENV = "BATCHFORMERS_PRELOAD_SPEC"
 
 LEDGER_PREFIX = "batchformers:ledger:"
 LEDGER_PARTS = ("committed", "unread", "failed", "running")

@@ -23,6 +23,8 @@ from urllib.parse import quote
 
 import redis
 
+from jobs.protocol import PRELOAD_OUTPUT_ENV, PRELOAD_SPEC_ENV
+
 STARTUP_TIMEOUT = 20.0
 # A server on a port we chose may lose it to another process before it binds it: then another port.
 PORT_ATTEMPTS = 5
@@ -32,8 +34,6 @@ GRACEFUL_STOP_SECONDS = 20.0
 FAST_STOP_SECONDS = 3.0
 REDIS_STOP_SECONDS = 10.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-PRELOAD_OUTPUT_ENV = "BATCHFORMERS_PRELOAD_OUTPUT"  # worker.preload's names (a test keeps them equal)
-PRELOAD_SPEC_ENV = "BATCHFORMERS_PRELOAD_SPEC"
 
 
 def die_with_parent() -> None:

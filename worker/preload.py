@@ -36,12 +36,11 @@ from jobs.errors import BatchformersError
 from jobs.io.layout import OutputLayout
 from jobs.manifest import Manifest
 from jobs.pinning import pinned_spec
+from jobs.protocol import PRELOAD_OUTPUT_ENV, PRELOAD_SPEC_ENV
 from jobs.settings import Settings
 from worker import runners
 
 log = logging.getLogger(__name__)
-PRELOAD_OUTPUT_ENV = "BATCHFORMERS_PRELOAD_OUTPUT"  # the same names as producer.embedded's (a test keeps them equal)
-PRELOAD_SPEC_ENV = "BATCHFORMERS_PRELOAD_SPEC"
 HEAVY_MODULES = ("torch", "transformers", "jobs.engine.loading", "jobs.engine.staged")
 """What every task's load imports first (a tokenizer too); the model classes come with the model's load."""
 MANIFEST_POLL_SECONDS = 0.05
