@@ -78,6 +78,8 @@ HOOKS = {
 }
 """Other measurements of issue 21: each module exposes ``figures(workdir, quick, log) -> list[dict]``."""
 HOOK_FUNCTION = "figures"
+QUIET_LOAD = 1.5  # figures are taken below this load average (1 min) ...
+SETTLE_SECONDS = 120.0  # ... waiting at most this long for it
 
 Log = Callable[[str], None]
 
@@ -119,8 +121,20 @@ def checked(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProce
 
 # ---- figures: a median of fresh processes, beside its target ----
 
+def settle(quiet: float = QUIET_LOAD, limit: float = SETTLE_SECONDS) -> None:
+    """Wait (``limit`` seconds at most) until the load average is under ``quiet``: the bench's own
+    previous step (writing 5,000 markers to moto, say) must not weigh on the next figure."""
+    deadline = time.monotonic() + limit
+    while load_average() >= quiet and time.monotonic() < deadline:
+        time.sleep(2)
+
+
 def figure(name: str, runs: int, sample: Callable[[], float], **fields: Any) -> dict[str, Any]:
-    """``sample()`` (seconds of one fresh process) ``runs`` times; its median beside the target."""
+    """``sample()`` (seconds of one fresh process) ``runs`` times; its median beside the target.
+    A published figure (several runs) waits for a quiet machine first; --quick's single run only
+    checks that the bench works, and does not wait."""
+    if runs > 1:
+        settle()
     target = TARGETS.get(name)
     result: dict[str, Any] = {"name": name, "label": LABELS.get(name, name).format(**fields), "target": target,
                               "samples": [], "load": [load_average()], **fields}
@@ -526,6 +540,8 @@ def hook_figures(workdir: Path, quick: bool, log: Log, hooks: dict[str, str] | N
             found[key] = {"module": module_name, "error": f"not measured: {module_name} has no {HOOK_FUNCTION}()"}
             continue
         log(f"{module_name}.{HOOK_FUNCTION}()")
+        if not quick:
+            settle()
         try:
             figures = [_judged(f) for f in measure(workdir / key, quick, log)]
         except Exception as exc:  # one hook failing leaves the others' figures
