@@ -94,8 +94,8 @@ def _engine_runs(bench: TaskBench, name: str, mode: str, input_path: Path, workd
     The model is converted before the clock starts (a worker converts once per model and compute
     type, then every job reuses the cache), so the runs time the engine, not the conversion.
     """
-    from jobs.engine.ctranslate2 import available
     from jobs.spec import load_spec
+    from jobs.tasks.seq2seq.ctranslate2.options import available
 
     outputs: dict[str, list[Any]] = {}
     for engine, dtype in bench.engines:

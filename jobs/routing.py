@@ -20,15 +20,11 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from jobs.protocol import PRIORITY_STEPS, ROUTES_PREFIX
+from jobs.spec import MAX_PRIORITY, JobSpec
 
-if TYPE_CHECKING:  # the functions take a client; the job spec needs only the priority constants
+if TYPE_CHECKING:  # the functions take a client
     import redis
 
-    from jobs.spec import JobSpec
-
-MIN_PRIORITY = 0
-MAX_PRIORITY = 9
-DEFAULT_PRIORITY = 5
 # kombu's Redis transport joins names with this: queue Q's list for priority p > 0 is Q + sep + p,
 # and the members of an exchange's binding set end in sep + queue (read by jobs.recovery).
 KOMBU_SEPARATOR = "\x06\x16"

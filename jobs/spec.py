@@ -25,13 +25,16 @@ from pydantic import (
 from jobs.engine.base import LoadOptions, TaskType
 from jobs.engine.batching import DEFAULT_BATCH_SIZE
 from jobs.errors import SpecError
-from jobs.routing import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from jobs.tasks.registry import TASKS, get_task_class, task_name
 
 if TYPE_CHECKING:  # imported where used: `batchformers schema` needs neither the engine nor the readers
     from jobs.engine.staged import RunOptions
 
 DEFAULT_SHARD_ROWS = 10_000
+MIN_PRIORITY = 0
+MAX_PRIORITY = 9
+DEFAULT_PRIORITY = 5
+"""A spec's ``priority``: 0-9, higher first (:mod:`jobs.routing` maps it onto kombu's priorities)."""
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_MAX_ERROR_RATE = 0.5
 # Fields that do not change a job's output: changing them resumes the job instead of making a new one.
@@ -164,16 +167,7 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _engine_fits(self) -> JobSpec:
-        if self.engine not in get_task_class(self.task).engines:
-            raise SpecError("engine", f"engine {self.engine} does not run task {self.task}; "
-                                      f"valid: {', '.join(get_task_class(self.task).engines)}")
-        if self.dtype == "int8" and self.engine != "ctranslate2":
-            raise SpecError("dtype", "int8 needs engine: ctranslate2")
-        if self.engine == "ctranslate2":
-            from jobs.engine.ctranslate2 import check_params, require
-
-            require()
-            check_params(self.params)
+        get_task_class(self.task).check_engine(self.engine, self.dtype, self.params)
         return self
 
     # -- derived views -------------------------------------------------------

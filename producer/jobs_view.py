@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from jobs.settings import Settings
+from jobs.spec import DEFAULT_PRIORITY
 from producer.job_index import KnownJob, known_jobs
-from producer.status import DEFAULT_PRIORITY, job_status
+from producer.status import job_status
 
 UNREADABLE = "unreadable"
 

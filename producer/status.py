@@ -31,6 +31,7 @@ from jobs.manifest import Manifest
 from jobs.pinning import pin_of
 from jobs.protocol import LEASE_PREFIX, lease_key
 from jobs.settings import Settings
+from jobs.spec import DEFAULT_PRIORITY
 from producer.interruption import interruption
 
 BROKER_TIMEOUT = 3.0
@@ -38,7 +39,6 @@ DEFAULT_WATCH_INTERVAL = 2.0
 ERROR_WIDTH = 200
 FIRST_ERRORS = 3
 ERROR_RATE_NOTE = "too many row errors"
-DEFAULT_PRIORITY = 5  # of a spec without `priority` (0-9, higher first)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from jobs.io.layout import OutputLayout
 from jobs.manifest import Manifest
 from jobs.protocol import TASK_NAME, ShardMessage
 from jobs.settings import Settings
-from jobs.spec import JobSpec
+from jobs.spec import DEFAULT_PRIORITY, JobSpec
 from producer.broker import forget_attempts, sending_app
 from producer.interruption import clear_interrupted, interruption, mark_interrupted
 from producer.job_index import remember, safe_url
@@ -195,7 +195,7 @@ def enqueue(messages: list[ShardMessage], settings: Settings, app: Any = None,
         options = {"soft_time_limit": limits[0], "time_limit": limits[1]}
     queue = settings.queue
     if settings.routing:  # unrouted messages too: kombu would serve a message without one first
-        options["priority"] = routing.message_priority(routing.DEFAULT_PRIORITY)
+        options["priority"] = routing.message_priority(DEFAULT_PRIORITY)
     try:
         if spec is not None and settings.routing and messages:
             queue, options["priority"] = announce_route(settings, messages[0].job_id, spec)

@@ -92,3 +92,61 @@ def test_the_readme_tree_names_every_module_and_nothing_else() -> None:
     assert sorted(modules_here - listed) == []  # a new module gets its line
     assert sorted(p for p in listed if p.endswith(".py") and p not in modules_here) == []  # no stale line
     assert (ROOT / "CONTRIBUTING.md").read_text().count(readme_tree()) == 1  # the same tree in both
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(*folders: str) -> dict[str, set[str]]:
+    """Module -> the modules of ``folders`` it imports (a name resolves to its longest known module)."""
+    known = {module_name(path): path for path in modules(*folders)}
+    graph: dict[str, set[str]] = {}
+    for name, path in known.items():
+        targets = set()
+        for imported in imports(path):
+            parts = imported.split(".")
+            found = next((".".join(parts[:k]) for k in range(len(parts), 0, -1) if ".".join(parts[:k]) in known), None)
+            if found is not None and found != name:
+                targets.add(found)
+        graph[name] = targets
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in graph[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = [stack.pop()]
+            while group[-1] != node:
+                group.append(stack.pop())
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    assert circles(import_graph("jobs", "producer", "worker")) == []
+
+
+def test_the_circle_scan_finds_a_circle() -> None:
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert circles({"a": {"b"}, "b": set()}) == []

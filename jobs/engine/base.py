@@ -12,11 +12,13 @@ or reading its status never pays for them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
+from jobs.errors import SpecError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -93,8 +95,8 @@ class TaskType(ABC):
     """Roles read only when the spec maps them in ``columns`` (classification's ``text_pair``)."""
     Params: ClassVar[type[TaskParams]]
     default_model: ClassVar[str | None] = None
-    engines: ClassVar[tuple[str, ...]] = ("transformers",)
-    """The spec's ``engine`` values this task runs on."""
+    engines: ClassVar[Collection[str]] = ("transformers",)
+    """The spec's ``engine`` values this task runs on (a task with several maps each to its runner)."""
     model_requirement: ClassVar[ModelRequirement | None] = None
     """What the model must be; None: not checked at submit."""
 
@@ -110,6 +112,14 @@ class TaskType(ABC):
     def default_model_for(cls, params: dict[str, Any]) -> str | None:
         """The model used when the spec names none (translation derives it from languages)."""
         return cls.default_model
+
+    @classmethod
+    def check_engine(cls, engine: str, dtype: str, params: dict[str, Any]) -> None:
+        """Refuse at submit an engine, or an engine's dtype or parameters, this task cannot run (SpecError)."""
+        if engine not in cls.engines:
+            raise SpecError("engine", f"engine {engine} does not run task {cls.name}; valid: {', '.join(cls.engines)}")
+        if dtype == "int8":
+            raise SpecError("dtype", "int8 needs engine: ctranslate2")
 
     def bind_model(self, options: LoadOptions) -> None:
         """Read what the output schema needs from the model's config, at submit time and on workers

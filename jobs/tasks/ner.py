@@ -24,6 +24,7 @@ from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams, 
 from jobs.engine.loading import load_model, load_tokenizer, model_input_limit
 from jobs.engine.staged import Batch, Encoded, Finished, Item, RunOptions, StagedRunner
 from jobs.errors import ModelLoadError
+from jobs.tasks.ner_decode import EntityDecoder, entity_struct
 
 AggregationName = Literal["none", "simple", "first", "average", "max"]
 
@@ -70,25 +71,9 @@ class NerTask(TaskType):
         return NerRunner(self, model, tokenizer, device, limit)
 
 
-def entity_struct(aggregation: str) -> pa.StructType:
-    label = "entity" if aggregation == "none" else "entity_group"
-    fields = [
-        pa.field(label, pa.string()),
-        pa.field("score", pa.float64()),
-        pa.field("word", pa.string()),
-        pa.field("start", pa.int64()),
-        pa.field("end", pa.int64()),
-    ]
-    if aggregation == "none":
-        fields.insert(2, pa.field("index", pa.int64()))
-    return pa.struct(fields)
-
-
 class NerRunner(StagedRunner):
     def __init__(self, task: NerTask, model: Any, tokenizer: Any, device: Any, limit: int | None,
                  options: RunOptions | None = None) -> None:
-        from jobs.tasks.ner_decode import EntityDecoder
-
         with_types = "token_type_ids" in tokenizer.model_input_names
         # Single texts have all-zero type ids with every usual template; then the engine makes them.
         self.own_type_ids = with_types and any(tokenizer("a b", return_token_type_ids=True)["token_type_ids"])

@@ -50,7 +50,7 @@ class EntityDecoder:
         self.group_names = np.array(group_names, dtype=object)
         names = group_names if strategy not in ("none",) else labels
         self.kept_label = np.array([name not in ignore_labels for name in names], dtype=bool)
-        self.struct = _struct(strategy)
+        self.struct = entity_struct(strategy)
 
     # -- the whole batch of rows -----------------------------------------------------
 
@@ -216,12 +216,6 @@ class EntityDecoder:
         return pa.ListArray.from_arrays(pa.array(offsets), values)
 
 
-def _struct(strategy: str) -> pa.StructType:
-    from jobs.tasks.ner import entity_struct
-
-    return entity_struct(strategy)
-
-
 def _resolve_overlaps(entities: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """The pipeline's ``aggregate_overlapping_entities``: by start; on overlap the longer, then the higher score."""
     if not entities:
@@ -239,3 +233,18 @@ def _resolve_overlaps(entities: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ..
             previous = entity
     kept.append(previous)
     return kept
+
+
+def entity_struct(aggregation: str) -> pa.StructType:
+    """One entity as the pipeline returned it: ``entity`` and ``index`` per token, ``entity_group`` per group."""
+    label = "entity" if aggregation == "none" else "entity_group"
+    fields = [
+        pa.field(label, pa.string()),
+        pa.field("score", pa.float64()),
+        pa.field("word", pa.string()),
+        pa.field("start", pa.int64()),
+        pa.field("end", pa.int64()),
+    ]
+    if aggregation == "none":
+        fields.insert(2, pa.field("index", pa.int64()))
+    return pa.struct(fields)

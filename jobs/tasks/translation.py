@@ -13,28 +13,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import pyarrow as pa
 from pydantic import Field, model_validator
 
-from jobs.engine.base import LoadOptions, Runner, TaskType
+from jobs.engine.base import LoadOptions
 from jobs.errors import SpecError
-from jobs.tasks.seq2seq import (
-    SEQ2SEQ_ENGINES,
-    SEQ2SEQ_MODEL,
-    GenerationParams,
-    Seq2SeqSettings,
-    load_seq2seq,
-    output_schema,
-    resolve_generation,
-    seq2seq_runner,
-)
+from jobs.tasks.seq2seq.generation import GenerationParams, resolve_generation
+from jobs.tasks.seq2seq.runner import Seq2SeqSettings
+from jobs.tasks.seq2seq.task import Seq2SeqTask
 
 TEXT_COLUMN = "translation_text"
 OPUS_MT = "Helsinki-NLP/opus-mt-{src}-{tgt}"
 
 
 class TranslationParams(GenerationParams):
-    """Languages plus generation overrides; see :class:`jobs.tasks.seq2seq.GenerationParams`."""
+    """Languages plus generation overrides; see :class:`jobs.tasks.seq2seq.generation.GenerationParams`."""
 
     src_lang: str | None = Field(
         None, min_length=1, description="Source language code (en, eng_Latn, en_XX...)."
@@ -54,12 +46,10 @@ class TranslationParams(GenerationParams):
         return bool(self.src_lang and self.tgt_lang) and "_" not in f"{self.src_lang}{self.tgt_lang}"
 
 
-class TranslationTask(TaskType):
+class TranslationTask(Seq2SeqTask):
     name = "translation"
-    model_requirement = SEQ2SEQ_MODEL
-    input_roles = ("text",)
     Params = TranslationParams
-    engines = SEQ2SEQ_ENGINES
+    text_column = TEXT_COLUMN
     default_model = None
     params: TranslationParams
 
@@ -71,24 +61,14 @@ class TranslationTask(TaskType):
             return None
         return OPUS_MT.format(src=parsed.src_lang, tgt=parsed.tgt_lang)
 
-    def output_schema(self) -> pa.Schema:
-        return output_schema(TEXT_COLUMN, self.params)
-
-    def load(self, options: LoadOptions) -> Runner:
-        tokenizer, model, device = load_seq2seq(options)
+    def settings_for(self, model: Any, tokenizer: Any, options: LoadOptions) -> Seq2SeqSettings:
         languages = self._multilingual_languages(tokenizer, options.model)
         extra = {"forced_bos_token_id": _forced_bos(tokenizer, *languages)} if languages else {}
         task = task_key(self.params, getattr(model.config, "task_specific_params", None))
         generation, prefix = resolve_generation(model, tokenizer, task, self.params, extra)
-        settings = Seq2SeqSettings(
-            generation=generation,
-            text_column=TEXT_COLUMN,
-            returns=self.params.returns,
-            truncation=self.params.truncation,
-            prefix="" if languages else prefix,
-            languages=languages,
-        )
-        return seq2seq_runner(self, model, tokenizer, device, settings, options)
+        return Seq2SeqSettings(generation=generation, text_column=TEXT_COLUMN, returns=self.params.returns,
+                               truncation=self.params.truncation, prefix="" if languages else prefix,
+                               languages=languages)
 
     def _multilingual_languages(self, tokenizer: Any, model: str) -> tuple[str, str] | None:
         """(src_lang, tgt_lang) when the tokenizer is multilingual; both are then required."""

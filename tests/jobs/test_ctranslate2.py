@@ -15,13 +15,15 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.engine import ctranslate2 as ct2
 from jobs.engine.base import LoadOptions, Runner
 from jobs.engine.staged import RunOptions
 from jobs.errors import SpecError
 from jobs.settings import Settings
 from jobs.spec import load_spec
-from jobs.tasks.seq2seq import GLOBAL_DEFAULTS, ctranslate2_options
+from jobs.tasks.seq2seq.ctranslate2 import cache as ct2
+from jobs.tasks.seq2seq.ctranslate2 import options as ct2_options
+from jobs.tasks.seq2seq.ctranslate2.options import ctranslate2_options
+from jobs.tasks.seq2seq.generation import GLOBAL_DEFAULTS
 from jobs.tasks.summarization import SummarizationTask
 from jobs.tasks.translation import TranslationTask
 from tests.models import tiny_model_path
@@ -262,7 +264,7 @@ def test_engine_is_checked_at_submit_time(monkeypatch: pytest.MonkeyPatch) -> No
     assert (spec.load_options().engine, spec.load_options().dtype) == ("ctranslate2", "int8")
     assert load_spec(_spec()).fingerprint() != spec.fingerprint()
 
-    monkeypatch.setattr(ct2.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(ct2_options.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(SpecError, match=r"pip install 'batchformers\[ctranslate2\]'"):
         load_spec(_spec(engine="ctranslate2"))
 

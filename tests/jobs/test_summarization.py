@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from jobs.engine.base import LoadOptions, Runner
 from jobs.engine.staged import RunOptions
 from jobs.errors import SpecError
-from jobs.tasks.seq2seq import generate_config, pipeline_generation_config
+from jobs.tasks.seq2seq.generation import generate_config, pipeline_generation_config
 from jobs.tasks.summarization import SummarizationTask
 from tests.models import tiny_model_path
 

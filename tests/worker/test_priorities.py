@@ -19,7 +19,7 @@ from jobs import routing
 from jobs.errors import SpecError
 from jobs.protocol import ShardMessage
 from jobs.settings import Settings
-from jobs.spec import load_spec
+from jobs.spec import DEFAULT_PRIORITY, load_spec
 from producer.submit import enqueue
 from tests.models import tiny_model_path
 from worker import routing as worker_routing
@@ -65,7 +65,7 @@ def _served(settings: Settings, queues: list[str], count: int) -> list[str]:
 def test_priority_is_validated_with_a_clear_error(tmp_path: Path) -> None:
     base = {"task": "tokenize", "model": str(tiny_model_path("bert-ner")), "input": str(tmp_path / "in.parquet"),
             "output": str(tmp_path / "out")}
-    assert load_spec(base).priority == routing.DEFAULT_PRIORITY
+    assert load_spec(base).priority == DEFAULT_PRIORITY
     for bad in (10, -1):
         with pytest.raises(SpecError, match=r"priority: priority must be 0-9 \(higher runs first; default 5\)"):
             load_spec({**base, "priority": bad})
