@@ -14,9 +14,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from jobs.errors import SpecError
 
@@ -31,6 +31,32 @@ class TaskParams(BaseModel):
     """Base of every task's ``params`` model: unknown parameters are an error."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _one_as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _split_commas(value: Any) -> Any:
+    return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+
+class GenerationOverrides(TaskParams):
+    """Params whose generation fields, where the job set them, go to ``generate``; the rest follow the model."""
+
+    generation_fields: ClassVar[tuple[str, ...]] = ()
+
+    def overrides(self) -> dict[str, Any]:
+        """The generation fields that differ from their declared default, as keyword arguments."""
+        fields = type(self).model_fields
+        return {name: getattr(self, name) for name in self.generation_fields
+                if getattr(self, name) != fields[name].default}
+
+
+StringList = Annotated[list[str], BeforeValidator(_one_as_list)]
+"""A list of strings that also takes one string, as the pipelines' ``targets`` did."""
+CommaList = Annotated[list[str], BeforeValidator(_split_commas)]
+"""A list of strings that also takes one comma-separated string, as the pipelines' ``candidate_labels`` did."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +116,7 @@ class TaskType(ABC):
     """What a task is: its inputs, parameters, output schema and how to load it."""
 
     name: ClassVar[str]
-    input_roles: ClassVar[tuple[str, ...]]
+    input_roles: ClassVar[tuple[str, ...]] = ("text",)
     optional_roles: ClassVar[tuple[str, ...]] = ()
     """Roles read only when the spec maps them in ``columns`` (classification's ``text_pair``)."""
     Params: ClassVar[type[TaskParams]]

@@ -17,9 +17,10 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams, TaskType
+from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams
 from jobs.engine.batching import text_error
-from jobs.engine.loading import load_model, load_tokenizer, model_input_limit
+from jobs.engine.loading import model_input_limit
+from jobs.engine.model_task import ModelTask
 from jobs.engine.staged import Batch, Encoded, Finished, Item, StagedRunner
 
 FunctionName = Literal["default", "sigmoid", "softmax", "none"]
@@ -32,13 +33,13 @@ class ClassificationParams(TaskParams):
         "default", description="Score function: default (from the model config), sigmoid, softmax or none.")
 
 
-class ClassificationTask(TaskType):
+class ClassificationTask(ModelTask):
     name = "classification"
     model_requirement = ModelRequirement("a sequence-classification model",
                                          "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
                                          head_weights=("classifier", "score"), needs_labels=True)
-    input_roles = ("text",)
     optional_roles = (TEXT_PAIR,)
+    auto_class = "AutoModelForSequenceClassification"
     Params = ClassificationParams
     default_model = "distilbert/distilbert-base-uncased-finetuned-sst-2-english"
     params: ClassificationParams
@@ -48,11 +49,7 @@ class ClassificationTask(TaskType):
             return pa.schema([pa.field("label", pa.string()), pa.field("score", pa.float64())])
         return pa.schema([pa.field("labels", pa.list_(label_struct()))])
 
-    def load(self, options: LoadOptions) -> Runner:
-        from transformers import AutoModelForSequenceClassification
-
-        tokenizer = load_tokenizer(options)
-        model, device = load_model(AutoModelForSequenceClassification, options)
+    def runner(self, model: Any, tokenizer: Any, device: Any, options: LoadOptions) -> Runner:
         return ClassificationRunner(self, model, tokenizer, device)
 
 

@@ -24,8 +24,9 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams, TaskType
-from jobs.engine.loading import load_model, load_tokenizer, model_input_limit
+from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams
+from jobs.engine.loading import model_input_limit
+from jobs.engine.model_task import ModelTask
 from jobs.engine.staged import Batch, Encoded, Finished, Item, StagedRunner
 from jobs.errors import ModelLoadError, SpecError
 
@@ -99,10 +100,10 @@ def sentence_config(options: LoadOptions) -> SentenceConfig:
     return SentenceConfig(pooling, normalize, settings.get("max_seq_length"))
 
 
-class EmbeddingsTask(TaskType):
+class EmbeddingsTask(ModelTask):
     name = "embeddings"
     model_requirement = ModelRequirement("a transformers encoder", "MODEL_MAPPING_NAMES")
-    input_roles = ("text",)
+    auto_class = "AutoModel"
     Params = EmbeddingsParams
     default_model = "sentence-transformers/all-MiniLM-L6-v2"
     params: EmbeddingsParams
@@ -135,13 +136,13 @@ class EmbeddingsTask(TaskType):
         return pooling, normalize, self.params.max_length or model.max_seq_length
 
     def load(self, options: LoadOptions) -> Runner:
-        from transformers import AutoModel
-
         if self.dim is None:
             self.bind_model(options)
-        pooling, normalize, max_length = self.settings(options)
-        tokenizer = load_tokenizer(options)
-        model, device = load_model(AutoModel, options)
+        self.resolved = self.settings(options)
+        return super().load(options)
+
+    def runner(self, model: Any, tokenizer: Any, device: Any, options: LoadOptions) -> Runner:
+        pooling, normalize, max_length = self.resolved
         return EmbeddingsRunner(self, model, tokenizer, device, pooling, normalize, max_length)
 
 

@@ -21,29 +21,25 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams, TaskType
-from jobs.engine.loading import load_model, load_tokenizer, model_input_limit
+from jobs.engine.base import LoadOptions, ModelRequirement, Runner, StringList, TaskParams
+from jobs.engine.loading import model_input_limit
+from jobs.engine.model_task import ModelTask
 from jobs.engine.staged import Batch, Encoded, Finished, Item, StagedRunner
 from jobs.errors import ModelLoadError
 
 
 class FillMaskParams(TaskParams):
     top_k: int = Field(5, ge=1, description="Predictions per mask, best first.")
-    targets: list[str] | None = Field(None, description="Score only these tokens (words not in the vocabulary "
+    targets: StringList | None = Field(None, description="Score only these tokens (words not in the vocabulary "
                                       "count as their first token, as in the pipeline).")
 
-    @field_validator("targets", mode="before")
-    @classmethod
-    def _one_target(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
 
-
-class FillMaskTask(TaskType):
+class FillMaskTask(ModelTask):
     name = "fill_mask"
     model_requirement = ModelRequirement("a masked language model", "MODEL_FOR_MASKED_LM_MAPPING_NAMES")
-    input_roles = ("text",)
+    auto_class = "AutoModelForMaskedLM"
     Params = FillMaskParams
     default_model = "distilbert/distilroberta-base"
     params: FillMaskParams
@@ -51,13 +47,11 @@ class FillMaskTask(TaskType):
     def output_schema(self) -> pa.Schema:
         return pa.schema([pa.field("predictions", pa.list_(pa.list_(prediction_struct())))])
 
-    def load(self, options: LoadOptions) -> Runner:
-        from transformers import AutoModelForMaskedLM
-
-        tokenizer = load_tokenizer(options)
+    def check_tokenizer(self, tokenizer: Any, options: LoadOptions) -> None:
         if tokenizer.mask_token_id is None:
             raise ModelLoadError(f"{options.model}: the tokenizer defines no mask_token")
-        model, device = load_model(AutoModelForMaskedLM, options)
+
+    def runner(self, model: Any, tokenizer: Any, device: Any, options: LoadOptions) -> Runner:
         return FillMaskRunner(self, model, tokenizer, device)
 
 

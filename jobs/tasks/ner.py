@@ -20,8 +20,9 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams, TaskType
-from jobs.engine.loading import load_model, load_tokenizer, model_input_limit
+from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams
+from jobs.engine.loading import model_input_limit
+from jobs.engine.model_task import ModelTask
 from jobs.engine.staged import Batch, Encoded, Finished, Item, RunOptions, StagedRunner
 from jobs.errors import ModelLoadError
 from jobs.tasks.ner_decode import EntityDecoder, entity_struct
@@ -41,11 +42,12 @@ class NerParams(TaskParams):
         return self
 
 
-class NerTask(TaskType):
+class NerTask(ModelTask):
     name = "ner"
     model_requirement = ModelRequirement("a token-classification model", "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
                                          head_weights=("classifier", "score"), needs_labels=True)
-    input_roles = ("text",)
+    auto_class = "AutoModelForTokenClassification"
+    needs_fast_tokenizer = "NER needs a fast tokenizer (offsets)"
     Params = NerParams
     default_model = "dbmdz/bert-large-cased-finetuned-conll03-english"
     params: NerParams
@@ -56,13 +58,7 @@ class NerTask(TaskType):
             pa.field("truncated", pa.bool_()),
         ])
 
-    def load(self, options: LoadOptions) -> Runner:
-        from transformers import AutoModelForTokenClassification
-
-        tokenizer = load_tokenizer(options)
-        if not tokenizer.is_fast:
-            raise ModelLoadError(f"{options.model}: NER needs a fast tokenizer (offsets)")
-        model, device = load_model(AutoModelForTokenClassification, options)
+    def runner(self, model: Any, tokenizer: Any, device: Any, options: LoadOptions) -> Runner:
         limit = model_input_limit(tokenizer, model.config)
         if self.params.stride is not None and limit is not None and self.params.stride >= limit:
             raise ModelLoadError(

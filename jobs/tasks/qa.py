@@ -22,11 +22,11 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams, TaskType
+from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams
 from jobs.engine.batching import text_error
-from jobs.engine.loading import load_model, load_tokenizer
+from jobs.engine.model_task import ModelTask
 from jobs.engine.staged import Batch, Encoded, Finished, Item, StagedRunner, pad
-from jobs.errors import ModelLoadError, SpecError
+from jobs.errors import SpecError
 from jobs.tasks.qa_decode import Spans, char_span, select_spans
 
 NULL_SCORE_START = 1000000
@@ -62,11 +62,13 @@ class QuestionAnsweringParams(TaskParams):
         return self
 
 
-class QuestionAnsweringTask(TaskType):
+class QuestionAnsweringTask(ModelTask):
     name = "qa"
     model_requirement = ModelRequirement("an extractive question-answering model",
                                          "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES", head_weights=("qa_outputs",))
     input_roles = ("question", "context")
+    auto_class = "AutoModelForQuestionAnswering"
+    needs_fast_tokenizer = "question answering needs a fast tokenizer (offsets, words)"
     Params = QuestionAnsweringParams
     default_model = "distilbert/distilbert-base-cased-distilled-squad"
     params: QuestionAnsweringParams
@@ -76,17 +78,11 @@ class QuestionAnsweringTask(TaskType):
             return pa.schema(list(answer_struct()))
         return pa.schema([pa.field("answers", pa.list_(answer_struct()))])
 
-    def load(self, options: LoadOptions) -> Runner:
-        from transformers import AutoModelForQuestionAnswering
+    def check_tokenizer(self, tokenizer: Any, options: LoadOptions) -> None:
+        self.settings = resolve_settings(self.params, tokenizer)
 
-        tokenizer = load_tokenizer(options)
-        if not tokenizer.is_fast:
-            raise ModelLoadError(
-                f"{options.model}: question answering needs a fast tokenizer (offsets, words)"
-            )
-        settings = resolve_settings(self.params, tokenizer)
-        model, device = load_model(AutoModelForQuestionAnswering, options)
-        return QuestionAnsweringRunner(self, settings, model, tokenizer, device)
+    def runner(self, model: Any, tokenizer: Any, device: Any, options: LoadOptions) -> Runner:
+        return QuestionAnsweringRunner(self, self.settings, model, tokenizer, device)
 
 
 def answer_struct() -> pa.StructType:

@@ -25,8 +25,9 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field
 
-from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams, TaskType
-from jobs.engine.loading import load_model, load_tokenizer, model_input_limit
+from jobs.engine.base import GenerationOverrides, LoadOptions, ModelRequirement, Runner
+from jobs.engine.loading import model_input_limit
+from jobs.engine.model_task import ModelTask
 from jobs.engine.staged import Batch, Encoded, Finished, Item, StagedRunner
 from jobs.errors import ModelLoadError
 
@@ -38,7 +39,7 @@ SAMPLING_PARAMS = {"temperature", "top_k", "top_p", "min_p", "top_h", "typical_p
 TEXT_COLUMN = "generated_text"
 
 
-class TextGenerationParams(TaskParams):
+class TextGenerationParams(GenerationOverrides):
     max_new_tokens: int | None = Field(None, ge=1, description="New tokens at most (pipeline default 256).")
     do_sample: bool | None = Field(None, description="Sample (pipeline default true) or decode greedily.")
     seed: int = Field(0, ge=0, description="Row i samples with seed + i: the same job gives the same text.")
@@ -48,18 +49,13 @@ class TextGenerationParams(TaskParams):
     num_return_sequences: int = Field(1, ge=1, description="Texts per row; more than 1 gives a list.")
     return_full_text: bool = Field(True, description="Prompt plus continuation (true) or the continuation only.")
 
-    def generate_kwargs(self) -> dict[str, Any]:
-        names = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p")
-        kwargs = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
-        if self.num_return_sequences != 1:
-            kwargs["num_return_sequences"] = self.num_return_sequences
-        return kwargs
+    generation_fields = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "num_return_sequences")
 
 
-class TextGenerationTask(TaskType):
+class TextGenerationTask(ModelTask):
     name = "generation"
     model_requirement = ModelRequirement("a decoder-only (causal) language model", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES")
-    input_roles = ("text",)
+    auto_class = "AutoModelForCausalLM"
     Params = TextGenerationParams
     default_model = "openai-community/gpt2"
     params: TextGenerationParams
@@ -68,15 +64,11 @@ class TextGenerationTask(TaskType):
         text = pa.list_(pa.string()) if self.params.num_return_sequences > 1 else pa.string()
         return pa.schema([pa.field(TEXT_COLUMN, text)])
 
-    def load(self, options: LoadOptions) -> Runner:
-        from transformers import AutoModelForCausalLM
-
-        tokenizer = load_tokenizer(options)
-        model, device = load_model(AutoModelForCausalLM, options)
+    def runner(self, model: Any, tokenizer: Any, device: Any, options: LoadOptions) -> Runner:
         if model.config.is_encoder_decoder:
             raise ModelLoadError(f"{options.model}: generation runs decoder-only models; use summarization "
                                  "or translation for encoder-decoders")
-        kwargs = pipeline_generate_kwargs(model.generation_config.to_diff_dict(), self.params.generate_kwargs(),
+        kwargs = pipeline_generate_kwargs(model.generation_config.to_diff_dict(), self.params.overrides(),
                                           tokenizer.pad_token_id)
         if not kwargs.get("do_sample") and self.params.num_return_sequences > 1:
             raise ModelLoadError("params.num_return_sequences > 1 needs sampling (do_sample: true)")

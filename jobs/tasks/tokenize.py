@@ -25,7 +25,6 @@ class TokenizeParams(TaskParams):
 class TokenizeTask(TaskType):
     name = "tokenize"
     model_requirement = ModelRequirement("a tokenizer", needs_config=False)
-    input_roles = ("text",)
     Params = TokenizeParams
     default_model = "bert-base-cased"
     params: TokenizeParams

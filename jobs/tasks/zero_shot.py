@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams, TaskType
-from jobs.engine.loading import load_model, load_tokenizer
+from jobs.engine.base import CommaList, LoadOptions, ModelRequirement, Runner, TaskParams
+from jobs.engine.model_task import ModelTask
 from jobs.engine.staged import Encoded, Finished, Item
 from jobs.tasks.classification import LogitsRunner
 
@@ -26,17 +26,10 @@ DEFAULT_TEMPLATE = "This example is {}."
 
 
 class ZeroShotParams(TaskParams):
-    candidate_labels: list[str] = Field(
+    candidate_labels: CommaList = Field(
         min_length=1, description="Labels to choose from (a list, or one comma-separated string).")
     hypothesis_template: str = Field(DEFAULT_TEMPLATE, description="NLI hypothesis; `{}` is replaced by the label.")
     multi_label: bool = Field(False, description="Score each label on its own (entailment vs contradiction).")
-
-    @field_validator("candidate_labels", mode="before")
-    @classmethod
-    def _split_string(cls, value: Any) -> Any:
-        if isinstance(value, str):  # the pipeline's own parsing of "a, b, c"
-            return [label.strip() for label in value.split(",") if label.strip()]
-        return value
 
     @model_validator(mode="after")
     def _template_takes_a_label(self) -> ZeroShotParams:
@@ -45,12 +38,12 @@ class ZeroShotParams(TaskParams):
         return self
 
 
-class ZeroShotTask(TaskType):
+class ZeroShotTask(ModelTask):
     name = "zero_shot"
     model_requirement = ModelRequirement("a sequence-classification (NLI) model",
                                          "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
                                          head_weights=("classifier", "score"), needs_labels=True)
-    input_roles = ("text",)
+    auto_class = "AutoModelForSequenceClassification"
     Params = ZeroShotParams
     default_model = "facebook/bart-large-mnli"
     params: ZeroShotParams
@@ -58,13 +51,11 @@ class ZeroShotTask(TaskType):
     def output_schema(self) -> pa.Schema:
         return pa.schema([pa.field("labels", pa.list_(pa.string())), pa.field("scores", pa.list_(pa.float64()))])
 
-    def load(self, options: LoadOptions) -> Runner:
-        from transformers import AutoModelForSequenceClassification
-
-        tokenizer = load_tokenizer(options)
+    def check_tokenizer(self, tokenizer: Any, options: LoadOptions) -> None:
         if tokenizer.pad_token is None:  # as the pipeline does
             tokenizer.pad_token = tokenizer.eos_token
-        model, device = load_model(AutoModelForSequenceClassification, options)
+
+    def runner(self, model: Any, tokenizer: Any, device: Any, options: LoadOptions) -> Runner:
         return ZeroShotRunner(self, model, tokenizer, device)
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from jobs.engine.base import TaskParams
+from jobs.engine.base import GenerationOverrides
 from jobs.errors import SpecError
 
 PIPELINE_DEFAULTS: dict[str, Any] = {"max_new_tokens": 256, "num_beams": 4}
@@ -77,9 +77,10 @@ GENERATION_PARAMS = (
 )
 
 
-class GenerationParams(TaskParams):
+class GenerationParams(GenerationOverrides):
     """Generation settings a job may override; unset ones follow the model, as in the 4.57 pipelines."""
 
+    generation_fields = GENERATION_PARAMS
     max_length: int | None = Field(
         None, ge=1, description="Longest output in tokens (ignored while max_new_tokens applies, as in 4.57)."
     )
@@ -110,10 +111,6 @@ class GenerationParams(TaskParams):
     def returns(self) -> int:
         """How many outputs each row gets."""
         return self.num_return_sequences or 1
-
-    def overrides(self) -> dict[str, Any]:
-        """The generation settings the job set, as call keyword arguments to 4.57's pipeline."""
-        return {name: getattr(self, name) for name in GENERATION_PARAMS if getattr(self, name) is not None}
 
 
 def pipeline_generation_config(

@@ -49,7 +49,6 @@ class Seq2SeqTask(TaskType):
     """An encoder-decoder task with one text input and one generated text column."""
 
     model_requirement = SEQ2SEQ_MODEL
-    input_roles = ("text",)
     engines: ClassVar[dict[str, RunnerFactory]] = ENGINES
     text_column: ClassVar[str]
     params: GenerationParams
