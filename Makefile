@@ -36,8 +36,8 @@ mutate: install
 	$(VENV)/bin/mutmut results
 
 lint: install
-	$(VENV)/bin/ruff check jobs producer worker tests bench
-	$(VENV)/bin/mypy jobs producer worker
+	$(VENV)/bin/ruff check batchformers jobs producer worker tests bench
+	$(VENV)/bin/mypy batchformers jobs producer worker
 
 demo: install
 	$(VENV)/bin/batchformers demo

@@ -203,10 +203,11 @@ def _run(args: argparse.Namespace) -> int:
     import tempfile
 
     from jobs.spec import load_spec
-    from producer.run import RunInterrupted, run
+    from producer.api import run
+    from producer.run import RunInterrupted, chosen_broker
 
     spec = load_spec(args.job, output=args.output)
-    embedded = not (args.broker or os.environ.get("BATCHFORMERS_BROKER_URL"))
+    embedded = chosen_broker(args.broker) is None
     log_dir = tempfile.mkdtemp(prefix="batchformers-run-") if embedded else None
 
     seen: list[Any] = []
@@ -223,8 +224,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"\n{signal.Signals(signum).name}: stopping {what} (again to force) ...", file=sys.stderr, flush=True)
 
     try:
-        status = run(spec, broker_url=args.broker, workers=args.workers, progress=not args.no_progress,
-                     log_dir=log_dir, on_submit=submitted, on_stopping=stopping)
+        status = run(spec, _settings(args) if args.broker else None, workers=args.workers,
+                     progress=not args.no_progress, log_dir=log_dir, on_submit=submitted, on_stopping=stopping)
     except RunInterrupted as stopped:
         _print_interrupted(stopped, args.job, log_dir)
         return stopped.exit_code
@@ -285,7 +286,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _submit(args: argparse.Namespace) -> int:
     from jobs.spec import load_spec
-    from producer.submit import submit
+    from producer.api import submit
 
     spec = load_spec(args.job, output=args.output)
     submission = submit(spec, _settings(args))
@@ -301,7 +302,8 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from producer.status import follow, render, status, watch
+    from producer.api import status
+    from producer.status import follow, render, watch
 
     settings = _settings(args)
     if args.watch and args.json:  # one JSON object per line, per refresh
@@ -331,9 +333,10 @@ def _flower(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from producer.inspect import describe, render
+    from producer.api import inspect_output
+    from producer.inspect import render
 
-    described = describe(args.output, rows=args.rows)
+    described = inspect_output(args.output, _settings(args), rows=args.rows)
     if args.json:
         return _print_json(described.to_dict())
     Console().print(render(described))
@@ -341,9 +344,9 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from producer.search import search
+    from producer.api import search
 
-    hits = search(args.output, args.query, top_k=args.top_k, where=args.where, method=args.method)
+    hits = search(args.output, args.query, _settings(args), top_k=args.top_k, where=args.where, method=args.method)
     for row in hits.to_pylist():
         print(json.dumps(row, default=str) if args.json else "  ".join(f"{k}={v}" for k, v in row.items()))
     return 0
@@ -359,23 +362,18 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from jobs.io.layout import OutputLayout
-    from producer.job_index import resolve
+    from producer.api import cancel
 
-    OutputLayout(resolve(_settings(args), args.job)).cancel()
+    cancel(args.job, _settings(args))
     print(f"cancelled {args.job}: running shards finish, no new shard starts; submitting the job again resumes it")
     return 0
 
 
 def _retry(args: argparse.Namespace) -> int:
-    from jobs.io.layout import OutputLayout
-    from producer.job_index import resolve
-    from producer.submit import retry_failed
+    from producer.api import retry
 
-    settings = _settings(args)
-    layout = OutputLayout(resolve(settings, args.job))
-    messages = retry_failed(layout, settings)
-    print(f"re-enqueued {len(messages)} failed shard(s) of {layout.read_manifest().job_id}")
+    retried = retry(args.job, _settings(args))
+    print(f"re-enqueued {len(retried.shards)} failed shard(s) of {retried.job_id}")
     return 0
 
 
@@ -388,9 +386,10 @@ def _compact(args: argparse.Namespace) -> int:
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    from producer.jobs_view import job_lines, render
+    from producer.api import jobs
+    from producer.jobs_view import render
 
-    lines = job_lines(_settings(args), limit=args.limit)
+    lines = jobs(_settings(args), limit=args.limit)
     if args.json:
         return _print_json([line.to_dict() for line in lines])
     from rich.console import Console

@@ -80,6 +80,12 @@ class _Signalled(BaseException):  # noqa: N818 - not an error: how a signal leav
         self.signum = signum
 
 
+def chosen_broker(broker_url: str | None = None) -> str | None:
+    """The broker a run uses: the one given, else ``BATCHFORMERS_BROKER_URL``; None means an embedded
+    Redis and local workers. The one place that decides."""
+    return broker_url or os.environ.get("BATCHFORMERS_BROKER_URL") or None
+
+
 def run(
     spec: JobSpec,
     broker_url: str | None = None,
@@ -96,7 +102,7 @@ def run(
     None; never removed here). ``on_submit`` is called with the submission once the job
     is enqueued; ``on_stopping`` with the signal number when an interrupt starts the stop.
     """
-    broker_url = broker_url or os.environ.get("BATCHFORMERS_BROKER_URL")
+    broker_url = chosen_broker(broker_url)
     embedded = broker_url is None
     if embedded and workers < 1:
         raise BatchformersError(f"workers must be at least 1 (got {workers}): with no broker, the job runs on "

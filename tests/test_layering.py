@@ -87,8 +87,8 @@ def readme_tree() -> str:
 
 def test_the_readme_tree_names_every_module_and_nothing_else() -> None:
     listed = tree_paths(readme_tree())
-    modules_here = {str(p.relative_to(ROOT)) for p in modules("jobs", "producer", "worker", "bench")
-                    if p.name != "__init__.py" or p.parent.name in ("readers", "tiny")}
+    modules_here = {str(p.relative_to(ROOT)) for p in modules("batchformers", "jobs", "producer", "worker", "bench")
+                    if p.name != "__init__.py" or p.parent.name in ("readers", "tiny", "batchformers")}
     assert sorted(modules_here - listed) == []  # a new module gets its line
     assert sorted(p for p in listed if p.endswith(".py") and p not in modules_here) == []  # no stale line
     assert (ROOT / "CONTRIBUTING.md").read_text().count(readme_tree()) == 1  # the same tree in both
@@ -144,7 +144,15 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_module_imports_itself_through_others() -> None:
-    assert circles(import_graph("jobs", "producer", "worker")) == []
+    assert circles(import_graph("batchformers", "jobs", "producer", "worker")) == []
+
+
+def test_the_public_api_and_jobs_import_nothing_above_them() -> None:
+    """jobs/ sees neither producer/, worker/ nor batchformers/; batchformers/ never reaches a worker."""
+    below = {"jobs": ("producer", "worker", "batchformers"), "batchformers": ("worker",)}
+    crossings = {(str(path.relative_to(ROOT)), name) for package, above in below.items() for path in modules(package)
+                 for name in imports(path) if any(within(name, other) for other in above)}
+    assert crossings == set()
 
 
 def test_the_circle_scan_finds_a_circle() -> None:

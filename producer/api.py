@@ -1,0 +1,134 @@
+"""The public API, re-exported as :mod:`batchformers`: one function per command, each taking ``settings``.
+
+A job is named by its id (looked up on the broker) or by its output location, everywhere.
+``settings`` None means :class:`jobs.settings.Settings` read from the ``BATCHFORMERS_*``
+environment. The command line (:mod:`producer.cli`) calls these functions and only prints, so
+nothing a command does is out of reach from Python. Each function imports what it needs when
+called: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from jobs.settings import Settings
+    from jobs.spec import JobSpec
+    from producer.inspect import OutputDescription
+    from producer.jobs_view import JobLine
+    from producer.status import JobStatus
+    from producer.submit import Submission
+
+
+@dataclass(frozen=True)
+class Retried:
+    """What ``retry`` re-enqueued: the job and its failed shards, sent again."""
+
+    job_id: str
+    output: str
+    shards: list[int]
+
+
+def run(spec: JobSpec, settings: Settings | None = None, *, workers: int = 1, progress: bool = False,
+        timeout: float | None = None, log_dir: str | None = None,
+        on_submit: Callable[[Submission], None] | None = None,
+        on_stopping: Callable[[int], None] | None = None) -> JobStatus:
+    """Run ``spec`` to the end: on the settings' broker when ``settings`` are given or
+    ``BATCHFORMERS_BROKER_URL`` is set, else on an embedded Redis and ``workers`` local workers
+    (:func:`producer.run.chosen_broker`). A signal raises :class:`producer.run.RunInterrupted`."""
+    from producer.run import run as run_job
+
+    return run_job(spec, broker_url=settings.broker_url if settings is not None else None, workers=workers,
+                   progress=progress, timeout=timeout, log_dir=log_dir, on_submit=on_submit,
+                   on_stopping=on_stopping)
+
+
+def submit(spec: JobSpec, settings: Settings | None = None) -> Submission:
+    """Check, plan and enqueue ``spec`` on the broker; returns at once with the job's id."""
+    from producer.submit import submit as submit_job
+
+    return submit_job(spec, settings)
+
+
+def status(job: str, settings: Settings | None = None) -> JobStatus:
+    """One look at a job: from the broker's ledger when it answers, else from the output."""
+    from producer.status import status as job_status
+
+    return job_status(job, settings)
+
+
+def wait(job: str, settings: Settings | None = None, *, timeout: float | None = None, poll: float = 0.5,
+         on_update: Callable[[JobStatus], None] | None = None) -> JobStatus:
+    """Poll until every shard is committed or failed, or the job is cancelled (TimeoutError after
+    ``timeout`` seconds). With ``settings`` the wait also takes over dead workers' shards."""
+    from producer.status import wait as wait_for
+
+    return wait_for(_output(job, settings), poll=poll, timeout=timeout, on_update=on_update, settings=settings)
+
+
+def cancel(job: str, settings: Settings | None = None) -> str:
+    """Start no new shard of the job (running ones finish); submitting it again resumes it. Returns its output."""
+    from jobs.io.layout import OutputLayout
+
+    output = _output(job, settings)
+    OutputLayout(output).cancel()
+    return output
+
+
+def retry(job: str, settings: Settings | None = None) -> Retried:
+    """Re-enqueue only the job's failed shards, with fresh attempts (and lift a cancel)."""
+    from jobs.io.layout import OutputLayout
+    from jobs.settings import Settings
+    from producer.submit import retry_failed
+
+    settings = settings or Settings()
+    layout = OutputLayout(_output(job, settings))
+    messages = retry_failed(layout, settings)
+    return Retried(layout.read_manifest().job_id, layout.location, [message.shard for message in messages])
+
+
+def jobs(settings: Settings | None = None, limit: int | None = None) -> list[JobLine]:
+    """Every job the broker knows, newest first, with what ``status`` would say of each."""
+    from jobs.settings import Settings
+    from producer.jobs_view import job_lines
+
+    return job_lines(settings or Settings(), limit=limit)
+
+
+def inspect_output(job: str, settings: Settings | None = None, rows: int = 5) -> OutputDescription:
+    """A job output's schema, counts and first ``rows`` rows."""
+    from producer.inspect import describe
+
+    return describe(_location(job, settings), rows=rows)
+
+
+def search(job: str, query: str, settings: Settings | None = None, *, top_k: int = 10, where: str | None = None,
+           method: str = "duckdb") -> pa.Table:
+    """The ``top_k`` rows of an embeddings job nearest to ``query`` (cosine), best first."""
+    from producer.search import search as search_output
+
+    return search_output(_location(job, settings), query, top_k=top_k, where=where, method=method)
+
+
+def _output(job: str, settings: Settings | None) -> str:
+    """The output location of a job id or location (the broker is asked only for an id)."""
+    from jobs.settings import Settings
+    from producer.job_index import resolve
+
+    return resolve(settings or Settings(), job)
+
+
+def _location(job: str, settings: Settings | None) -> str:
+    """A path or URL as given (what reads it says what is wrong with it); a bare name is a job id."""
+    import os
+
+    if "/" in job or os.sep in job or os.path.exists(job):
+        return job
+    return _output(job, settings)
+
+
+__all__ = ["Retried", "cancel", "inspect_output", "jobs", "retry", "run", "search", "status", "submit", "wait"]
