@@ -11,7 +11,7 @@ import pytest
 
 from jobs import model_table, model_table_build
 
-REBUILD = "the table is stale: run `python -m jobs.model_table_build` and commit jobs/model_table.py"
+REBUILD = "the table is stale: run `python -m jobs.model_table_build` and commit jobs/model_table.json"
 
 
 def test_model_types_and_head_classes_are_transformers() -> None:
