@@ -76,8 +76,9 @@ def _in_this_process(directory: Path, shards: int, rows_per_shard: int) -> dict[
     _limit_threads()  # what a pool process does after the fork (worker_process_init), before torch is imported
 
     from bench.data import text_rows, write_parquet
+    from jobs.dispatch import messages_for
     from jobs.spec import load_spec
-    from producer.submit import messages_for, prepare
+    from producer.submit import prepare
 
     source = write_parquet({"text": text_rows(shards * rows_per_shard)}, directory / "input.parquet")
     spec = load_spec({"task": "ner", "model": str(MODEL), "input": str(source), "columns": {"id": "id"},

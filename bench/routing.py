@@ -48,8 +48,9 @@ def _models(kind: str, workdir: Path) -> tuple[str, str]:
 
 def _interleaved_submit(specs: list[Any], settings: Any) -> list[str]:
     """Write both manifests, then enqueue their shards alternately; the outputs."""
+    from jobs.dispatch import enqueue, messages_for, time_limits
     from producer.job_index import remember
-    from producer.submit import enqueue, messages_for, prepare, time_limits
+    from producer.submit import prepare
     from worker.app import make_app
 
     app = make_app(settings)
@@ -62,7 +63,7 @@ def _interleaved_submit(specs: list[Any], settings: Any) -> list[str]:
     for index in range(longest):
         for spec, messages, _ in batches:
             if index < len(messages):
-                enqueue([messages[index]], settings, app=app, limits=time_limits(spec, settings), spec=spec)
+                enqueue([messages[index]], settings, app, limits=time_limits(spec, settings), spec=spec)
     return [location for _, _, location in batches]
 
 

@@ -20,7 +20,7 @@ Looking for lost messages reads every queue, so one process a period does it
 (``batchformers:heal-scan``); the takeover check is a few Redis calls per job.
 
 No Celery here: the caller passes ``send(manifest, layout, shards)``, which enqueues the
-shards the way a submit does (:func:`producer.heal.resend`).
+shards the way a submit does (:func:`jobs.dispatch.resend`).
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def flower_environment(settings: Settings, basic_auth: str | None = None) -> dic
 def exec_flower(settings: Settings, port: int | None = None, address: str = DEFAULT_ADDRESS,
                 basic_auth: str | None = None, extra: Sequence[str] = ()) -> None:
     """Replace this process with Flower (signals then reach Flower directly)."""
-    from producer.job_index import safe_url
+    from jobs.broker import safe_url
 
     env = flower_environment(settings, basic_auth)
     port = port or settings.flower_port

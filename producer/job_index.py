@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import redis
 
+from jobs.broker import safe_url
 from jobs.errors import BrokerUnavailable, OutputError
 from jobs.io.layout import OutputLayout
 from jobs.io.storage import is_remote
@@ -67,17 +68,6 @@ def resolve(settings: Settings, job_or_output: str) -> str:
             f"known to the broker at {safe_url(settings.broker_url)}"
         )
     return _text(found)
-
-
-def safe_url(url: str) -> str:
-    """The URL with any password replaced, for messages and logs."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _text(value: object) -> str:

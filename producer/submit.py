@@ -20,28 +20,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import redis
 
-from jobs import routing
+from jobs.broker import safe_url
+from jobs.dispatch import enqueue, messages_for, time_limits
 from jobs.errors import BrokerUnavailable, OutputError, SpecError
 from jobs.io.layout import OutputLayout
 from jobs.manifest import Manifest
-from jobs.protocol import TASK_NAME, ShardMessage
+from jobs.protocol import ShardMessage
 from jobs.settings import Settings
-from jobs.spec import DEFAULT_PRIORITY, JobSpec
+from jobs.spec import JobSpec
 from producer.broker import forget_attempts, sending_app
 from producer.interruption import clear_interrupted, interruption, mark_interrupted
-from producer.job_index import remember, safe_url
+from producer.job_index import remember
 from producer.model_check import check_model
 from producer.pin import check_pin, resolve_pin
 from producer.plan import plan_job, read_warnings
 
-# The hard time limit leaves the shard this long after the soft one to record its failure.
-GRACE_FRACTION = 0.1
-MIN_GRACE = 5.0
-MAX_GRACE = 300.0
 BROKER_CHECK_TIMEOUT = 5.0
 
 
@@ -59,12 +56,6 @@ class Submission:
     def already_complete(self) -> bool:
         """Every shard was committed by an earlier run: nothing was enqueued."""
         return self.already_committed == self.shards
-
-
-def time_limits(spec: JobSpec, settings: Settings) -> tuple[float, float]:
-    """(soft, hard) seconds one shard of ``spec`` may run."""
-    soft = spec.shard_time_limit or settings.shard_time_limit
-    return soft, soft + min(MAX_GRACE, max(MIN_GRACE, soft * GRACE_FRACTION))
 
 
 def check_allowed(spec: JobSpec, manifest: Manifest, settings: Settings) -> None:
@@ -163,67 +154,6 @@ def check_broker(settings: Settings) -> None:
         client.close()
 
 
-def messages_for(manifest: Manifest, layout: OutputLayout, only: set[int] | None = None) -> list[ShardMessage]:
-    """Messages for the shards that are not committed (optionally only some of them)."""
-    committed = layout.marker_numbers()[0]  # names only: a resubmit of a 5,000-shard job reads no marker
-    return [
-        ShardMessage(
-            job_id=manifest.job_id,
-            shard=plan.index,
-            output=layout.location,
-            source=manifest.sources[plan.source].url,
-            start=plan.start,
-            stop=plan.stop,
-        )
-        for plan in manifest.shards
-        if plan.index not in committed and (only is None or plan.index in only)
-    ]
-
-
-def enqueue(messages: list[ShardMessage], settings: Settings, app: Any = None,
-            limits: tuple[float, float] | None = None, spec: JobSpec | None = None) -> None:
-    """Send one task per message; ``limits`` are the (soft, hard) time limits of each.
-
-    With the job's ``spec`` (and routing on) the messages go to the job's own queue, with its
-    priority (:mod:`jobs.routing`); without, to ``settings.queue``.
-    """
-    from kombu.exceptions import OperationalError
-
-    app = app or sending_app(settings)
-    options: dict[str, Any] = {}
-    if limits:
-        options = {"soft_time_limit": limits[0], "time_limit": limits[1]}
-    queue = settings.queue
-    if settings.routing:  # unrouted messages too: kombu would serve a message without one first
-        options["priority"] = routing.message_priority(DEFAULT_PRIORITY)
-    try:
-        if spec is not None and settings.routing and messages:
-            queue, options["priority"] = announce_route(settings, messages[0].job_id, spec)
-        with app.producer_or_acquire() as producer:
-            for message in messages:
-                app.send_task(
-                    TASK_NAME,
-                    args=[message.to_dict()],
-                    queue=queue,
-                    producer=producer,
-                    argsrepr=f"job={message.job_id} shard={message.shard} rows={message.rows}",
-                    **options,
-                )
-    except (OSError, OperationalError, redis.RedisError) as exc:
-        raise BrokerUnavailable(f"cannot reach the broker at {safe_url(settings.broker_url)}: {exc}") from exc
-
-
-def announce_route(settings: Settings, job_id: str, spec: JobSpec) -> tuple[str, int]:
-    """Register the job's route for the workers; its (queue, kombu message priority)."""
-    route = routing.route_for(settings.queue, job_id, spec)
-    client = redis.Redis.from_url(settings.broker_url, socket_timeout=10)
-    try:
-        routing.register(client, settings.queue, route)
-    finally:
-        client.close()
-    return route.queue, routing.message_priority(route.priority)
-
-
 def give_fresh_attempts(manifest: Manifest, layout: OutputLayout, settings: Settings,
                         shards: set[int]) -> None:
     """Forget the failures and delivery counts of ``shards`` before they are enqueued again."""
@@ -249,7 +179,7 @@ def submit(spec: JobSpec, settings: Settings | None = None) -> Submission:
         give_fresh_attempts(manifest, layout, settings, {m.shard for m in messages})
         remember(settings, manifest.job_id, layout.location)
         if messages:
-            enqueue(messages, settings, limits=time_limits(spec, settings), spec=spec)
+            enqueue(messages, settings, sending_app(settings), limits=time_limits(spec, settings), spec=spec)
     except BrokerUnavailable as exc:  # the broker went away after the check: say so in the output
         mark_interrupted(layout, f"not enqueued: {exc}")
         raise
@@ -274,5 +204,5 @@ def retry_failed(layout: OutputLayout, settings: Settings) -> list[ShardMessage]
     give_fresh_attempts(manifest, layout, settings, failed)
     if messages:
         spec = manifest.job_spec()
-        enqueue(messages, settings, limits=time_limits(spec, settings), spec=spec)
+        enqueue(messages, settings, sending_app(settings), limits=time_limits(spec, settings), spec=spec)
     return messages

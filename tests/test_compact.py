@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from jobs.dispatch import messages_for
 from jobs.errors import OutputError
 from jobs.io.completion import complete_if_last
 from jobs.io.layout import OutputLayout
@@ -18,7 +19,7 @@ from producer import compact as compaction
 from producer.cli import main
 from producer.compact import JOURNAL_FILE, compact, plan_groups
 from producer.inspect import describe
-from producer.submit import messages_for, prepare
+from producer.submit import prepare
 from tests import test_s3
 from tests.reliability import tokenize_spec, write_rows
 

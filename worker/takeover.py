@@ -2,7 +2,7 @@
 
 Started when the worker is ready (Celery's ``worker_ready``, in the main process, so a
 busy or crashed pool child does not stop it), it scans every lease / 4. The thread builds its
-scanner itself (importing :mod:`producer.heal`), so that this costs the worker's start nothing. The main process
+scanner itself (:func:`jobs.dispatch.recovery_for`, sending with the worker's own app), so that this costs the worker's start nothing. The main process
 lives as long as the worker does: a worker SIGKILLed with its children is taken over by
 the scans of the other workers (or of a waiting ``run --broker`` / ``status --watch``).
 """
@@ -36,9 +36,13 @@ def _stop_scanning(**_: Any) -> None:
 
 
 def _scan_forever(identity: str, app: Any) -> None:
-    from producer.heal import recovery_for
+    from jobs.dispatch import recovery_for
 
-    recovery = recovery_for(Settings(), app=app, identity=identity)
+    if app is None:
+        from celery import current_app
+
+        app = current_app
+    recovery = recovery_for(Settings(), lambda settings: app, identity=identity)
     log.info("batchformers: scanning for dead workers' and lost shards every %.1fs", recovery.interval)
     while not _stop.wait(recovery.interval):
         try:

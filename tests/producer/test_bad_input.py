@@ -21,12 +21,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from jobs.dispatch import enqueue, messages_for, time_limits
 from jobs.io.layout import OutputLayout
 from jobs.settings import Settings
+from producer.broker import sending_app
 from producer.cli import main
 from producer.embedded import LocalWorkers
 from producer.status import wait
-from producer.submit import enqueue, messages_for, prepare, time_limits
+from producer.submit import prepare
 from tests.models import tiny_model_path
 from tests.reliability import read_back, tokenize_spec, write_rows
 
@@ -144,7 +146,8 @@ def test_failed_by_the_worker_with_a_clear_error(name: str, tmp_path: Path, bad_
     spec = tokenize_spec(source, tmp_path / "out", max_retries=3, **fields)  # 4 shards, 2 per file
     manifest, layout = prepare(spec, bad_input_workers)  # what submit does: plan, write the manifest...
     expected = change(source)  # ...then the world changes before a worker gets the shards
-    enqueue(messages_for(manifest, layout), bad_input_workers, limits=time_limits(spec, bad_input_workers))
+    enqueue(messages_for(manifest, layout), bad_input_workers, sending_app(bad_input_workers),
+            limits=time_limits(spec, bad_input_workers))
 
     status = wait(layout.location, timeout=60)
     assert status.state == "failed", status

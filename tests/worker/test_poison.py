@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 import redis
 
+from jobs.dispatch import time_limits
 from jobs.errors import InputError, ModelLoadError, OutputError, RetryableError, SpecError
 from jobs.io.layout import OutputLayout
 from jobs.protocol import DELIVERIES_PREFIX
 from jobs.settings import Settings
 from jobs.shard import is_permanent
 from producer.status import wait
-from producer.submit import submit, time_limits
+from producer.submit import submit
 from tests.reliability import (
     committed_markers,
     queue_lists,

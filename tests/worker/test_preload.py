@@ -13,12 +13,14 @@ from typing import Any
 
 import pytest
 
+from jobs.dispatch import enqueue, messages_for, time_limits
 from jobs.io.layout import OutputLayout
 from jobs.settings import Settings
 from jobs.spec import JobSpec, load_spec
 from producer import embedded
+from producer.broker import sending_app
 from producer.status import wait
-from producer.submit import enqueue, messages_for, prepare, time_limits
+from producer.submit import prepare
 from worker import preload
 
 LOG_DEADLINE = 120.0  # seconds: a loaded machine imports torch slowly
@@ -51,7 +53,8 @@ def _preloading(spec: JobSpec) -> dict[str, str]:
 
 def _enqueue(spec: JobSpec, settings: Settings) -> None:
     manifest, layout = prepare(spec, settings)
-    enqueue(messages_for(manifest, layout), settings, limits=time_limits(spec, settings), spec=spec)
+    enqueue(messages_for(manifest, layout), settings, sending_app(settings), limits=time_limits(spec, settings),
+            spec=spec)
 
 
 def test_the_producer_and_the_worker_name_the_same_variables() -> None:
@@ -110,7 +113,8 @@ def test_a_failed_preload_leaves_the_shard_its_usual_error_and_the_worker_workin
     shutil.rmtree(model)
     workers = start_workers(1, **_preloading(spec))
     _wait_for_log(workers, "batchformers: could not preload the model of job")
-    enqueue(messages_for(manifest, layout), settings, limits=time_limits(spec, settings), spec=spec)
+    enqueue(messages_for(manifest, layout), settings, sending_app(settings), limits=time_limits(spec, settings),
+            spec=spec)
     assert wait(spec.output, timeout=120, settings=settings).state == "failed"
     errors = [record["error"] for record in layout.failed().values()]
     assert len(errors) == len(manifest.shards) and all(str(model) in error for error in errors), errors

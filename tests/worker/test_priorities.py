@@ -1,6 +1,6 @@
 """Priorities and queue order on a real Redis, through the real kombu transport, no worker needed.
 
-What is published with :func:`producer.submit.enqueue` is consumed here the way a worker's
+What is published with :func:`jobs.dispatch.enqueue` is consumed here the way a worker's
 consumer does (BRPOP over every job queue, prefetch 1, the worker's queue cycle), so these
 pin the order a worker that frees up takes shards in.
 """
@@ -16,11 +16,12 @@ import pytest
 import redis
 
 from jobs import routing
+from jobs.dispatch import enqueue
 from jobs.errors import SpecError
 from jobs.protocol import ShardMessage
 from jobs.settings import Settings
 from jobs.spec import DEFAULT_PRIORITY, load_spec
-from producer.submit import enqueue
+from producer.broker import sending_app
 from tests.models import tiny_model_path
 from worker import routing as worker_routing
 from worker.app import make_app
@@ -40,7 +41,7 @@ def _enqueue_job(settings: Settings, tmp_path: Path, name: str, shards: int, mod
                       "output": str(tmp_path / name), **fields})
     messages = [ShardMessage(job_id=name, shard=i, output=str(tmp_path / name), source="unused", start=i,
                              stop=i + 1) for i in range(shards)]
-    enqueue(messages, settings, spec=spec)
+    enqueue(messages, settings, sending_app(settings), spec=spec)
     return routing.job_queue(settings.queue, name)
 
 

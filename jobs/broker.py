@@ -1,0 +1,56 @@
+"""The broker as every package reaches it: one client policy, one URL safe to print, one error mapping.
+
+Connection failures of redis-py, of the socket layer and of kombu (``kombu.exceptions.
+OperationalError``, recognised by its class, since ``jobs/`` never imports kombu) all become
+:class:`jobs.errors.BrokerUnavailable` in :func:`broker_errors`, with the URL's password masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis
+
+from jobs.errors import BrokerUnavailable
+
+TIMEOUT = 10.0
+"""Seconds a broker call may take, connect or reply, before it counts as unreachable."""
+
+
+def client(url: str, timeout: float = TIMEOUT) -> redis.Redis:
+    """A Redis client for ``url`` with the timeout policy (connect and reply)."""
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password replaced, for messages and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says the broker could not be reached (not that a request was wrong)."""
+    if isinstance(exc, OSError | redis.ConnectionError | redis.TimeoutError):
+        return True
+    return any(cls.__module__ == "kombu.exceptions" and cls.__name__ == "OperationalError"
+               for cls in type(exc).__mro__)
+
+
+@contextmanager
+def broker_errors(url: str, doing: str = "") -> Iterator[None]:
+    """Raise BrokerUnavailable ("cannot reach the broker at URL[ to DOING]: why") for a connection failure."""
+    try:
+        yield
+    except BrokerUnavailable:
+        raise
+    except Exception as exc:
+        if not (is_connection_error(exc) or isinstance(exc, redis.RedisError)):
+            raise
+        raise BrokerUnavailable(f"cannot reach the broker at {safe_url(url)}{' to ' + doing if doing else ''}: "
+                                f"{exc}") from exc

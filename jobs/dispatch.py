@@ -1,0 +1,113 @@
+"""Sending shards: their messages, time limits and route, on any Celery app; and recovery's re-send.
+
+Submit, retry and recovery (a worker's takeover thread, a waiting ``run --broker`` or
+``status --watch``) all send a shard the same way, so a re-sent shard goes where its first
+message went, with the same limits. The app is passed in (the producer's sending-only app,
+a worker's own), so this module needs no Celery import.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from jobs import routing
+from jobs.broker import broker_errors, client
+from jobs.io.layout import OutputLayout
+from jobs.manifest import Manifest
+from jobs.protocol import TASK_NAME, ShardMessage
+from jobs.recovery import Recovery
+from jobs.settings import Settings
+from jobs.spec import DEFAULT_PRIORITY, JobSpec
+
+# The hard time limit leaves the shard this long after the soft one to record its failure.
+GRACE_FRACTION = 0.1
+MIN_GRACE = 5.0
+MAX_GRACE = 300.0
+
+AppFor = Callable[[Settings], Any]
+"""The Celery app that sends for the given settings (the queue may be a job's own)."""
+
+
+def time_limits(spec: JobSpec, settings: Settings) -> tuple[float, float]:
+    """(soft, hard) seconds one shard of ``spec`` may run."""
+    soft = spec.shard_time_limit or settings.shard_time_limit
+    return soft, soft + min(MAX_GRACE, max(MIN_GRACE, soft * GRACE_FRACTION))
+
+
+def messages_for(manifest: Manifest, layout: OutputLayout, only: set[int] | None = None) -> list[ShardMessage]:
+    """Messages for the shards that are not committed (optionally only some of them)."""
+    committed = layout.marker_numbers()[0]  # names only: a resubmit of a 5,000-shard job reads no marker
+    return [
+        ShardMessage(
+            job_id=manifest.job_id,
+            shard=plan.index,
+            output=layout.location,
+            source=manifest.sources[plan.source].url,
+            start=plan.start,
+            stop=plan.stop,
+        )
+        for plan in manifest.shards
+        if plan.index not in committed and (only is None or plan.index in only)
+    ]
+
+
+def enqueue(messages: list[ShardMessage], settings: Settings, app: Any,
+            limits: tuple[float, float] | None = None, spec: JobSpec | None = None) -> None:
+    """Send one task per message through ``app``; ``limits`` are the (soft, hard) time limits of each.
+
+    With the job's ``spec`` (and routing on) the messages go to the job's own queue, with its
+    priority (:mod:`jobs.routing`); without, to ``settings.queue``.
+    """
+    options: dict[str, Any] = {}
+    if limits:
+        options = {"soft_time_limit": limits[0], "time_limit": limits[1]}
+    queue = settings.queue
+    if settings.routing:  # unrouted messages too: kombu would serve a message without one first
+        options["priority"] = routing.message_priority(DEFAULT_PRIORITY)
+    with broker_errors(settings.broker_url):
+        if spec is not None and settings.routing and messages:
+            queue, options["priority"] = announce_route(settings, messages[0].job_id, spec)
+        with app.producer_or_acquire() as producer:
+            for message in messages:
+                app.send_task(
+                    TASK_NAME,
+                    args=[message.to_dict()],
+                    queue=queue,
+                    producer=producer,
+                    argsrepr=f"job={message.job_id} shard={message.shard} rows={message.rows}",
+                    **options,
+                )
+
+
+def announce_route(settings: Settings, job_id: str, spec: JobSpec) -> tuple[str, int]:
+    """Register the job's route for the workers; its (queue, kombu message priority)."""
+    route = routing.route_for(settings.queue, job_id, spec)
+    connection = client(settings.broker_url)
+    try:
+        routing.register(connection, settings.queue, route)
+    finally:
+        connection.close()
+    return route.queue, routing.message_priority(route.priority)
+
+
+def resend(manifest: Manifest, layout: OutputLayout, shards: set[int], settings: Settings, app: Any) -> int:
+    """Enqueue ``shards`` of the job (those not committed) as a submit would; returns how many were sent."""
+    messages = messages_for(manifest, layout, only=shards)
+    if messages:
+        spec = manifest.job_spec()  # the job's own queue and priority when routing is on
+        enqueue(messages, settings, app, limits=time_limits(spec, settings), spec=spec)
+    return len(messages)
+
+
+def recovery_for(settings: Settings, app_for: AppFor, outputs: tuple[str, ...] = (),
+                 identity: str | None = None) -> Recovery:
+    """A :class:`jobs.recovery.Recovery` on the settings' broker that re-sends through ``resend``."""
+
+    def send(manifest: Manifest, layout: OutputLayout, shards: set[int], queue: str) -> int:
+        queued = settings.model_copy(update={"queue": queue})
+        return resend(manifest, layout, shards, queued, app_for(queued))
+
+    return Recovery(client(settings.broker_url, timeout=5.0), send, settings.lease_seconds, settings.queue,
+                    outputs=outputs, identity=identity or f"{socket.gethostname()}/watcher")
