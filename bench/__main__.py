@@ -117,13 +117,13 @@ def _host(args: argparse.Namespace, tasks: list[str], log: Any) -> int:
 
 
 def _startup(args: argparse.Namespace) -> int:
-    from bench import startup
+    from bench import startup, startup_report
 
     quick = args.mode == "quick"
     results = startup.run_startup(args.workdir / "startup", quick=quick, runs=args.startup_runs)
     json_path = args.json or (args.workdir / "startup-quick.json" if quick else ROOT / "bench" / "results" / "startup.json")
     write_json(json_path, results)
-    generated = startup.markdown(results)
+    generated = startup_report.markdown(results)
     markdown_path = args.markdown or (args.workdir / "BENCHMARKS-startup-quick.md" if quick else ROOT / "BENCHMARKS.md")
     write_markdown(markdown_path, generated, STARTUP_BEGIN, STARTUP_END)
     print(generated)

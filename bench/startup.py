@@ -25,32 +25,29 @@ checks that the bench works: tests/test_bench_quick.py asserts the report's shap
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import json
 import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.processes import ROOT, console_script, environment, fresh_output, load_average, seconds_of
+from bench.startup_probes import heaviest_imports, import_samples, instrumented_run, run_sample, step_samples
+from bench.startup_report import RUN_ROWS, breakdown_table
+
 FIXTURE_MODEL = ROOT / "tests" / "fixtures" / "models" / "bert-ner"
 NEWS = ROOT / "examples" / "data" / "news.parquet"
-RUN_ROWS = 50
 RUNS = 5
 STATUS_SHARDS = 5000
 QUICK_STATUS_SHARDS = 20
-COMMAND_TIMEOUT = 600.0
-HEAVY_MODULES = ("torch", "transformers", "datasets", "pandas")
+
 
 TARGETS: dict[str, float | None] = {
     "run": 5.0, "submit": 1.5, "status": 0.5, "jobs": 0.5, "status_local": 0.5, "jobs_local": 0.5, "help": 0.3, "version": None, "demo": 10.0,
@@ -88,39 +85,6 @@ def _log(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} [startup] {message}", file=sys.stderr, flush=True)
 
 
-def load_average() -> float:
-    return os.getloadavg()[0]
-
-
-def console_script() -> Path:
-    """The venv's ``batchformers`` (next to this interpreter), as a user would run it."""
-    return Path(sys.executable).parent / "batchformers"
-
-
-def environment(**extra: str) -> dict[str, str]:
-    """This process's environment without a broker (``run`` brings its own), plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if k not in ("BATCHFORMERS_BROKER_URL", "BATCHFORMERS_QUEUE")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
-    return {**env, **extra}
-
-
-def timed_command(command: list[str], env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
-    """Wall seconds of ``command`` from start to exit, and what it printed."""
-    began = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env or environment(), cwd=ROOT,
-                          timeout=COMMAND_TIMEOUT)
-    return time.perf_counter() - began, done
-
-
-def checked(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, done.args[:3]))} ... exited {done.returncode}: "
-                           f"{(done.stderr or done.stdout)[-2000:]}")
-    return done
-
-
-# ---- figures: a median of fresh processes, beside its target ----
-
 def settle(quiet: float = QUIET_LOAD, limit: float = SETTLE_SECONDS) -> None:
     """Wait (``limit`` seconds at most) until the load average is under ``quiet``: the bench's own
     previous step (writing 5,000 markers to moto, say) must not weigh on the next figure."""
@@ -151,17 +115,9 @@ def figure(name: str, runs: int, sample: Callable[[], float], **fields: Any) -> 
 
 def cli_figures(runs: int) -> list[dict[str, Any]]:
     script = str(console_script())
-    return [figure(name, runs, lambda flag=flag: _seconds([script, flag]))
+    return [figure(name, runs, lambda flag=flag: seconds_of([script, flag]))
             for name, flag in (("help", "--help"), ("version", "--version"))]
 
-
-def _seconds(command: list[str], env: dict[str, str] | None = None) -> float:
-    seconds, done = timed_command(command, env)
-    checked(done)
-    return seconds
-
-
-# ---- the job every run, submit and step uses ----
 
 def write_job(workdir: Path) -> Path:
     """The first 50 rows of the example news as Parquet, and a NER spec over them."""
@@ -177,262 +133,10 @@ def write_job(workdir: Path) -> Path:
     return path
 
 
-def fresh_output(workdir: Path, name: str) -> Path:
-    path = workdir / "out" / f"{name}-{uuid.uuid4().hex[:8]}"
-    shutil.rmtree(path, ignore_errors=True)
-    return path
-
-
-# ---- imports and the producer's steps, each in a fresh interpreter ----
-
-IMPORT_PROBE = """
-import json, sys, time
-began = time.perf_counter()
-import producer.cli
-cli = time.perf_counter()
-import producer.run
-done = time.perf_counter()
-print(json.dumps({"producer.cli": cli - began, "producer.run": done - cli,
-                  "heavy": sorted(m for m in %r if m in sys.modules)}))
-"""
-
-
-def import_samples(runs: int) -> list[dict[str, Any]]:
-    code = IMPORT_PROBE % (HEAVY_MODULES,)
-    return [json.loads(checked(timed_command([sys.executable, "-c", code])[1]).stdout.strip().splitlines()[-1])
-            for _ in range(runs)]
-
-
-def heaviest_imports(limit: int = 12) -> list[dict[str, Any]]:
-    """The heaviest entries of ``import producer.cli``'s import tree (``-X importtime``, one process)."""
-    done = checked(timed_command([sys.executable, "-X", "importtime", "-c", "import producer.cli"])[1])
-    return [e for e in parse_importtime(done.stderr) if e["module"] != "producer.cli"][:limit]
-
-
-def parse_importtime(text: str) -> list[dict[str, Any]]:
-    """Every module of ``-X importtime`` output with its cumulative and own seconds and its depth in the
-    tree, heaviest (cumulative) first."""
-    found = []
-    for line in text.splitlines():
-        parts = line.split("|")
-        if not line.startswith("import time:") or len(parts) != 3 or "cumulative" in line:
-            continue
-        with contextlib.suppress(ValueError):
-            found.append({"module": parts[2].strip(), "seconds": int(parts[1]) / 1e6,
-                          "self": int(parts[0].removeprefix("import time:")) / 1e6,
-                          "depth": (len(parts[2]) - len(parts[2].lstrip()) - 1) // 2})
-    return sorted(found, key=lambda entry: -entry["seconds"])
-
-
-STEP_NAMES = ("producer imports", "spec load", "model check", "pin", "plan")
-
-
-def step_samples(spec_file: Path, runs: int) -> list[dict[str, Any]]:
-    samples = []
-    for _ in range(runs):
-        done = checked(timed_command([sys.executable, "-m", "bench.startup", "steps", str(spec_file)])[1])
-        samples.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    return samples
-
-
-def _steps(spec_file: str) -> dict[str, Any]:
-    """In a fresh process: the producer's steps of a submit, one public function each, timed."""
-    timings: dict[str, Any] = {"errors": {}}
-    began = time.perf_counter()
-    from jobs.spec import load_spec
-    from producer.model_check import check_model
-    from producer.pin import resolve_pin
-    from producer.plan import build_manifest
-
-    timings["producer imports"] = time.perf_counter() - began
-    spec: Any = None
-    steps: list[tuple[str, Callable[[], Any]]] = [
-        ("spec load", lambda: load_spec(spec_file)), ("model check", lambda: check_model(spec)),
-        ("pin", lambda: resolve_pin(spec)), ("plan", lambda: build_manifest(spec)),
-    ]
-    for name, call in steps:
-        began = time.perf_counter()
-        try:
-            value = call()
-        except Exception as exc:  # measured by its absence: the table says why
-            timings["errors"][name] = f"{type(exc).__name__}: {exc}"[:300]
-            continue
-        timings[name] = time.perf_counter() - began
-        if name == "spec load":
-            spec = value
-    timings["heavy"] = sorted(m for m in HEAVY_MODULES if m in sys.modules)
-    return timings
-
-
-# ---- batchformers run: the console script's wall, and an instrumented run's breakdown ----
-
-def run_sample(spec_file: Path, workdir: Path) -> float:
-    output = fresh_output(workdir, "run")
-    seconds = _seconds([str(console_script()), "run", str(spec_file), "--output", str(output), "--no-progress"])
-    return seconds
-
-
-def instrumented_run(spec_file: Path, workdir: Path) -> dict[str, Any]:
-    """One ``run`` in a fresh process with its steps timed and its worker logs kept (see :func:`_drive_run`)."""
-    output = fresh_output(workdir, "breakdown")
-    keep = workdir / "logs" / output.name
-    keep.mkdir(parents=True, exist_ok=True)
-    spawned = time.time()
-    seconds, done = timed_command([sys.executable, "-m", "bench.startup", "drive-run", str(spec_file), str(output),
-                                   str(keep)])
-    checked(done)
-    events = json.loads((keep / "events.json").read_text())
-    return breakdown(events, keep, output, spawned, seconds)
-
-
-def _drive_run(spec_file: str, output: str, keep: str) -> int:
-    """In a fresh process: the CLI's ``run`` with timing wrappers on what it starts and stops."""
-    events: list[dict[str, Any]] = []
-    imported = time.time()
-    from producer import cli, embedded
-
-    with contextlib.suppress(ImportError):  # the run command's module (producer.run is also a function's name)
-        _wrap(importlib.import_module("producer.run"), "submit", "submit", events)
-    _wrap(embedded.EmbeddedRedis, "start", "redis start", events)
-    _wrap(embedded.EmbeddedRedis, "stop", "redis stop", events)
-    _wrap(embedded.LocalWorkers, "spawn", "worker spawn", events)
-
-    def keep_logs(args: tuple[Any, ...]) -> None:  # the CLI removes its log folder after a complete job
-        folder = getattr(args[0], "log_dir", None)
-        for log in Path(folder).glob("*.log") if folder else ():
-            shutil.copy(log, Path(keep) / log.name)
-
-    _wrap(embedded.LocalWorkers, "stop", "workers stop", events, after=keep_logs)
-    _wrap(embedded.LocalWorkers, "kill", "workers stop", events, after=keep_logs)  # a finished job's quick end
-    began = time.time()
-    code = cli.main(["run", spec_file, "--output", output, "--no-progress"])
-    ended = time.time()
-    Path(keep, "events.json").write_text(json.dumps({"imported": imported, "main": [began, ended], "code": code,
-                                                     "events": events}))
-    return code
-
-
-def _wrap(owner: Any, name: str, step: str, events: list[dict[str, Any]],
-          after: Callable[[tuple[Any, ...]], None] | None = None) -> None:
-    """Record the begin and end of each call of ``owner.name`` (when it exists) as ``step``."""
-    original = getattr(owner, name, None)
-    if original is None:
-        return
-
-    @functools.wraps(original)
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        began = time.time()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            events.append({"step": step, "began": began, "ended": time.time()})
-            if after:
-                after(args)
-
-    setattr(owner, name, timed)
-
-
-LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/[\w-]+\] (.*)$")
-READY = re.compile(r"\S+@\S+ ready\.$")
-RECEIVED = re.compile(r"Task \S+\[([\w-]+)\] received")
-SUCCEEDED = re.compile(r"Task \S+\[([\w-]+)\] succeeded in ([\d.]+)s")
-LOADED = re.compile(r"loaded \S+ model .* \(([\d.]+)s")
-IMPORTED = re.compile(r"imported torch .* \(([\d.]+)s\)")
-
-
-def worker_log_events(text: str) -> dict[str, Any]:
-    """Times (epoch seconds, from the log's local timestamps) of the worker's first ready, received,
-    torch import, model load and succeeded lines; the import's, the load's and the task's own seconds.
-    A worker killed at the end of its job may never log the succeeded line."""
-    found: dict[str, Any] = {}
-    for line in text.splitlines():
-        match = LOG_LINE.match(line)
-        if not match:
-            continue
-        when = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        message = match.group(2)
-        if READY.search(message):
-            found.setdefault("ready", when)
-        elif (received := RECEIVED.search(message)) and "received" not in found:
-            found["received"], found["task"] = when, received.group(1)
-        elif (imported := IMPORTED.search(message)) and "imported" not in found:
-            found["imported"], found["import_seconds"] = when, float(imported.group(1))
-        elif (loaded := LOADED.search(message)) and "loaded" not in found:
-            found["loaded"], found["load_seconds"] = when, float(loaded.group(1))
-        elif (succeeded := SUCCEEDED.search(message)) and "succeeded" not in found:
-            found["succeeded"], found["task_seconds"] = when, float(succeeded.group(2))
-    return found
-
-
-def _markers(output: Path) -> list[dict[str, Any]]:
-    folder = output / "_batchformers" / "shards"
-    names = sorted(folder.glob("[0-9]*.json")) if folder.exists() else []
-    return [json.loads(p.read_text()) for p in names if not p.name.endswith(".failed.json")]
-
-
-def _completion(output: Path) -> dict[str, Any]:
-    for path in (output / "_batchformers" / "_SUCCESS", output / "_SUCCESS"):
-        if path.exists() and path.read_text().strip():
-            loaded: dict[str, Any] = json.loads(path.read_text())
-            return loaded
-    return {}
-
-
-def breakdown(driver: dict[str, Any], logs: Path, output: Path, spawned: float, seconds: float) -> dict[str, Any]:
-    """Seconds of each step of one instrumented run; a step it could not see maps to the reason."""
-    steps: dict[str, Any] = {}
-
-    def first(step: str) -> dict[str, Any] | None:
-        return next((e for e in driver["events"] if e["step"] == step), None)
-
-    def span(step: str) -> float | str:
-        event = first(step)
-        return event["ended"] - event["began"] if event else f"not measured: no {step} call seen"
-
-    steps["interpreter start"] = driver["imported"] - spawned
-    steps["submit (in run)"] = span("submit")
-    steps["Redis start"] = span("redis start")
-    log_files = sorted(logs.glob("worker-*.log"))
-    log = worker_log_events(log_files[0].read_text()) if log_files else {}
-    spawn = first("worker spawn")
-    no_log = "not measured: no worker log kept" if not log_files else None
-
-    def between(start: float | None, end: str, what: str) -> float | str:
-        if no_log:
-            return no_log
-        if start is None or end not in log:
-            return f"not measured: {what}"
-        return float(log[end]) - start
-
-    steps["worker start (boot to ready)"] = between(spawn["began"] if spawn else None, "ready",
-                                                    "no worker spawn or ready line")
-    steps["torch import"] = log.get("import_seconds", no_log or "not measured: no `imported torch` line")
-    steps["model load"] = log.get("load_seconds", no_log or "not measured: no `loaded ... model` line")
-    # The first shard's work begins once its message is here and its model loaded (before the task,
-    # when pre-loaded; inside it otherwise, after the pool process took the message).
-    shard_start = max(log["received"], log["loaded"]) if {"received", "loaded"} <= set(log) else None
-    steps["ready to shard start"] = (shard_start - log["ready"] if shard_start and "ready" in log
-                                     else no_log or "not measured: no ready, received or loaded line")
-    markers = sorted(_markers(output), key=lambda m: m.get("committed_at", 0))
-    steps["first shard"] = markers[0]["seconds"] if markers else "not measured: no commit marker"
-    completed = _completion(output).get("completed_at")
-    steps["commit"] = (completed - shard_start - markers[0]["seconds"] if completed and shard_start and markers
-                       else no_log or "not measured: no _SUCCESS time, shard start or marker")
-    stop = first("workers stop")  # the first stop (or kill) of the workers, then Redis's stop
-    ended = max((e["ended"] for e in driver["events"] if e["step"] in ("workers stop", "redis stop")), default=None)
-    steps["complete to stop"] = (stop["began"] - completed if stop and completed
-                                 else "not measured: no _SUCCESS time or no stop call")
-    steps["stop"] = ended - stop["began"] if stop and ended else "not measured: no stop call seen"
-    steps["total (instrumented run)"] = seconds
-    return {"steps": steps, "code": driver["code"], "log": log}
-
-
-# ---- submit, status and jobs against a broker ----
-
 def submit_sample(spec_file: Path, workdir: Path, broker_url: str) -> float:
     env = environment(BATCHFORMERS_QUEUE=f"bf-startup-{uuid.uuid4().hex[:8]}")
     output = fresh_output(workdir, "submit")
-    return _seconds([str(console_script()), "submit", str(spec_file), "--output", str(output),
+    return seconds_of([str(console_script()), "submit", str(spec_file), "--output", str(output),
                      "--broker", broker_url], env)
 
 
@@ -481,22 +185,21 @@ def broker_figures(spec_file: Path, workdir: Path, runs: int, shards: int, log: 
             env = environment(BATCHFORMERS_BROKER_URL=broker_url, **s3.env)
             script = str(console_script())
             log(f"status and jobs x{runs}")
-            found["figures"].append(figure("status", runs, lambda: _seconds([script, "status", output], env),
+            found["figures"].append(figure("status", runs, lambda: seconds_of([script, "status", output], env),
                                            shards=shards))
-            found["figures"].append(figure("jobs", runs, lambda: _seconds([script, "jobs"], env), shards=shards))
+            found["figures"].append(figure("jobs", runs, lambda: seconds_of([script, "jobs"], env), shards=shards))
             floor = [sys.executable, "-c", f"import s3fs; s3fs.S3FileSystem().ls({output!r})"]
-            found["figures"].append(figure("s3_client", runs, lambda: _seconds(floor, env), shards=shards))
+            found["figures"].append(figure("s3_client", runs, lambda: seconds_of(floor, env), shards=shards))
             local = local_copy(output, workdir / "status-local", broker_url)
             log(f"status and jobs x{runs}, the same job copied to local disk")
-            found["figures"].append(figure("status_local", runs, lambda: _seconds([script, "status", local], env),
+            found["figures"].append(figure("status_local", runs, lambda: seconds_of([script, "status", local], env),
                                            shards=shards))
-            found["figures"].append(figure("jobs_local", runs, lambda: _seconds([script, "jobs"], env), shards=shards))
+            found["figures"].append(figure("jobs_local", runs, lambda: seconds_of([script, "jobs"], env), shards=shards))
     return found
 
 
 def local_copy(output: str, directory: Path, broker_url: str) -> str:
     """The S3 output copied to local disk, and the broker's job index pointed at the copy (same job, same ledger)."""
-    import shutil
 
     import fsspec
 
@@ -517,10 +220,8 @@ def _unmeasured(name: str, exc: Exception, **fields: Any) -> dict[str, Any]:
 
 
 def demo_sample(workdir: Path) -> float:
-    return _seconds([str(console_script()), "demo", "--workdir", str(fresh_output(workdir, "demo"))])
+    return seconds_of([str(console_script()), "demo", "--workdir", str(fresh_output(workdir, "demo"))])
 
-
-# ---- the other helpers' measurements ----
 
 def hook_figures(workdir: Path, quick: bool, log: Log, hooks: dict[str, str] | None = None) -> dict[str, Any]:
     """Each hook module's ``figures(workdir, quick, log)``: a list of dicts with ``name``, ``value``,
@@ -560,8 +261,6 @@ def _judged(entry: dict[str, Any]) -> dict[str, Any]:
     return {**entry, "met": met}
 
 
-# ---- the whole bench ----
-
 def run_startup(workdir: Path, quick: bool = False, runs: int | None = None, log: Log = _log,
                 hooks: dict[str, str] | None = None) -> dict[str, Any]:
     runs = runs or (1 if quick else RUNS)
@@ -577,7 +276,7 @@ def run_startup(workdir: Path, quick: bool = False, runs: int | None = None, log
     if not quick:
         log(f"batchformers run x{runs}")
         results["figures"].append(figure("run", runs, lambda: run_sample(spec_file, workdir)))
-        results["figures"].append(figure("model_stack", runs, lambda: _seconds(MODEL_STACK, environment())))
+        results["figures"].append(figure("model_stack", runs, lambda: seconds_of(MODEL_STACK, environment())))
     log(f"instrumented run x{runs}")
     results["runs_instrumented"] = _attempt(lambda: [instrumented_run(spec_file, workdir) for _ in range(runs)])
     if quick:  # the instrumented run stands in for the console script's
@@ -612,122 +311,3 @@ def _instrumented_as_run(runs: Any) -> dict[str, Any]:
             "load": [load_average()] * 2, "error": runs.get("error") if isinstance(runs, dict) else None}
 
 
-BREAKDOWN = (
-    ("CLI import", "fresh `python -c`: `import producer.cli` + `import producer.run`"),
-    ("spec load", "fresh process, `jobs.spec.load_spec` (after the producer's imports)"),
-    ("model check", "same process, `producer.model_check.check_model`"),
-    ("pin", "same process, `producer.pin.resolve_pin`"),
-    ("plan", "same process, `producer.plan.build_manifest`"),
-    ("submit (in run)", "instrumented run: `producer.run.submit`"),
-    ("Redis start", "instrumented run: `EmbeddedRedis.start`"),
-    ("worker start (boot to ready)", "worker spawn to Celery's `ready.` line"),
-    ("torch import", "the worker's `imported torch ... (N s)` line, where it logs one"),
-    ("model load", "the worker's `loaded ... model ... (N s)` line"),
-    ("ready to shard start", "`ready.` line to the later of the `received` and `loaded` lines"),
-    ("first shard", "the first commit marker's `seconds`"),
-    ("commit", "shard start + its `seconds` to `_SUCCESS`'s `completed_at` (part, marker, count, `_SUCCESS`)"),
-    ("complete to stop", "`_SUCCESS` `completed_at` to the first `LocalWorkers.stop` (or `.kill`) call"),
-    ("stop", "that call to the end of `EmbeddedRedis.stop`"),
-    ("total (instrumented run)", "the instrumented process, start to exit"),
-)
-
-
-def breakdown_table(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per step: the median over the fresh processes, or why it was not measured."""
-    values: dict[str, list[Any]] = {}
-    imports = results.get("imports", {})
-    for sample in imports.get("samples", []):
-        values.setdefault("CLI import", []).append(sample["producer.cli"] + sample["producer.run"])
-    for sample in results.get("steps", {}).get("samples", []):
-        for name in STEP_NAMES[1:]:
-            values.setdefault(name, []).append(sample.get(name, f"not measured: {sample['errors'].get(name)}"))
-    runs = results.get("runs_instrumented")
-    for run in runs if isinstance(runs, list) else []:
-        for name, value in run["steps"].items():
-            values.setdefault(name, []).append(value)
-    failed = {name: part.get("error") for name, part in (("imports", imports), ("steps", results.get("steps", {})),
-                                                           ("runs", runs if isinstance(runs, dict) else {}))}
-    source = {"CLI import": "imports", **{name: "steps" for name in STEP_NAMES}}
-    rows = []
-    for name, how in BREAKDOWN:
-        found = values.get(name, [])
-        numbers = [v for v in found if isinstance(v, (int, float))]
-        reasons = [v for v in found if isinstance(v, str)]
-        error = failed[source.get(name, "runs")]
-        note = reasons[0] if reasons else f"not measured: {error}" if error else None if numbers else "not measured"
-        rows.append({"step": name, "how": how, "median": statistics.median(numbers) if numbers else None,
-                     "samples": numbers, "note": note})
-    return rows
-
-
-# ---- the report ----
-
-def _seconds_text(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def _met_text(met: bool | None) -> str:
-    return "-" if met is None else "yes" if met else "**no**"
-
-
-def markdown(results: dict[str, Any]) -> str:
-    runs = results["runs"]
-    lines = ["## Start-up and fixed costs (`python -m bench --startup`)", "",
-             f"Run {results['date']}{' (--quick)' if results['quick'] else ''} on {results['cores']} cores: "
-             f"each figure is the median of {runs} fresh process{'es' if runs > 1 else ''}; `load` is the load "
-             f"average (1 min) before and after it (whole bench: {results['load_start']:.2f} -> "
-             f"{results['load_end']:.2f}).", "",
-             "| command | median s | target s | met | runs | load |", "|---|---:|---:|---|---:|---|"]
-    for f in results["figures"]:
-        median = _seconds_text(f["median"]) if not f.get("error") else f"not measured: {f['error']}"
-        lines.append(f"| {f['label']} | {median} | {_seconds_text(f['target'])} | {_met_text(f['met'])} | "
-                     f"{len(f['samples'])} | {f['load'][0]:.2f}-{f['load'][-1]:.2f} |")
-    lines += ["", f"### Where `batchformers run` spends its time ({RUN_ROWS} rows, one worker)", "",
-              "| step | median s | how it is measured |", "|---|---:|---|"]
-    for row in results["breakdown"]:
-        shown = _seconds_text(row["median"]) if row["median"] is not None else row["note"]
-        lines.append(f"| {row['step']} | {shown} | {row['how']} |")
-    imports = results.get("imports", {})
-    if imports.get("samples"):
-        heavy = sorted({m for s in imports["samples"] for m in s["heavy"]})
-        lines += ["", f"Heavy modules loaded by `import producer.cli` + `producer.run`: "
-                  f"{', '.join(heavy) or 'none'}. The heaviest entries of `import producer.cli`'s import tree "
-                  "(`-X importtime`, one process; cumulative, so nested entries are counted in their parents): "
-                  + ", ".join(f"{e['module']} {e['seconds']:.2f} s" for e in imports["heaviest"]) + "."]
-    steps = [s for s in results.get("steps", {}).get("samples", []) if "producer imports" in s]
-    if steps:
-        lines += ["", f"The producer steps' process imported their modules in "
-                  f"{statistics.median(s['producer imports'] for s in steps):.2f} s (median) and held "
-                  f"{', '.join(sorted({m for s in steps for m in s['heavy']})) or 'no heavy module'} afterwards."]
-    if results.get("status_in_process"):
-        s = results["status_in_process"]
-        lines += ["", f"`status` in process (the function the CLI calls) at {s['shards']:,} shards: "
-                  f"{s['status_seconds']:.2f} s from the ledger, {s['without_broker_seconds']:.2f} s from the markers."]
-    lines += ["", "### Other measurements of issue 21", "", "| measurement | value | target | met |", "|---|---:|---:|---|"]
-    for key, hook in results["hooks"].items():
-        if hook.get("error"):
-            lines.append(f"| {key} (`{hook['module']}`) | {hook['error']} | - | - |")
-            continue
-        for f in hook["figures"]:
-            unit = f" {f['unit']}" if f.get("unit") else ""
-            value = "-" if f.get("value") is None else f"{f['value']:.3g}{unit}"
-            target = "-" if f.get("target") is None else f"{'>=' if f.get('better') == 'higher' else '<='} {f['target']:.3g}{unit}"
-            note = f" ({f['note']})" if f.get("note") else ""
-            lines.append(f"| {f['name']}{note} | {value} | {target} | {_met_text(f['met'])} |")
-    return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The bench's own fresh processes: ``steps SPEC`` and ``drive-run SPEC OUTPUT KEEP``."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["steps"]:
-        print(json.dumps(_steps(argv[1])))
-        return 0
-    if argv[:1] == ["drive-run"]:
-        return _drive_run(*argv[1:4])
-    print("usage: python -m bench --startup [--quick]  (this module's own entries: steps, drive-run)", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

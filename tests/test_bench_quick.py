@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from bench import startup
+from bench import startup, startup_probes
+from bench import startup_report as startup_text
 from bench.__main__ import STARTUP_BEGIN, STARTUP_END, main
 from bench.run import module_missing
 from bench.scenarios import many_workers
@@ -116,7 +117,7 @@ def test_startup_quick_measures_every_command(startup_report: dict[str, Any]) ->
 @slow
 def test_startup_quick_breaks_the_run_down(startup_report: dict[str, Any]) -> None:
     rows = {row["step"]: row for row in startup_report["breakdown"]}
-    assert list(rows) == [name for name, _ in startup.BREAKDOWN]
+    assert list(rows) == [name for name, _ in startup_text.BREAKDOWN]
     for row in rows.values():  # a number, or the reason there is none
         assert (row["median"] is not None) != (row["note"] is not None), row
         assert row["note"] is None or row["note"].startswith("not measured")
@@ -133,7 +134,7 @@ def test_startup_quick_writes_its_section(startup_report: dict[str, Any]) -> Non
     section = text.split(STARTUP_BEGIN, 1)[1].split(STARTUP_END, 1)[0]
     assert "| command | median s | target s | met | runs | load |" in section
     assert "| step | median s | how it is measured |" in section
-    assert all(f"| {name} |" in section for name, _ in startup.BREAKDOWN)
+    assert all(f"| {name} |" in section for name, _ in startup_text.BREAKDOWN)
     assert set(startup_report["hooks"]) == set(startup.HOOKS)
 
 
@@ -149,14 +150,14 @@ setup 0c60455a0cc7, 1 of 1 slots)
 
 
 def test_worker_log_gives_ready_load_and_task_times() -> None:
-    found = startup.worker_log_events(WORKER_LOG)
+    found = startup_probes.worker_log_events(WORKER_LOG)
     ready = datetime(2026, 12, 2, 5, 53, 35, 780000).timestamp()
     assert found["ready"] == pytest.approx(ready, rel=0, abs=1e-3)  # the first ready line, not a later one
     assert found["received"] - ready == pytest.approx(0.008, abs=1e-4)
     assert found["succeeded"] - found["loaded"] == pytest.approx(0.84, abs=1e-4)
     assert (found["load_seconds"], found["task_seconds"], found["task"]) == (7.2, 8.0686, "63fab58b-0273")
     assert found["import_seconds"] == 0.7 and found["loaded"] - found["imported"] == pytest.approx(7.154, abs=1e-4)
-    assert startup.worker_log_events("no timestamps here\n") == {}
+    assert startup_probes.worker_log_events("no timestamps here\n") == {}
 
 
 def test_importtime_entries_come_heaviest_first() -> None:
@@ -164,7 +165,7 @@ def test_importtime_entries_come_heaviest_first() -> None:
             "import time:       100 |        100 |     numpy.core\n"
             "import time:       300 |        400 |   numpy\n"
             "import time:      2000 |       2400 | producer\n")
-    found = startup.parse_importtime(text)
+    found = startup_probes.parse_importtime(text)
     assert [(e["module"], e["seconds"], e["self"], e["depth"]) for e in found] == [
         ("producer", 0.0024, 0.002, 0), ("numpy", 0.0004, 0.0003, 1), ("numpy.core", 0.0001, 0.0001, 2)]
 
@@ -185,7 +186,7 @@ def test_hooks_report_what_they_could_not_measure(tmp_path: Path, monkeypatch: p
     assert [f["met"] for f in found["ok"]["figures"]] == [True, False]
     results = {"date": "d", "quick": True, "runs": 1, "cores": 2, "load_start": 1.0, "load_end": 1.0,
                "figures": [], "breakdown": [], "hooks": found}
-    text = startup.markdown(results)
+    text = startup_text.markdown(results)
     assert "| per-shard overhead | 40 ms | <= 50 ms | yes |" in text
     assert "| host / raw | 0.5 | >= 0.6 | **no** |" in text
     assert "| missing (`bench.no_such_module`) | not measured: module missing | - | - |" in text
