@@ -11,6 +11,8 @@ What the ``batchformers`` command does is importable::
     final = wait(submission.output, timeout=3600)      # poll until every shard is done
     described = inspect_output(submission.output)      # schema, counts, first rows
     hits = search("out/corpus-embeddings", "query text", top_k=10)   # nearest rows of an embeddings job
+    found = preflight(spec, sample=4000, workers=4)    # batchformers plan: a sample's profile, a time estimate
+    page = write_report(submission.output, out="report.html")   # batchformers report
 
 Each name is imported on first use, so ``import producer.cli`` (every command) loads none of
 them: ``batchformers --help`` or ``status`` does not pay for ``run``'s or ``submit``'s imports.
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
     from jobs.spec import JobSpec, load_spec
     from producer.inspect import OutputDescription
     from producer.inspect import describe as inspect_output
+    from producer.preflight import preflight
+    from producer.report import write_report
     from producer.run import run
     from producer.search import search
     from producer.status import JobStatus, job_status, status, wait
@@ -42,11 +46,13 @@ _EXPORTS: dict[str, tuple[str, str]] = {  # public name -> (module, attribute)
     "inspect_output": ("producer.inspect", "describe"),
     "job_status": ("producer.status", "job_status"),
     "load_spec": ("jobs.spec", "load_spec"),
+    "preflight": ("producer.preflight", "preflight"),
     "run": ("producer.run", "run"),
     "search": ("producer.search", "search"),
     "status": ("producer.status", "status"),
     "submit": ("producer.submit", "submit"),
     "wait": ("producer.status", "wait"),
+    "write_report": ("producer.report", "write_report"),
 }
 __all__ = [
     "JobSpec",
@@ -57,11 +63,13 @@ __all__ = [
     "inspect_output",
     "job_status",
     "load_spec",
+    "preflight",
     "run",
     "search",
     "status",
     "submit",
     "wait",
+    "write_report",
 ]
 
 
@@ -80,7 +88,7 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """``producer.run``, ``.status``, ``.search`` and ``.submit`` are functions, as they always were,
+    """``producer.run``, ``.status``, ``.search``, ``.submit`` and ``.preflight`` are functions, as they always were,
     although submodules of those names exist: importing one must not rebind the package's name."""
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -18,6 +18,7 @@ different job.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from typing import Any, NoReturn
@@ -203,7 +204,7 @@ def enqueue(messages: list[ShardMessage], settings: Settings, app: Any = None,
             for message in messages:
                 app.send_task(
                     TASK_NAME,
-                    args=[message.to_dict()],
+                    args=[replace(message, enqueued_at=time.time()).to_dict()],
                     queue=queue,
                     producer=producer,
                     argsrepr=f"job={message.job_id} shard={message.shard} rows={message.rows}",
