@@ -13,6 +13,8 @@ The public API, the same as the ``batchformers`` command::
     for line in bf.jobs(): print(line.job_id, line.state)
     described = bf.inspect_output(submission.output)   # schema, counts, first rows
     hits = bf.search("out/corpus-embeddings", "query text", top_k=10)   # nearest rows of an embeddings job
+    found = bf.plan(spec, sample=4000, workers=4)      # pre-flight: a sample's profile and a time estimate
+    page = bf.report(submission.job_id, out="report.html")   # one offline HTML page of the job
 
 Every function takes ``settings: Settings | None`` (None: from the ``BATCHFORMERS_*``
 environment). Each name is imported on first use, so ``import batchformers`` costs nothing.
@@ -37,7 +39,20 @@ if TYPE_CHECKING:
     )
     from jobs.settings import Settings
     from jobs.spec import JobSpec, load_spec
-    from producer.api import Retried, cancel, inspect_output, jobs, retry, run, search, status, submit, wait
+    from producer.api import (
+        Retried,
+        cancel,
+        inspect_output,
+        jobs,
+        plan,
+        report,
+        retry,
+        run,
+        search,
+        status,
+        submit,
+        wait,
+    )
     from producer.inspect import OutputDescription
     from producer.jobs_view import JobLine
     from producer.run import RunInterrupted
@@ -46,7 +61,7 @@ if TYPE_CHECKING:
 
 _EXPORTS: dict[str, str] = {  # public name -> the module it lives in
     **dict.fromkeys(["run", "submit", "status", "wait", "cancel", "retry", "jobs", "inspect_output", "search",
-                     "Retried"], "producer.api"),
+                     "plan", "report", "Retried"], "producer.api"),
     **dict.fromkeys(["BatchformersError", "SpecError", "InputError", "OutputError", "ModelLoadError", "ShardError",
                      "RetryableError", "BrokerUnavailable"], "jobs.errors"),
     "JobSpec": "jobs.spec",
@@ -79,6 +94,8 @@ __all__ = [
     "inspect_output",
     "jobs",
     "load_spec",
+    "plan",
+    "report",
     "retry",
     "run",
     "search",

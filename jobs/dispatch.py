@@ -9,7 +9,9 @@ a worker's own), so this module needs no Celery import.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from jobs import routing
@@ -73,7 +75,7 @@ def enqueue(messages: list[ShardMessage], settings: Settings, app: Any,
             for message in messages:
                 app.send_task(
                     TASK_NAME,
-                    args=[message.to_dict()],
+                    args=[replace(message, enqueued_at=time.time()).to_dict()],  # the queue wait's start
                     queue=queue,
                     producer=producer,
                     argsrepr=f"job={message.job_id} shard={message.shard} rows={message.rows}",

@@ -90,6 +90,8 @@ class ShardMessage:
     source: str
     start: int
     stop: int
+    enqueued_at: float | None = None
+    """When it was sent (``time.time()``), for the queue wait a marker records; older messages lack it."""
 
     @property
     def rows(self) -> int:
@@ -100,7 +102,8 @@ class ShardMessage:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ShardMessage:
-        return cls(**{name: raw[name] for name in cls.__dataclass_fields__})
+        optional = {"enqueued_at"}  # messages sent before it existed have none
+        return cls(**{name: raw[name] for name in cls.__dataclass_fields__ if name in raw or name not in optional})
 
 
 def ledger_keys(job_id: str) -> list[str]:

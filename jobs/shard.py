@@ -93,6 +93,7 @@ class Hooks:
     before_commit: Callable[[int], None] = _nothing  # the rows are done, nothing is written yet
     commit_point: Callable[[int, str], None] = _nothing  # inside the commit (jobs.io.layout.COMMIT_POINTS)
     committed: Callable[[str, dict[str, Any]], None] = _nothing  # (task name, summary) once committed
+    model_load: Callable[[], float | None] = _nothing  # seconds the last load spent loading; None: it was loaded
 
 
 Load = Callable[[JobSpec, Settings], tuple[TaskType, Runner]]  # worker.runners.runner_for
@@ -111,14 +112,17 @@ def run_and_commit(
     progress: ProgressCallback | None = None,
     hooks: Hooks | None = None,
     time_limits: tuple[type[BaseException], ...] = (),
+    enqueued_at: float | None = None,
 ) -> dict[str, Any]:
     """One attempt of ``shard`` under ``lease``: what the task returns (a summary, or why it was skipped).
 
     Raises :class:`~jobs.errors.ShardError` when the shard failed for good (its failure marker
     is written), :class:`RetryLater` when it should run again, and ``redis.RedisError`` when the
     broker went away (the worker gives the message back). ``time_limits`` are the exceptions
-    that mean "the shard ran past its time limit" (Celery's ``SoftTimeLimitExceeded``).
+    that mean "the shard ran past its time limit" (Celery's ``SoftTimeLimitExceeded``). ``enqueued_at``:
+    when the message was sent (``ShardMessage.enqueued_at``), for the queue wait the marker records.
     """
+    started_at = time.time()  # the lease is held: the shard starts now
     hooks = hooks or Hooks()
     if layout.is_committed(shard):  # committed by the previous holder of the lease
         if ledger is not None:
@@ -145,7 +149,9 @@ def run_and_commit(
         with lease.kept():
             check_source(manifest.sources[plan.source], plan.start, plan.stop, settings)
             task, runner = load(pinned_spec(spec, manifest), settings)  # the model pinned at submit
+            loaded_in = hooks.model_load()
             table, summary = run_shard(manifest, plan, task, runner, progress, overlap=settings.overlap, spec=spec)
+            summary.update(timing(lease.holder, started_at, enqueued_at, loaded_in))
             hooks.before_commit(shard)
             if not lease.held():
                 log.error("shard %s of job %s: lease lost to %s; not committing", shard, manifest.job_id,
@@ -164,6 +170,19 @@ def run_and_commit(
         log.warning("cannot clear the delivery count of shard %s: %s", shard, exc)
     complete_if_last(layout, manifest, shard, {**summary, "committed_at": time.time()}, ledger)
     return {"shard": shard, "job": manifest.job_id, **summary}
+
+
+def timing(worker_name: str, started_at: float, enqueued_at: float | None,
+           model_load_seconds: float | None) -> dict[str, Any]:
+    """What a commit marker records of where the shard's time went, besides its stages: who ran it
+    (the Celery node name and process), when it started, how long its message waited (with retries'
+    backoffs; only for messages that carry their send time) and the model load it paid, if any."""
+    found: dict[str, Any] = {"worker_name": worker_name, "started_at": round(started_at, 3)}
+    if enqueued_at is not None:
+        found["queue_wait_seconds"] = round(max(0.0, started_at - enqueued_at), 3)
+    if model_load_seconds is not None:
+        found["model_load_seconds"] = round(model_load_seconds, 3)
+    return found
 
 
 def _after_error(layout: OutputLayout, job_id: str, shard: int, spec: JobSpec, attempts: Attempts, attempt: int,
@@ -253,6 +272,7 @@ def run_shard(
     kept = spec.kept_columns()
     wanted = list(dict.fromkeys(kept + list(roles.values())))
     table = read_rows(manifest.sources[plan.source], plan.start, plan.stop, wanted)
+    read_seconds = time.monotonic() - started
     inputs = {role: table.column(column).to_pylist() for role, column in roles.items()}
     base = first_row(manifest, plan)
     if getattr(runner, "wants_row_index", False):  # per-row seeds that do not depend on the sharding
@@ -268,6 +288,8 @@ def run_shard(
     stats = getattr(runner, "last_stats", None)
     if stats is not None and stats.batches:
         summary.update(batches=stats.batches, tokens=stats.tokens, padded_tokens=stats.padded_tokens)
+    stages = stats.stage_seconds() if stats is not None and hasattr(stats, "stage_seconds") else {}
+    summary["stages"] = {"read": round(read_seconds, 4), **stages}
     if TRUNCATED in output.schema.names:  # issue 12: rows cut to the model's length, counted for status
         summary[TRUNCATED] = truncated_rows(output)
     return output, summary

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from jobs.spec import JobSpec
     from producer.inspect import OutputDescription
     from producer.jobs_view import JobLine
+    from producer.preflight import Preflight
+    from producer.report import Report
     from producer.status import JobStatus
     from producer.submit import Submission
 
@@ -114,6 +116,23 @@ def search(job: str, query: str, settings: Settings | None = None, *, top_k: int
     return search_output(_location(job, settings), query, top_k=top_k, where=where, method=method)
 
 
+def plan(spec: JobSpec, settings: Settings | None = None, *, sample: int = 4000, model_rows: int = 256,
+         workers: int = 1, run_model: bool = True) -> Preflight:
+    """The job's pre-flight profile and time estimate, from a sample of its input (no broker; writes nothing)."""
+    from producer.preflight import preflight
+
+    del settings  # no broker, no output: the plan reads the input and the model only
+    return preflight(spec, sample=sample, model_rows=model_rows, workers=workers, run_model=run_model)
+
+
+def report(job: str, settings: Settings | None = None, *, out: str | None = None,
+           png_dir: str | None = None) -> Report:
+    """One self-contained HTML page of the job (what is committed so far), optionally its charts as PNG."""
+    from producer.report import write_report
+
+    return write_report(_location(job, settings), out=out, png_dir=png_dir)
+
+
 def _output(job: str, settings: Settings | None) -> str:
     """The output location of a job id or location (the broker is asked only for an id)."""
     from jobs.settings import Settings
@@ -131,4 +150,5 @@ def _location(job: str, settings: Settings | None) -> str:
     return _output(job, settings)
 
 
-__all__ = ["Retried", "cancel", "inspect_output", "jobs", "retry", "run", "search", "status", "submit", "wait"]
+__all__ = ["Retried", "cancel", "inspect_output", "jobs", "plan", "report", "retry", "run", "search", "status", "submit",
+           "wait"]

@@ -180,6 +180,29 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="one JSON object per row")
     search.set_defaults(handler=_search)
 
+    report = commands.add_parser("report", help="an HTML page (offline) of a job's shards, workers, time and errors",
+                                 description="One self-contained HTML file: shards per worker over time, "
+                                 "throughput, where the time went, padding, stragglers, model loads, retries, "
+                                 "failures and row errors. Works on a running job (what is committed so far).")
+    report.add_argument("output", help="output directory or URL (s3://...)")
+    report.add_argument("--out", help="the HTML file to write (default: report-<job id>.html here)")
+    report.add_argument("--png", metavar="DIR", help="also write each chart as a PNG into DIR")
+    report.set_defaults(handler=_report)
+
+    plan = commands.add_parser("plan", help="a job's pre-flight: rows, shards, token lengths, bad rows, estimate",
+                               description="Read a sample spread over the input and report, without a broker and "
+                               "writing nothing: rows and shards, token lengths under the model's tokenizer, rows "
+                               "over its limit, invalid and empty rows, duplicates, padding; then time the model on "
+                               "part of the sample and estimate worker-seconds and wall time.")
+    plan.add_argument("job", help="job spec file (YAML or JSON)")
+    plan.add_argument("--sample", type=_positive_int, default=4000, help="rows to sample (default 4000)")
+    plan.add_argument("--model-rows", type=_positive_int, default=256,
+                      help="rows of the sample run through the model (default 256)")
+    plan.add_argument("--workers", type=_positive_int, default=1, help="workers to estimate the wall time for")
+    plan.add_argument("--no-model", action="store_true", help="do not run the model (no time estimate)")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    plan.set_defaults(handler=_plan)
+
     schema = commands.add_parser("schema", help="print the JSON Schema of job specs")
     schema.set_defaults(handler=_schema)
     return parser
@@ -311,7 +334,8 @@ def _status(args: argparse.Namespace) -> int:
             print(json.dumps(current.to_dict(), default=str), flush=True)
         return 0
     if args.watch:
-        watch(args.job, settings, interval=args.interval)
+        final = watch(args.job, settings, interval=args.interval)
+        print(report_hint(final.output))
         return 0
     current = status(args.job, settings)
     if args.json:
@@ -398,6 +422,34 @@ def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from producer.api import report
+
+    written = report(args.output, _settings(args), out=args.out, png_dir=args.png)
+    totals = written.data.totals()
+    print(f"{written.path}: {totals['committed']} of {totals['shards']} shards, {totals['workers']} worker(s)")
+    for png in written.pngs:
+        print(png)
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from jobs.spec import load_spec
+    from producer.api import plan
+    from producer.preflight import render
+
+    found = plan(load_spec(args.job), _settings(args), sample=args.sample, model_rows=args.model_rows,
+                 workers=args.workers, run_model=not args.no_model)
+    if args.json:
+        return _print_json(found.to_dict())
+    print(render(found))
+    return 0
+
+
+def report_hint(output: str) -> str:
+    return f"report: batchformers report {output}"
+
+
 def _print_summary(status: Any) -> None:
     from producer.status import truncated_note
 
@@ -422,6 +474,7 @@ def _print_summary(status: Any) -> None:
     for shard, error in sorted(status.failures.items()):
         print(f"  shard {shard} failed: {error}")
     print(f"  output: {status.output}")
+    print(f"  {report_hint(status.output)}")
 
 
 def _silence_stdout() -> None:

@@ -12,8 +12,6 @@ import html
 import json
 import os
 import re
-import shutil
-import subprocess
 import time
 import urllib.request
 import uuid
@@ -32,13 +30,12 @@ from producer.cli import main
 from producer.embedded import LocalWorkers
 from producer.status import job_status, wait
 from producer.submit import submit
+from tests.browser import browse, needs_chromium
 from tests.conftest import _kill
 from tests.ports import flower_on_a_free_port
 
 pytestmark = pytest.mark.slow  # a Flower process, a browser and a worker
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium); CI installs it")
 METRIC = re.compile(r'^(batchformers_\w+)\{([^}]*)\} (\S+)$', re.MULTILINE)
 
 
@@ -66,15 +63,6 @@ def _until(check: Callable[[], Any], timeout: float, what: str) -> Any:
             return last
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
-
-
-def browse(url: str) -> str:
-    """The page's DOM after its scripts ran, as headless Chromium renders it."""
-    assert CHROMIUM is not None
-    done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                           "--virtual-time-budget=10000", "--dump-dom", url],
-                          capture_output=True, timeout=60, check=True)
-    return done.stdout.decode()
 
 
 def broker_page(flower_url: str) -> dict[str, int]:

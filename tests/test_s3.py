@@ -100,7 +100,7 @@ def test_success_is_a_conditional_put_not_check_then_put(bucket: str, monkeypatc
 
 @pytest.mark.slow
 def test_job_reads_and_writes_s3(bucket: str, s3_env: dict[str, str], news_parquet: Path, ner_model: Path,
-                                 settings: Settings, start_workers: Any) -> None:
+                                 settings: Settings, start_workers: Any, tmp_path: Path) -> None:
     source = Storage.at(f"s3://{bucket}/input")
     source.write_atomic(news_parquet.read_bytes(), "news.parquet")
     output = f"s3://{bucket}/runs/ner"
@@ -140,6 +140,14 @@ def test_job_reads_and_writes_s3(bucket: str, s3_env: dict[str, str], news_parqu
     assert done.returncode == 0, done.stderr
     reported = json.loads(done.stdout)
     assert reported["state"] == "complete" and reported["rows_done"] == 66 and reported["committed"] == 4
+
+    # `report` reads the s3:// output (markers, parts' errors) and the s3:// input (the stragglers' rows).
+    from producer.report import write_report
+
+    written = write_report(output, out=str(tmp_path / "report.html"))
+    totals = written.data.totals()
+    assert (totals["rows"], totals["committed"], totals["errors"]) == (66, 4, 0)
+    assert all(straggler.lengths for straggler in written.data.stragglers)
 
 
 class _GetBytes:

@@ -36,6 +36,7 @@ _cache: dict[str, tuple[TaskType, Runner]] = {}  # insertion order is recency: t
 FAILED_LOAD_SECONDS = 300.0
 _failed: dict[str, tuple[float, BatchformersError]] = {}  # setup -> (when, error)
 _attempts = 0
+_paid: float | None = None  # seconds the last runner_for call spent loading; None when the model was resident
 
 
 def runner_for(spec: JobSpec, settings: Settings) -> tuple[TaskType, Runner]:
@@ -46,7 +47,9 @@ def runner_for(spec: JobSpec, settings: Settings) -> tuple[TaskType, Runner]:
             "the job asks for it but this worker does not allow it "
             "(start the worker with BATCHFORMERS_ALLOW_TRUST_REMOTE_CODE=1)",
         )
+    global _paid
     key = runner_key(spec)
+    _paid = None
     with _lock:
         if key in _cache:
             _cache[key] = _cache.pop(key)  # now the most recently used
@@ -56,7 +59,9 @@ def runner_for(spec: JobSpec, settings: Settings) -> tuple[TaskType, Runner]:
             raise error
         while len(_cache) >= settings.model_slots:
             _evict_oldest()
+        started = time.perf_counter()
         loaded = _load(spec, key, settings.model_slots)
+        _paid = time.perf_counter() - started
         _cache[key] = loaded
         return loaded
 
@@ -106,6 +111,13 @@ def _is_permanent(exc: BaseException) -> bool:
     from jobs.shard import is_permanent  # the shard's own rule (a network cause is transient)
 
     return is_permanent(exc)
+
+
+def take_load_seconds() -> float | None:
+    """Seconds the last :func:`runner_for` spent loading a model (evictions included), once; None: it reused one."""
+    global _paid
+    paid, _paid = _paid, None
+    return paid
 
 
 def loaded_count() -> int:

@@ -33,7 +33,7 @@ from worker import faults, metrics, takeover  # noqa: F401 - takeover: each work
 from worker.app import app
 from worker.deliveries import DeliveryCount
 from worker.lease import ShardLease, client_for, worker_identity
-from worker.runners import runner_for
+from worker.runners import runner_for, take_load_seconds
 
 log = logging.getLogger(__name__)
 PROGRESS_STATE = "PROGRESS"
@@ -41,7 +41,7 @@ PROGRESS_INTERVAL = 1.0
 OUTPUT_RETRIES = 10  # times a shard waits for an unreadable output location before it is dropped
 BROKER_PAUSE = 5.0  # seconds to wait before giving a shard back when the broker is unreachable
 HOOKS = Hooks(started=faults.started, before_commit=faults.before_commit, commit_point=faults.commit_point,
-              committed=metrics.shard_committed)
+              committed=metrics.shard_committed, model_load=take_load_seconds)
 
 _manifests: dict[tuple[str, str], Manifest] = {}
 
@@ -118,7 +118,7 @@ def run_shard_task(self: ShardTask, message: dict[str, Any]) -> dict[str, Any]:
             result = run_and_commit(
                 manifest, shard.shard, layout, lease, DeliveryCount(client, shard.job_id, shard.shard), ledger,
                 settings, runner_for, progress=_progress_reporter(self, manifest.shards[shard.shard].rows), hooks=HOOKS,
-                time_limits=(SoftTimeLimitExceeded,))
+                time_limits=(SoftTimeLimitExceeded,), enqueued_at=shard.enqueued_at)
             counted = "skipped" not in result  # counting the commit took the shard off the running set
         except RetryLater as retry:
             raise self.retry(exc=retry.__cause__, countdown=retry.delay, max_retries=None) from retry

@@ -77,13 +77,23 @@ class RunOptions:
 
 @dataclass
 class RunStats:
-    """What one run fed the model: batches, items, real tokens, padded tokens (items x longest) and forward seconds."""
+    """What one run fed the model: batches, items, real tokens, padded tokens (items x longest) and the seconds
+    each stage spent (with overlap on they run at once, so they add up to more than the run's wall time)."""
 
     batches: int = 0
     items: int = 0
     tokens: int = 0
     padded_tokens: int = 0
     forward_seconds: float = 0.0
+    encode_seconds: float = 0.0
+    """Tokenizing (``encode``) and padding batches into tensors (``collate``)."""
+    decode_seconds: float = 0.0
+    pad_seconds: float = 0.0
+
+    def stage_seconds(self) -> dict[str, float]:
+        """Seconds per stage, as a shard's marker records them: encode (tokenize and pad), forward, decode."""
+        return {"encode": round(self.encode_seconds + self.pad_seconds, 4), "forward": round(self.forward_seconds, 4),
+                "decode": round(self.decode_seconds, 4)}
 
 
 @dataclass
@@ -321,7 +331,9 @@ class Execution:
 
     def encode(self, block: list[int]) -> tuple[list[int], Encoded]:
         """The task's ``encode`` of one block; its row errors are recorded now."""
+        started = time.perf_counter()
         encoded = self.runner.encode(self.inputs, block)
+        self.stats.encode_seconds += time.perf_counter() - started
         with self.lock:
             self.errors.update(encoded.errors)
         self._finished_rows(len(encoded.errors))
@@ -360,7 +372,7 @@ class Execution:
                 if isinstance(work, Finished):
                     decoder.decode(work)
                     continue
-                batch = self.runner.collate(work)
+                batch = self._collate(work)
                 decoder.take(batch.items, self._forward(batch))
                 self._report()
 
@@ -372,13 +384,19 @@ class Execution:
         line = _Line()
         blocks = self.blocks()
         encoded = line.stage("encode", lambda _: (self.encode(block) for block in blocks), None, BLOCK_DEPTH)
-        padded = line.stage("pad", lambda block: (work if isinstance(work, Finished) else self.runner.collate(work)
+        padded = line.stage("pad", lambda block: (work if isinstance(work, Finished) else self._collate(work)
                                                   for work in self.batches(*block)), encoded, QUEUE_DEPTH)
         forwarded = line.stage(None, lambda work: [work if isinstance(work, Finished)
                                                    else (work.items, self._forward(work))], padded, QUEUE_DEPTH)
         decoder = Decoder(self)
         line.stage("decode", decoder.consume, forwarded, None)
         line.run(on_each=self._report)
+
+    def _collate(self, items: list[Item]) -> Batch:
+        started = time.perf_counter()
+        batch = self.runner.collate(items)
+        self.stats.pad_seconds += time.perf_counter() - started
+        return batch
 
     def _forward(self, batch: Batch) -> list[Any]:
         """The device stage of one batch, halving it on out-of-memory; one output per item."""
@@ -509,7 +527,9 @@ class Decoder:
             good.outputs.append(outputs)
             good.items.append(items)
         if good.rows:
+            started = time.perf_counter()
             table = execution.runner.decode(execution.inputs, good)
+            execution.stats.decode_seconds += time.perf_counter() - started
             if table.num_rows != len(good.rows):
                 raise RuntimeError(f"decode returned {table.num_rows} rows for {len(good.rows)}")
             execution.add(good.rows, table)

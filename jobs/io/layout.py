@@ -5,7 +5,7 @@
       part-00001.parquet
       _batchformers/
         manifest.json              spec, shard plan, input fingerprint, versions
-        shards/00000.json          commit marker: rows, errors, seconds, worker
+        shards/00000.json          commit marker: rows, errors, seconds, worker, stage seconds, timing
         shards/00001.failed.json   why a shard failed for good
         _SUCCESS                   written exactly once, when every shard committed
         CANCELLED                  present while the job is cancelled
@@ -104,6 +104,7 @@ class OutputLayout:
         """
         self.storage.remove_temporaries(part_name(shard))
         self.storage.remove_temporaries(SHARDS_DIR, marker_name(shard))
+        started = time.perf_counter()
         buffer = io.BytesIO()
         import pyarrow.parquet as pq  # here, not at import: status and jobs read layouts without pyarrow
 
@@ -114,6 +115,7 @@ class OutputLayout:
             fault(shard, PART_PUBLISHED)
         marker = {**summary, "shard": shard, "part": part_name(shard), "committed_at": time.time(),
                   "worker": socket.gethostname()}
+        marker["stages"] = {**summary.get("stages", {}), "write": round(time.perf_counter() - started, 4)}
         self.storage.write_atomic(json.dumps(marker).encode(), SHARDS_DIR, marker_name(shard))
         self.storage.remove(SHARDS_DIR, f"{shard:05d}.failed.json")
 

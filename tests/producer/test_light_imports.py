@@ -1,6 +1,6 @@
 """The control path imports nothing heavy: each command, in a fresh interpreter, on a real job.
 
-``status``, ``jobs``, ``cancel``, ``retry``, ``inspect``, ``schema``, ``--help`` and ``--version``
+``status``, ``jobs``, ``cancel``, ``retry``, ``inspect``, ``report``, ``schema``, ``--help`` and ``--version``
 never load torch, transformers, datasets or pandas (seconds of imports, for a command that reads
 a few small files and Redis keys); ``submit`` checks and pins a local model from its files,
 without torch or transformers. What a command imported is read from its own ``sys.modules``.
@@ -79,6 +79,7 @@ COMMANDS = {
     "jobs": lambda job_id, output: ["jobs", "--limit", "5"],
     "jobs-json": lambda job_id, output: ["jobs", "--json"],
     "inspect": lambda job_id, output: ["inspect", output],
+    "report": lambda job_id, output: ["report", output, "--out", str(Path(output).parent / "report.html")],
     "schema": lambda job_id, output: ["schema"],
     "help": lambda job_id, output: ["--help"],
     "version": lambda job_id, output: ["--version"],
