@@ -169,7 +169,7 @@ class Recovery:
                     return None
                 queue = self.client.hget(JOB_QUEUES_KEY, manifest.job_id)
                 job = self._jobs[key] = _Job(manifest, layout, self.queue if queue is None else _text(queue))
-            if job.layout.is_complete():
+            if job.layout.is_finished():
                 self._finished.add(key)
                 self._jobs.pop(key, None)
                 return None

@@ -22,6 +22,10 @@ DEFAULT_FLOWER_PORT = 5555
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
 DEFAULT_MODEL_SLOTS = 1
 """Models one worker process keeps loaded, on GPU and CPU alike (see ``model_slots``)."""
+CAPS = {  # what one submit may ask for (see `cap_*` below): generous, but finite
+    "max_new_tokens": 4096, "num_beams": 16, "num_return_sequences": 16, "max_retries": 10,
+    "shard_time_limit": 24 * 3600, "shards": 100_000, "priority": 9,
+}
 CACHE_SUBDIR = "batchformers"
 """``BATCHFORMERS_CACHE_DIR`` defaults to this directory under ``HF_HOME`` (``~/.cache/huggingface``)."""
 
@@ -79,6 +83,18 @@ class Settings(BaseModel):
     flower_basic_auth: str | None = Field(
         None, repr=False, description="`user:password` (comma-separated for several) Flower asks for; no login when unset."
     )
+    # Caps on what a submitter may ask for; a submit over one is refused before anything is written or enqueued.
+    cap_max_new_tokens: int = Field(CAPS["max_new_tokens"], gt=0, description="Highest `params.max_new_tokens`.")
+    cap_num_beams: int = Field(CAPS["num_beams"], gt=0, description="Highest `params.num_beams`.")
+    cap_num_return_sequences: int = Field(
+        CAPS["num_return_sequences"], gt=0, description="Highest `params.num_return_sequences`.")
+    cap_max_retries: int = Field(CAPS["max_retries"], ge=0, description="Highest `max_retries`.")
+    cap_shard_time_limit: float = Field(
+        CAPS["shard_time_limit"], gt=0, description="Highest `shard_time_limit` (s) a spec may set.")
+    cap_shards: int = Field(
+        CAPS["shards"], gt=0, description="Most shards per job (each is a message of about 1.2 KB on the broker): "
+        "raise `shard_rows` for a bigger input.")
+    cap_priority: int = Field(CAPS["priority"], ge=0, le=9, description="Highest `priority` a submitter may use.")
 
     @model_validator(mode="before")
     @classmethod

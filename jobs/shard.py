@@ -6,7 +6,8 @@ holds the shard's lease (``worker.lease``):
 - the attempt is counted first (``worker.deliveries``), so a shard that kills its worker is
   marked failed after ``1 + max_retries`` starts instead of looping;
 - the input must be where it was at submit, unchanged (:func:`jobs.io.sources.check_source`);
-- the rows are run (:func:`run_shard`) and, if the lease is still ours, committed
+- the rows are run (:func:`run_shard`) and, if the lease is still ours (confirmed on the broker),
+  the output still holds the job and the shard is not committed yet, committed
   (:meth:`jobs.io.layout.OutputLayout.commit`), then counted towards the job's completion
   (:mod:`jobs.io.completion`);
 - permanent errors (a bad spec, an input that is gone or changed, a model that cannot be
@@ -153,10 +154,13 @@ def run_and_commit(
             table, summary = run_shard(manifest, plan, task, runner, progress, overlap=settings.overlap, spec=spec)
             summary.update(timing(lease.holder, started_at, enqueued_at, loaded_in))
             hooks.before_commit(shard)
-            if not lease.held():
+            if not lease.held():  # raises redis.RedisError when it cannot tell: the shard is given back
                 log.error("shard %s of job %s: lease lost to %s; not committing", shard, manifest.job_id,
                           lease.current_holder())
                 return {"shard": shard, "skipped": "lease lost"}
+            skipped = _not_ours_to_commit(layout, manifest.job_id, shard)
+            if skipped:
+                return {"shard": shard, "skipped": skipped}
             summary["attempt"] = attempt
             layout.commit(shard, table, summary, fault=hooks.commit_point)
             hooks.commit_point(shard, "committed")
@@ -183,6 +187,19 @@ def timing(worker_name: str, started_at: float, enqueued_at: float | None,
     if model_load_seconds is not None:
         found["model_load_seconds"] = round(model_load_seconds, 3)
     return found
+
+
+def _not_ours_to_commit(layout: OutputLayout, job_id: str, shard: int) -> str | None:
+    """Why this run must not commit although it holds the lease, read afresh from the output: the output
+    now holds another job (a concurrent submit took it), or the shard was committed meanwhile (by a run
+    that took over from this one while it was paused; the part may have been compacted away since)."""
+    if not layout.holds_job(job_id):
+        log.error("shard %s of job %s: the output now holds another job; not committing", shard, job_id)
+        return "the output holds another job"
+    if layout.is_committed(shard):
+        log.warning("shard %s of job %s was committed by another run meanwhile; not committing", shard, job_id)
+        return "already committed"
+    return None
 
 
 def _after_error(layout: OutputLayout, job_id: str, shard: int, spec: JobSpec, attempts: Attempts, attempt: int,

@@ -7,14 +7,22 @@ stay in ``row_index`` order; each new part takes the name of the first part it
 replaces (``part-00000.parquet`` then holds shards 0 to k), so names still sort in
 row order and ``inspect`` still finds the first rows.
 
-All or nothing, in three steps:
+All or nothing, in three steps, safe against a crash or a power loss at any point:
 
-1. the new parts are written under ``_batchformers/compact/`` (hidden from readers);
-2. ``_batchformers/compaction.json`` is written in one put: the commit point. Until it
-   exists the output is untouched, and an interrupted run leaves only hidden files;
-3. each new part is moved over the first part it replaces and the rest are deleted,
-   then the journal is marked done. A run interrupted here is finished by running
-   ``compact`` again, which reads the journal and rolls forward.
+1. the new parts are written under ``_batchformers/compact/`` (hidden from readers) and
+   made durable (fsync of each file and of the folder on a local disk; an object put is
+   durable once it returns);
+2. ``_batchformers/compaction.json`` is written in one put and made durable: the commit
+   point. Until it exists the output is untouched, and an interrupted run leaves only
+   hidden files;
+3. each new part is moved over the first part it replaces, the moves are made durable,
+   the rest are deleted, then the journal is marked done. A run interrupted here is
+   finished by running ``compact`` again, which reads the journal and rolls forward.
+
+One ``compact`` at a time: each takes ``_batchformers/compact.lock`` with the storage's
+create-once (a second one is refused while it is held). The lock of a ``compact`` that
+was killed on this machine (its process is gone) is taken over; on object storage, or from
+another machine, a stale lock is deleted by hand.
 
 Readers that list the directory during step 3 (seconds) may see a group's rows both
 in its new part and in a part not yet deleted: compact while nobody reads the output.
@@ -25,7 +33,11 @@ journal says which part now holds each shard.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -34,9 +46,19 @@ import pyarrow.parquet as pq
 
 from jobs.errors import OutputError
 from jobs.io.layout import META_DIR, PARQUET_COMPRESSION, OutputLayout, part_name
+from jobs.io.storage import Storage
 
 COMPACT_DIR = f"{META_DIR}/compact"
 JOURNAL_FILE = f"{META_DIR}/compaction.json"
+LOCK_FILE = f"{META_DIR}/compact.lock"
+LOCK_TRIES = 3
+FAULTS_ENV = "BATCHFORMERS_TEST_FAULTS"  # as in worker/faults.py: `compact-kill=POINT`, `compact-sleep=POINT`
+FAULT_SLEEP = 3.0
+STAGED_ONE, STAGED, JOURNALED, MOVED, DELETING, ROLLED = (
+    "staged-one", "staged", "journaled", "moved", "deleting", "rolled")
+FAULT_POINTS = (STAGED_ONE, STAGED, JOURNALED, MOVED, DELETING, ROLLED)
+"""Where a test may kill ``compact``: one group staged; all staged, no journal; the journal written, nothing
+moved; the parts moved, none deleted; one part deleted; all done but the journal's ``done``."""
 DEFAULT_TARGET_BYTES = 256 * 2**20
 ROW_GROUP_ROWS = 100_000
 
@@ -70,15 +92,23 @@ def plan_groups(sizes: list[int], target_bytes: int) -> list[list[int]]:
 
 
 def compact(output: str, target_bytes: int = DEFAULT_TARGET_BYTES, log: Any = None) -> Compaction:
-    """Compact the finished job at ``output``; OutputError when it is not finished."""
-    started = time.perf_counter()
+    """Compact the finished job at ``output``; OutputError when it is not finished or another compact runs."""
     layout = OutputLayout(output)
+    layout.read_manifest()  # OutputError when the location holds no job
+    with _locked(layout.storage, output):
+        return _compact(layout, target_bytes, log)
+
+
+def _compact(layout: OutputLayout, target_bytes: int, log: Any) -> Compaction:
+    started = time.perf_counter()
+    output = layout.location
     storage = layout.storage
     manifest = layout.read_manifest()
     journal = _journal(layout)
     if journal is None or journal.get("done"):
-        if not layout.is_complete():
-            raise OutputError(f"{output} is not complete (no _batchformers/_SUCCESS); compact a finished job")
+        if not layout.is_finished():
+            raise OutputError(f"{output} is not complete (no _batchformers/_SUCCESS or _FAILED); "
+                              "compact a finished job")
         shards = len(manifest.shards)
         current = journal["parts"] if journal else {part_name(i): [i] for i in range(shards)}
         sizes = {name: int(storage.fs.size(storage.path(name))) for name in current}
@@ -93,12 +123,17 @@ def compact(output: str, target_bytes: int = DEFAULT_TARGET_BYTES, log: Any = No
             shards_in = [shard for name in group for shard in current[name]]
             if len(group) > 1:
                 _merge(layout, group, f"{COMPACT_DIR}/{group[0]}")
+                storage.sync(COMPACT_DIR, group[0])  # whole on disk before the journal can name it
+                _fault(STAGED_ONE)
                 if log:
                     log(f"compact: group {number + 1} of {len(groups)}: {len(group)} parts -> {group[0]}")
             new_parts[group[0]] = shards_in
+        _fault(STAGED)
         journal = {"job_id": manifest.job_id, "parts": new_parts, "replaces": {g[0]: g for g in groups if len(g) > 1},
                    "parts_before": len(names), "created_at": time.time(), "done": False}
         storage.write_atomic(json.dumps(journal).encode(), JOURNAL_FILE)  # the commit point
+        storage.sync_folder(META_DIR)
+        _fault(JOURNALED)
     _roll_forward(layout, journal)
     return Compaction(output, int(journal["parts_before"]), len(journal["parts"]), manifest.total_rows,
                       time.perf_counter() - started)
@@ -136,9 +171,12 @@ def _merge(layout: OutputLayout, names: list[str], target: str) -> int:
 
 
 def _roll_forward(layout: OutputLayout, journal: dict[str, Any]) -> None:
-    """Put every merged part in place and delete the parts it replaces; idempotent."""
+    """Put every merged part in place and delete the parts it replaces; idempotent.
+
+    Every move is durable before the first delete: a power loss never leaves a group's rows
+    in neither its new part nor its old ones."""
     storage = layout.storage
-    for first, group in journal["replaces"].items():
+    for first in journal["replaces"]:
         staged = f"{COMPACT_DIR}/{first}"
         if storage.exists(staged):
             if storage.remote:
@@ -146,10 +184,81 @@ def _roll_forward(layout: OutputLayout, journal: dict[str, Any]) -> None:
                 storage.fs.rm(storage.path(staged))
             else:
                 storage.fs.mv(storage.path(staged), storage.path(first))  # a rename: atomic
+    storage.sync_folder()
+    _fault(MOVED)
+    for group in journal["replaces"].values():
         for name in group[1:]:
             storage.remove(name)
+            _fault(DELETING)
+    storage.sync_folder()
+    _fault(ROLLED)
     journal = {**journal, "done": True, "finished_at": time.time()}
     storage.write_atomic(json.dumps(journal).encode(), JOURNAL_FILE)
+
+
+@contextmanager
+def _locked(storage: Storage, output: str) -> Iterator[None]:
+    """Hold ``compact.lock`` for the body; OutputError while another live ``compact`` holds it."""
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": time.time()}
+    record = json.dumps(me).encode()
+    for _ in range(LOCK_TRIES):
+        if storage.create_once(record, LOCK_FILE):
+            break
+        held = _read_lock(storage)
+        if held is None:
+            continue  # released meanwhile
+        breaker = f"{LOCK_FILE}.broken-{held['pid']}-{held['started_at']}"  # one caller breaks each dead lock
+        if not _stale(held) or not storage.create_once(record, breaker):
+            raise OutputError(
+                f"another compact of {output} is running (pid {held.get('pid')} on {held.get('host')}, since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(held.get('started_at', 0))))}); "
+                f"wait for it to finish. If it is not running any more, delete {storage.url(LOCK_FILE)} "
+                "and run compact again")
+        storage.remove(LOCK_FILE)
+    else:
+        raise OutputError(f"cannot take {storage.url(LOCK_FILE)}: other compacts of {output} keep taking it")
+    try:
+        yield
+    finally:
+        storage.remove(LOCK_FILE)
+
+
+def _read_lock(storage: Storage) -> dict[str, Any] | None:
+    try:
+        held: dict[str, Any] = json.loads(storage.read_bytes(LOCK_FILE))
+    except FileNotFoundError:
+        return None
+    except ValueError:  # not ours to judge: treat it as held
+        return {"pid": "?", "host": "?", "started_at": 0}
+    return held
+
+
+def _stale(held: dict[str, Any]) -> bool:
+    """The lock of a compact on this machine whose process is gone (killed, crashed)."""
+    if held.get("host") != socket.gethostname() or not isinstance(held.get("pid"), int):
+        return False
+    try:
+        os.kill(held["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def _fault(point: str) -> None:
+    """Test fault points (inert unless ``BATCHFORMERS_TEST_FAULTS`` names one): ``compact-kill=POINT``
+    kills this process with SIGKILL there, ``compact-sleep=POINT`` sleeps there (a compact holding its lock)."""
+    spec = os.environ.get(FAULTS_ENV)
+    if not spec:
+        return
+    faults = [item.strip().partition("=") for item in spec.split(",")]
+    if ("compact-kill", "=", point) in faults:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    if ("compact-sleep", "=", point) in faults:
+        time.sleep(FAULT_SLEEP)
 
 
 def _journal(layout: OutputLayout) -> dict[str, Any] | None:

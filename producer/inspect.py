@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from jobs.io.completion import error_rate_note
 from jobs.io.layout import OutputLayout, part_name
 from jobs.pinning import pin_of
 
@@ -27,7 +28,7 @@ class OutputDescription:
     task: str
     model: str
     revision: str | None
-    state: str  # complete | incomplete
+    state: str  # complete | failed | incomplete: what `status` and `jobs` say of a finished job
     shards: int
     parts: int
     rows: int
@@ -45,6 +46,7 @@ class OutputDescription:
     max_error_rate: float = 1.0
     model_pin: dict[str, Any] | None = None  # what the model resolved to at submit (jobs.pinning)
     pinned: str = ""  # the pin in one line
+    reason: str = ""  # why the job failed, when it did
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,7 +59,8 @@ def describe(output: str, rows: int = 5) -> OutputDescription:
     pin = pin_of(manifest)
     committed_names, failed_names = layout.marker_numbers()  # one listing; the markers read in parallel
     committed = layout.read_committed(sorted(committed_names))
-    completion = layout.completion()
+    failure = layout.job_failure()
+    completion = layout.completion() or failure
     schema = manifest.output_schema
     head: list[dict[str, Any]] = []
     if committed:
@@ -68,19 +71,24 @@ def describe(output: str, rows: int = 5) -> OutputDescription:
             if rows > 0:
                 batch = next(parquet.iter_batches(batch_size=rows), None)
                 head = batch.to_pylist() if batch is not None else []
+    row_errors = sum(m["errors"] for m in committed.values())
+    failed_shards = len(failed_names - set(committed))
+    state, reason = _state(failure, len(manifest.shards), len(committed), failed_shards,
+                           sum(m["rows"] for m in committed.values()), row_errors,
+                           float(manifest.spec_value("max_error_rate")))
     return OutputDescription(
         output=output,
         job_id=manifest.job_id,
         task=str(manifest.spec_value("task")),
         model=str(manifest.spec_value("model") or manifest.job_spec().resolved_model()),  # a task's default model
         revision=manifest.spec_value("revision"),
-        state="complete" if completion else "incomplete",
+        state=state,
         shards=len(manifest.shards),
         parts=len(committed),
         rows=sum(m["rows"] for m in committed.values()),
         rows_expected=manifest.total_rows,
-        row_errors=sum(m["errors"] for m in committed.values()),
-        failed_shards=len(failed_names - set(committed)),
+        row_errors=row_errors,
+        failed_shards=failed_shards,
         schema=schema,
         schema_matches_manifest=_normalised(schema) == _normalised(manifest.output_schema),
         versions=manifest.versions,
@@ -92,7 +100,22 @@ def describe(output: str, rows: int = 5) -> OutputDescription:
         max_error_rate=float(manifest.spec_value("max_error_rate")),
         model_pin=manifest.model_pin,
         pinned=pin.describe() if pin else "",
+        reason=reason,
     )
+
+
+def _state(failure: dict[str, Any] | None, shards: int, committed: int, failed: int, rows: int, row_errors: int,
+           max_error_rate: float) -> tuple[str, str]:
+    """(state, reason) as ``status`` has it: _FAILED, too many row errors (an output written before _FAILED
+    has _SUCCESS there) or shards failed for good mean failed."""
+    if failure is not None:
+        return "failed", str(failure.get("reason", ""))
+    if committed == shards:
+        too_many = error_rate_note(row_errors, rows, max_error_rate)
+        return ("failed", too_many) if too_many else ("complete", "")
+    if committed + failed == shards:
+        return "failed", f"{failed} shard{'s' if failed > 1 else ''} failed"
+    return "incomplete", ""
 
 
 def render(described: OutputDescription) -> Any:
@@ -102,8 +125,9 @@ def render(described: OutputDescription) -> Any:
     from rich.text import Text
 
     d = described
-    title = Text.assemble(("output ", "bold"), (d.output, "bold"), "  ", (d.state, "green" if
-                                                                          d.state == "complete" else "yellow"))
+    colour = {"complete": "green", "failed": "red"}.get(d.state, "yellow")
+    title = Text.assemble(("output ", "bold"), (d.output, "bold"), "  ", (d.state, colour),
+                          *((f" ({d.reason})", colour),) if d.reason else ())
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()

@@ -162,10 +162,10 @@ def run(
 
 
 def _complete_already(spec: JobSpec) -> bool:
-    """The output holds a complete job (its ``_SUCCESS``): submit will most likely enqueue nothing,
-    so no worker is started before it says so. A guess only: submit decides."""
+    """The output holds a finished job (its ``_SUCCESS`` or ``_FAILED``): submit will most likely enqueue
+    nothing, so no worker is started before it says so. A guess only: submit decides."""
     try:
-        return OutputLayout(spec.output).is_complete()
+        return OutputLayout(spec.output).is_finished()
     except (OSError, ValueError, BatchformersError):  # unreachable or not a location: submit says why
         return False
 
@@ -181,7 +181,7 @@ def _submit(spec: JobSpec, broker_url: str, local: LocalWorkers | None) -> Submi
 
 
 def _nothing_left_to_write(status: JobStatus, wait_seconds: float = SUCCESS_WAIT_SECONDS) -> bool:
-    """Every shard committed or failed for good, and ``_SUCCESS`` written when all committed.
+    """Every shard committed or failed for good, and ``_SUCCESS`` (or ``_FAILED``) written when all committed.
 
     The last commit writes ``_SUCCESS`` just after the count that ``status`` reads, so it may
     still be on its way: it is awaited (milliseconds) before the workers can be killed.
@@ -192,7 +192,7 @@ def _nothing_left_to_write(status: JobStatus, wait_seconds: float = SUCCESS_WAIT
         return True
     layout = OutputLayout(status.output)
     deadline = time.monotonic() + wait_seconds
-    while not layout.is_complete():
+    while not layout.is_finished():
         if time.monotonic() > deadline:
             return False  # not written yet: a warm stop lets the worker finish writing it
         time.sleep(SUCCESS_POLL_SECONDS)

@@ -8,7 +8,7 @@ Where the numbers come from, cheapest first:
    ``batchformers:lease:<job_id>:<shard>``). A refresh costs a few Redis calls and two
    small reads of the output (manifest, cancel flag), whatever the job's size; failed
    shards are checked against their failure markers (a retry removes them).
-2. **``_SUCCESS``** of a finished job whose ledger has expired: one read.
+2. **``_SUCCESS``** (or **``_FAILED``**) of a finished job whose ledger has expired: one read.
 3. **The markers**: their names are listed and the markers read (only new ones, when a
    :class:`MarkerCache` is carried from one refresh to the next, as ``follow`` and
    ``wait`` do). This is the path without a broker, so ``status`` works from any machine
@@ -25,6 +25,7 @@ from typing import Any
 
 import redis
 
+from jobs.io.completion import ERROR_RATE_NOTE, error_rate_note
 from jobs.io.layout import OutputLayout, part_name
 from jobs.ledger import Ledger, Tally, marker_times
 from jobs.manifest import Manifest
@@ -38,7 +39,6 @@ BROKER_TIMEOUT = 3.0
 DEFAULT_WATCH_INTERVAL = 2.0
 ERROR_WIDTH = 200
 FIRST_ERRORS = 3
-ERROR_RATE_NOTE = "too many row errors"
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class JobStatus:
     note: str = ""  # why the job failed or is interrupted, when it is
     truncated: int = 0  # rows whose input was cut to the model's length (a `truncated` output column)
     first_errors: list[str] = field(default_factory=list)  # of rows, when the error rate failed the job
-    source: str = ""  # where the counts came from: ledger | success | markers
+    source: str = ""  # where the counts came from: ledger | success | failed (_FAILED) | markers
     model: str = ""  # the model as pinned at submit (jobs.pinning), else as the spec names it
     priority: int = DEFAULT_PRIORITY  # the spec's priority, when it has one
 
@@ -136,8 +136,9 @@ def job_status(output: str, settings: Settings | None = None, cache: MarkerCache
         rows_done=rows_done, row_errors=tally.errors,
         max_error_rate=float(manifest.spec_value("max_error_rate")),  # no spec validation: status imports no task
     )
-    if state == "complete" and source == "ledger" and not layout.is_complete():
-        state = "running"  # every shard is counted; the last commit is still writing _SUCCESS
+    if state in ("complete", "failed") and len(committed) == len(manifest.shards) and source == "ledger" \
+            and not layout.is_finished():
+        state = "running"  # every shard is counted; the last commit is still writing _SUCCESS or _FAILED
     first_errors = _first_errors(layout, sorted(committed)) if note.startswith(ERROR_RATE_NOTE) else []
     finished_at = tally.last_commit if tally.last_commit is not None else time.time()
     return JobStatus(
@@ -198,11 +199,8 @@ def job_state(*, shards: int, committed: int, failed: int, cancelled: bool, inte
     running     otherwise
     """
     if committed == shards:
-        if row_errors > max_error_rate * rows_done:
-            return "failed", (f"{ERROR_RATE_NOTE}: {row_errors:,} of {rows_done:,} rows have an error "
-                              f"({row_errors / max(rows_done, 1):.0%}), more than max_error_rate "
-                              f"{max_error_rate:.0%} allows")
-        return "complete", ""
+        too_many = error_rate_note(row_errors, rows_done, max_error_rate)
+        return ("failed", too_many) if too_many else ("complete", "")
     if cancelled:
         return "cancelled", ""
     if committed + failed == shards:
@@ -267,14 +265,16 @@ def _from_ledger(ledger: Ledger, layout: OutputLayout) -> Tally | None:
 
 
 def _from_completion(layout: OutputLayout, manifest: Manifest) -> tuple[Tally, str] | None:
-    """A finished job's totals from its _SUCCESS marker (one read), when it has one."""
-    done = layout.completion()
+    """A finished job's totals from its _SUCCESS (or _FAILED) marker, when it has one."""
+    done, source = layout.completion(), "success"
+    if done is None:
+        done, source = layout.job_failure(), "failed"
     if done is None or int(done.get("shards", -1)) != len(manifest.shards):
         return None
     return Tally(shards=len(manifest.shards), committed=set(range(len(manifest.shards))), unread=set(), failed={},
                  running=set(), rows=int(done["rows"]), errors=int(done["errors"]),
                  first_start=done.get("first_start"), last_commit=done.get("last_commit", done.get("completed_at")),
-                 finished_at=done.get("completed_at"), truncated=int(done.get("truncated") or 0)), "success"
+                 finished_at=done.get("completed_at"), truncated=int(done.get("truncated") or 0)), source
 
 
 def _from_listing(layout: OutputLayout, manifest: Manifest, cache: MarkerCache | None = None) -> Tally:

@@ -9,9 +9,11 @@ Each task carries its time limits: ``soft_time_limit`` is the spec's
 ``shard_time_limit`` (else the settings'), ``time_limit`` that plus a grace period
 in which the shard can record its failure (see :mod:`worker.lease`).
 
-Before anything is written, ``submit`` makes sure the broker answers and the model
-fits the task (:mod:`producer.model_check`), so a refused submit leaves the output
-location as it found it. An output whose job never got anywhere (no shard committed;
+Before anything is written, ``submit`` makes sure the broker answers, the model
+fits the task (:mod:`producer.model_check`) and the job stays within the operator's
+caps (:mod:`producer.caps`), so a refused submit leaves the output location as it found
+it. The manifest is written with the storage's create-once: of two submits to one fresh
+output at the same moment, one writes its job and the other is refused. An output whose job never got anywhere (no shard committed;
 every shard failed, or the job was interrupted or never enqueued) can be reused by a
 different job.
 """
@@ -27,12 +29,13 @@ import redis
 from jobs.broker import safe_url
 from jobs.dispatch import enqueue, messages_for, time_limits
 from jobs.errors import BrokerUnavailable, OutputError, SpecError
-from jobs.io.layout import OutputLayout
+from jobs.io.layout import META_DIR, OutputLayout
 from jobs.manifest import Manifest
 from jobs.protocol import ShardMessage
 from jobs.settings import Settings
 from jobs.spec import JobSpec
 from producer.broker import forget_attempts, sending_app
+from producer.caps import check_caps
 from producer.interruption import clear_interrupted, interruption, mark_interrupted
 from producer.job_index import remember
 from producer.model_check import check_model
@@ -86,26 +89,52 @@ def prepare_with_warnings(spec: JobSpec, settings: Settings | None = None) -> tu
                         "BATCHFORMERS_ALLOWED_ROOTS")
     manifest, units = plan_job(spec)
     check_allowed(spec, manifest, settings)
+    check_caps(spec, manifest, settings)
     layout = OutputLayout(spec.output)
+    replaced: Manifest | None = None
     if layout.has_manifest():
         existing = layout.read_manifest()
-        same_job = (existing.spec_fingerprint, existing.input_fingerprint) == (manifest.spec_fingerprint,
-                                                                              manifest.input_fingerprint)
-        if same_job:  # a resume loads the model pinned at the first submit
+        if _same_job(existing, manifest):  # a resume loads the model pinned at the first submit
             check_pin(existing)
             return existing, layout, read_warnings(existing, units)
         if not _abandoned(layout, existing):
             _refuse_taken(spec, existing, manifest)
         _forget_job(layout)
+        replaced = existing
     if layout.holds_other_data():
         raise SpecError("output", f"{spec.output} is not empty and holds no batchformers job; choose an empty directory")
     manifest = replace(manifest, model_pin=resolve_pin(spec).to_dict())
     try:
         layout.storage.makedirs()
-        layout.write_manifest(manifest)
+        written = _write_manifest(layout, manifest, replaced)
     except OSError as exc:
         raise OutputError(f"cannot write to {spec.output}: {exc}") from exc
+    if not written:  # another submit to this output got there first
+        existing = layout.read_manifest()
+        if not _same_job(existing, manifest):
+            raise SpecError("output", f"another submit wrote job {existing.job_id} (task {existing.spec['task']}) "
+                            f"to {spec.output} at the same moment; nothing of this job was written or enqueued. "
+                            "Choose another output directory")
+        check_pin(existing)
+        return existing, layout, read_warnings(existing, units)
     return manifest, layout, read_warnings(manifest, units)
+
+
+def _same_job(existing: Manifest, manifest: Manifest) -> bool:
+    return (existing.spec_fingerprint, existing.input_fingerprint) == (manifest.spec_fingerprint,
+                                                                      manifest.input_fingerprint)
+
+
+def _write_manifest(layout: OutputLayout, manifest: Manifest, replaced: Manifest | None) -> bool:
+    """Write the manifest once: with the storage's create-once on a fresh output; over an abandoned job's,
+    only by the one submit that claims it first. False when another submit won."""
+    if replaced is None:
+        return layout.create_manifest(manifest)
+    claim = f"{META_DIR}/replaced-{replaced.job_id}-{replaced.created_at!r}"
+    if not layout.storage.create_once(manifest.job_id.encode(), claim):
+        return False
+    layout.write_manifest(manifest)
+    return True
 
 
 def _refuse_taken(spec: JobSpec, existing: Manifest, manifest: Manifest) -> NoReturn:

@@ -21,7 +21,8 @@ And two that change the others or only record::
     count=PATH      every start of a shard appends ``SHARD PID TIME`` to PATH (:func:`started`),
                     so a test counts runs itself instead of trusting the code's own counter
 
-Never set it in production.
+``batchformers compact`` reads the same variable for its own kill points (``compact-kill=POINT``,
+``compact-sleep=POINT``, see :mod:`producer.compact`). Never set it in production.
 """
 
 from __future__ import annotations

@@ -103,12 +103,18 @@ class ShardLease:
         return self._take_or_refresh()
 
     def held(self) -> bool:
-        """Refresh the lease and say whether it is still ours (checked before committing)."""
+        """Refresh the lease and say whether it is still ours (checked before committing).
+
+        A broker that does not answer raises ``redis.RedisError``: a lease that cannot be
+        confirmed is not held (a worker paused past its lease may have been replaced, and its
+        shard committed and compacted since), so the shard is not committed but given back."""
+        if self.lost:
+            return False
         try:
             return self._take_or_refresh()
         except redis.RedisError as exc:
-            log.warning("cannot confirm lease %s (%s); assuming it is still held", self.key, exc)
-            return not self.lost
+            log.warning("cannot confirm lease %s (%s); not committing, the shard runs again later", self.key, exc)
+            raise
 
     def current_holder(self) -> str | None:
         value = self.client.get(self.key)

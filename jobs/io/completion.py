@@ -1,4 +1,4 @@
-"""Job completion: count a shard's commit on the ledger and write ``_SUCCESS`` after the last one.
+"""Job completion: count a shard's commit on the ledger and write the job's outcome after the last one.
 
 The commit markers in the output are the truth; the ledger (:mod:`jobs.ledger`) is the broker's
 cheap count of them. Every commit is counted there (one Redis call, whatever the job's size);
@@ -6,7 +6,9 @@ the commit that completes the count checks that every shard has its marker, once
 the totals into ``_SUCCESS``. Without a ledger (lost, expired, never written) the marker names
 are listed and the ledger is rebuilt from them. Shards finishing together may all see every
 shard committed; ``_SUCCESS`` is created with O_EXCL (a conditional put on object stores), so
-exactly one of them writes it. No Celery here: the worker task calls these after a commit.
+exactly one of them writes it. A job whose rows have more errors than its ``max_error_rate``
+allows gets ``_FAILED`` (the same totals and the reason) instead: ``_SUCCESS`` means success.
+No Celery here: the worker task calls these after a commit.
 """
 
 from __future__ import annotations
@@ -20,11 +22,21 @@ from jobs.ledger import Ledger, marker_times
 from jobs.manifest import Manifest
 
 log = logging.getLogger(__name__)
+ERROR_RATE_NOTE = "too many row errors"
+
+
+def error_rate_note(row_errors: int, rows: int, max_error_rate: float) -> str | None:
+    """Why a job whose every shard committed failed for its row errors; None when it did not."""
+    if row_errors <= max_error_rate * rows:
+        return None
+    return (f"{ERROR_RATE_NOTE}: {row_errors:,} of {rows:,} rows have an error "
+            f"({row_errors / max(rows, 1):.0%}), more than max_error_rate {max_error_rate:.0%} allows")
 
 
 def complete_if_last(layout: OutputLayout, manifest: Manifest, shard: int | None = None,
                      marker: dict[str, Any] | None = None, ledger: Ledger | None = None) -> bool:
-    """Count the commit of ``shard``; write _SUCCESS when it was the last. True for the one caller that wrote it."""
+    """Count the commit of ``shard``; write _SUCCESS (or _FAILED) when it was the last. True for the one caller
+    that wrote it."""
     total = len(manifest.shards)
     counted = None
     if ledger is not None and shard is not None and marker is not None:
@@ -34,18 +46,23 @@ def complete_if_last(layout: OutputLayout, manifest: Manifest, shard: int | None
             counted = ledger.record_commit(shard, marker)
     if counted is not None:
         fresh, count = counted
-        if count < total or (not fresh and layout.is_complete()):
+        if count < total or (not fresh and layout.is_finished()):
             return False
     elif len(layout.marker_numbers()[0]) < total:
         return False
     summary = totals(layout, manifest, ledger if counted is not None else None)
     if summary is None:
         return False
-    if not layout.mark_complete(summary):
+    reason = error_rate_note(summary["errors"], summary["rows"], float(manifest.spec_value("max_error_rate")))
+    written = layout.mark_complete(summary) if reason is None else layout.mark_job_failed({**summary, "reason": reason})
+    if not written:
         return False
     if ledger is not None:
         ledger.finish(summary["completed_at"])
-    log.info("batchformers: job %s complete: %s rows", manifest.job_id, summary["rows"])
+    if reason is None:
+        log.info("batchformers: job %s complete: %s rows", manifest.job_id, summary["rows"])
+    else:
+        log.error("batchformers: job %s failed: %s", manifest.job_id, reason)
     return True
 
 

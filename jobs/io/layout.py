@@ -7,7 +7,9 @@
         manifest.json              spec, shard plan, input fingerprint, versions
         shards/00000.json          commit marker: rows, errors, seconds, worker, stage seconds, timing
         shards/00001.failed.json   why a shard failed for good
-        _SUCCESS                   written exactly once, when every shard committed
+        _SUCCESS                   written exactly once, when every shard committed and the job succeeded
+        _FAILED                    instead of _SUCCESS when every shard committed but too many rows
+                                   have an error (max_error_rate): the totals and the reason
         CANCELLED                  present while the job is cancelled
 
 A part is written under a hidden temporary name and renamed (local disks) or put
@@ -44,6 +46,7 @@ META_DIR = "_batchformers"
 SHARDS_DIR = f"{META_DIR}/shards"
 MANIFEST_FILE = f"{META_DIR}/manifest.json"
 SUCCESS_FILE = f"{META_DIR}/_SUCCESS"
+FAILED_FILE = f"{META_DIR}/_FAILED"
 CANCELLED_FILE = f"{META_DIR}/CANCELLED"
 PARQUET_COMPRESSION = "zstd"
 MARKER_READERS = 32  # markers read at once from an object store (a local disk reads them in turn)
@@ -87,9 +90,21 @@ class OutputLayout:
     def write_manifest(self, manifest: Manifest) -> None:
         self.storage.write_atomic(manifest.to_json(), MANIFEST_FILE)
 
+    def create_manifest(self, manifest: Manifest) -> bool:
+        """Write the manifest of a fresh output; False when another submit's is there first."""
+        return self.storage.create_once(manifest.to_json(), MANIFEST_FILE)
+
+    def holds_job(self, job_id: str) -> bool:
+        """Whether the manifest on storage (read afresh, never cached) is job ``job_id``'s."""
+        try:
+            return self.read_manifest().job_id == job_id
+        except OutputError:
+            return False
+
     def holds_other_data(self) -> bool:
-        """True when the location has files that are not a batchformers job's."""
-        return bool(self.storage.list()) and not self.has_manifest()
+        """True when the location has files that are not a batchformers job's (``_batchformers/`` without
+        a manifest yet is a submit writing it now: the manifest's create-once decides between them)."""
+        return any(name != META_DIR for name in self.storage.list()) and not self.has_manifest()
 
     # -- shards --------------------------------------------------------------
 
@@ -178,13 +193,31 @@ class OutputLayout:
         """Write _SUCCESS; True only for the one caller that wrote it."""
         return self.storage.create_once(json.dumps(summary).encode(), SUCCESS_FILE)
 
+    def mark_job_failed(self, summary: dict[str, Any]) -> bool:
+        """Write _FAILED (the totals and ``summary["reason"]``); True only for the one caller that wrote it."""
+        return self.storage.create_once(json.dumps(summary).encode(), FAILED_FILE)
+
     def is_complete(self) -> bool:
+        """The job succeeded: its _SUCCESS is there."""
         return self.storage.exists(SUCCESS_FILE)
 
+    def is_finished(self) -> bool:
+        """Every shard committed and the outcome written: _SUCCESS or _FAILED."""
+        return self.is_complete() or self.storage.exists(FAILED_FILE)
+
     def completion(self) -> dict[str, Any] | None:
-        if not self.is_complete():
+        """The totals in _SUCCESS; None without one."""
+        return self._read_json(SUCCESS_FILE)
+
+    def job_failure(self) -> dict[str, Any] | None:
+        """The totals and reason in _FAILED; None without one."""
+        return self._read_json(FAILED_FILE)
+
+    def _read_json(self, name: str) -> dict[str, Any] | None:
+        try:
+            loaded: dict[str, Any] = json.loads(self.storage.read_bytes(name))
+        except FileNotFoundError:
             return None
-        loaded: dict[str, Any] = json.loads(self.storage.read_bytes(SUCCESS_FILE))
         return loaded
 
     def cancel(self) -> None:

@@ -116,10 +116,7 @@ class Storage:
         folder, name = posixpath.split(target)
         os.makedirs(folder, exist_ok=True)
         temporary = posixpath.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        _write_synced(temporary, data)
         if before_publish is not None:
             before_publish()
         os.replace(temporary, target)
@@ -141,7 +138,12 @@ class Storage:
         return stale
 
     def create_once(self, data: bytes, *parts: str) -> bool:
-        """Write only when absent; True for the one caller that created it."""
+        """Write only when absent; True for the one caller that created it.
+
+        Readers see nothing or the whole file: locally the bytes go to a hidden temporary file,
+        fsynced, then hard-linked into place (a link fails when the name exists); on S3 a
+        conditional put. Other object stores check, then put: two writers within a request of
+        each other may both succeed there."""
         target = self.path(*parts)
         if self.remote:
             if _exclusive_put(self.fs):
@@ -152,17 +154,45 @@ class Storage:
                     return False
                 except OSError:  # a store without conditional puts: fall through to check-then-put
                     pass
-            if self.exists(*parts):  # a small race there, harmless for _SUCCESS
+            if self.exists(*parts):  # a small race there (see above)
                 return False
             self.fs.pipe_file(target, data)
             return True
-        os.makedirs(posixpath.dirname(target), exist_ok=True)
+        folder, name = posixpath.split(target)
+        os.makedirs(folder, exist_ok=True)
+        temporary = posixpath.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+        _write_synced(temporary, data)  # whole and on disk before anyone can see it
         try:
-            with open(target, "xb") as handle:
-                handle.write(data)
+            os.link(temporary, target)  # fails when the target exists: create-once, never a half file
         except FileExistsError:
             return False
+        except OSError:  # a filesystem without hard links: exclusive create, then the bytes
+            try:
+                _write_synced(target, data, mode="xb")
+            except FileExistsError:
+                return False
+        finally:
+            os.remove(temporary)
+        _sync_folder(folder)
         return True
+
+    def sync(self, *parts: str) -> None:
+        """Make a local file's bytes and its name durable (fsync of the file and of its folder): a
+        power loss then keeps it whole. Object stores need nothing: a put is durable once it returns."""
+        if self.remote:
+            return
+        target = self.path(*parts)
+        descriptor = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        _sync_folder(posixpath.dirname(target))
+
+    def sync_folder(self, *parts: str) -> None:
+        """Make the renames and deletions in a local folder durable; nothing on object stores."""
+        if not self.remote:
+            _sync_folder(self.path(*parts))
 
     def remove(self, *parts: str) -> None:
         if self.exists(*parts):
@@ -172,6 +202,21 @@ class Storage:
         """Drop cached listings of ``path`` (and its parent) so that other writers' files show."""
         if self.remote:
             self.fs.invalidate_cache(path)
+
+
+def _write_synced(path: str, data: bytes, mode: str = "wb") -> None:
+    with open(path, mode) as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _sync_folder(folder: str) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _exclusive_put(fs: Any) -> bool:

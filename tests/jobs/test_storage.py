@@ -107,6 +107,29 @@ def test_local_create_once(tmp_path: Path) -> None:
     assert storage.read_bytes("m", "_SUCCESS") == b"first"
 
 
+def test_create_once_never_shows_a_partial_file(tmp_path: Path) -> None:
+    """A writer killed while it creates a file leaves nothing or the whole file, never a short one
+    (an empty _SUCCESS read as complete, then failed to parse). The writer, a real process, is
+    killed (SIGKILL) the moment the name appears."""
+    import signal
+    import subprocess
+    import sys
+
+    size = 256 * 2**20
+    target = tmp_path / "out" / "_SUCCESS"
+    code = ("import sys; from jobs.io.storage import Storage; "
+            f"Storage.at(sys.argv[1]).create_once(b'x' * {size}, '_SUCCESS')")
+    writer = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "out")])
+    try:
+        while not target.exists() and writer.poll() is None:
+            pass
+        os.kill(writer.pid, signal.SIGKILL)
+    finally:
+        writer.wait()
+    assert target.exists()
+    assert target.stat().st_size == size
+
+
 def test_remote_root(remote: Storage) -> None:
     again = Storage.at(f"memory://{remote.root.strip('/')}/")  # a trailing slash changes nothing
     assert again.root == remote.root and not again.root.endswith("/") and again.root.endswith("/job")
