@@ -14,6 +14,8 @@ import redis
 
 from jobs.errors import BrokerUnavailable
 
+SECRET_PARAMETERS = ("password", "passwd", "secret", "token")
+"""Query parameters whose value :func:`safe_url` masks (Redis takes ``?password=``)."""
 TIMEOUT = 10.0
 """Seconds a broker call may take, connect or reply, before it counts as unreachable."""
 
@@ -24,14 +26,23 @@ def client(url: str, timeout: float = TIMEOUT) -> redis.Redis:
 
 
 def safe_url(url: str) -> str:
-    """The URL with any password replaced, for messages and logs."""
-    from urllib.parse import urlsplit, urlunsplit
+    """The URL with any password replaced, for messages and logs: in its user info and in a query
+    parameter (``?password=``) alike; the host as written (IPv6 brackets kept)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        parts = parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(_secret(name) for name, _ in query):
+        masked = [(name, "***" if _secret(name) else value) for name, value in query]
+        parts = parts._replace(query=urlencode(masked, safe="*/:"))
+    return urlunsplit(parts)
+
+
+def _secret(name: str) -> bool:
+    return any(word in name.lower() for word in SECRET_PARAMETERS)
 
 
 def is_connection_error(exc: BaseException) -> bool:

@@ -37,6 +37,7 @@ LOCAL = "local"
 WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".onnx", ".gguf")
 """Weight files other than safetensors: only their size is pinned (hashing gigabytes per check is too slow)."""
 SAFETENSORS_SUFFIX = ".safetensors"
+HASH_CHUNK = 1024 * 1024
 HEADER_LIMIT = 100 * 1024 * 1024  # a safetensors header longer than this is not one (also for the submit check)
 
 
@@ -89,7 +90,7 @@ def pin_of(manifest: Any) -> ModelPin | None:
 
 
 def local_files(directory: Path) -> dict[str, FileStamp]:
-    """Every (non-hidden) file under ``directory``, by relative name: size and hash."""
+    """Every (non-hidden) regular file under ``directory``, by relative name: size and hash."""
     found: dict[str, FileStamp] = {}
     for root, dirs, names in os.walk(directory):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -97,7 +98,8 @@ def local_files(directory: Path) -> dict[str, FileStamp]:
             if name.startswith("."):
                 continue
             path = Path(root) / name
-            found[path.relative_to(directory).as_posix()] = stamp_of(path)
+            if path.is_file():  # a FIFO or device would block the walk, or never end
+                found[path.relative_to(directory).as_posix()] = stamp_of(path)
     return found
 
 
@@ -107,7 +109,7 @@ def stamp_of(path: Path) -> FileStamp:
         return FileStamp(size, _sha256(_safetensors_header(path)))
     if path.suffix in WEIGHT_SUFFIXES:
         return FileStamp(size)
-    return FileStamp(size, _sha256(path.read_bytes()))
+    return FileStamp(size, _file_sha256(path))
 
 
 def fingerprint_of(files: dict[str, FileStamp]) -> str:
@@ -174,6 +176,15 @@ def _safetensors_header(path: Path) -> bytes:
         if length > HEADER_LIMIT:  # not a safetensors file after all: pin its first bytes
             return prefix
         return prefix + handle.read(length)
+
+
+def _file_sha256(path: Path) -> str:
+    """In chunks: a large tokenizer or vocabulary file is never held whole."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _sha256(data: bytes) -> str:

@@ -29,7 +29,7 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +62,7 @@ HEAL_SCANS_PER_LEASE = 2  # one process looks for lost messages every lease / 2
 LOCK_LEASES = 3  # a claim expires after this many leases: a message lost again is sent again after that
 KOMBU_BINDINGS = "_kombu.binding."  # kombu's Redis transport: one set per exchange, members name the queues
 UNACKED_KEY = "unacked"  # kombu's hash of delivered, not yet acked messages
+SCAN_PAGE = 1000  # queued messages read per LRANGE (and unacked ones per HSCAN) by the lost-message scan
 UNREADABLE_BACKOFF_LEASES = 5  # an output that cannot be read (deleted, unreachable) is looked at again after this
 
 
@@ -245,12 +246,24 @@ class Recovery:
         ``job_queues`` are the jobs' own queues (:mod:`jobs.routing`), looked in whether or not
         kombu has bound them yet."""
         found: dict[str, set[int]] = {}
-        for raw in self.client.hvals(UNACKED_KEY):  # [message, exchange, routing key]
+        for _, raw in self.client.hscan_iter(UNACKED_KEY, count=SCAN_PAGE):  # [message, exchange, routing key]
             _add(found, shard_of(_loads(raw), unacked=True))
         for queue in self.queue_lists(job_queues):
-            for raw in self.client.lrange(queue, 0, -1):
+            for raw in self.queued(queue):
                 _add(found, shard_of(_loads(raw)))
         return found
+
+    def queued(self, queue: str) -> Iterator[bytes]:
+        """The messages of one queue list, ``SCAN_PAGE`` at a time: a backlog of millions is never read at once.
+        Kombu pushes on the left and takes from the right, so paging from the left misses no message that
+        stays queued (a push shifts the rest right: some are seen twice, which a set does not mind)."""
+        start = 0
+        while True:
+            page = self.client.lrange(queue, start, start + SCAN_PAGE - 1)
+            yield from page
+            if len(page) < SCAN_PAGE:
+                return
+            start += SCAN_PAGE
 
     def queue_lists(self, job_queues: Iterable[str] = ()) -> list[str]:
         """Every list kombu keeps messages in: the known queues, those bound on the broker, each priority."""

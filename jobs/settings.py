@@ -19,6 +19,7 @@ DEFAULT_QUEUE = "batchformers"
 DEFAULT_SHARD_TIME_LIMIT = 3600.0
 DEFAULT_LEASE_SECONDS = 20.0  # a SIGKILLed worker's shard restarts within about 1.25 of it (jobs.recovery)
 DEFAULT_FLOWER_PORT = 5555
+DEFAULT_METRICS_ADDRESS = "127.0.0.1"  # this machine only, unless the operator says otherwise
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
 DEFAULT_MODEL_SLOTS = 1
 """Models one worker process keeps loaded, on GPU and CPU alike (see ``model_slots``)."""
@@ -65,8 +66,10 @@ class Settings(BaseModel):
     )
     models: str = Field("", description="Comma-separated models (as job specs name them) this worker serves; "
                         "empty serves every model.")
-    allow_trust_remote_code: bool = Field(False, description="Let jobs that ask for it run hub model code.")
-    allowed_roots: str = Field("", description="Comma-separated input/output path prefixes; empty allows all.")
+    allow_trust_remote_code: bool = Field(False, description="Let jobs that ask for it run model code "
+                                           "(workers, and the producer reading a model).")
+    allowed_roots: str = Field("", description="Comma-separated prefixes that inputs, outputs "
+                               "and local model directories must lie under; empty allows all.")
     torch_threads: int | None = Field(None, gt=0, description="torch intra-op threads per worker process.")
     overlap: bool = Field(
         True, description="Run host stages (tokenize, pad, decode) in threads beside the device stage; "
@@ -78,6 +81,10 @@ class Settings(BaseModel):
     )
     metrics_port: int | None = Field(
         None, gt=0, lt=65536, description="Port a worker serves Prometheus metrics on (/metrics); off when unset."
+    )
+    metrics_address: str = Field(
+        DEFAULT_METRICS_ADDRESS, description="Address the metrics port listens on; 0.0.0.0 for a scraper on "
+        "another host or container (compose sets it inside its own network)."
     )
     flower_port: int = Field(DEFAULT_FLOWER_PORT, gt=0, lt=65536, description="Port `batchformers flower` listens on.")
     flower_basic_auth: str | None = Field(
@@ -125,17 +132,7 @@ class Settings(BaseModel):
 
     def allows(self, location: str) -> bool:
         """True when ``location`` lies under one of the allowed roots (always, when none are set)."""
+        from jobs.trust import under
+
         roots = self.roots()
-        return not roots or any(_under(location, root) for root in roots)
-
-
-def _under(location: str, root: str) -> bool:
-    """Local paths are compared resolved (``..`` and symlinks followed); URLs by path segments."""
-    if "://" in location.removeprefix("file://") or "://" in root.removeprefix("file://"):
-        if ".." in location.split("/"):
-            return False
-        root = root.rstrip("/")
-        return location == root or location.startswith(root + "/")
-    path = os.path.realpath(os.path.expanduser(location.removeprefix("file://")))
-    base = os.path.realpath(os.path.expanduser(root.removeprefix("file://")))
-    return os.path.commonpath([path, base]) == base
+        return not roots or any(under(location, root) for root in roots)

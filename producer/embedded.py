@@ -9,6 +9,7 @@ their pool processes (:mod:`worker.preload`).
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -34,6 +35,8 @@ GRACEFUL_STOP_SECONDS = 20.0
 FAST_STOP_SECONDS = 3.0
 REDIS_STOP_SECONDS = 10.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PASSWORD_BYTES = 24
+DISABLED_COMMANDS = ("CONFIG", "MODULE", "DEBUG")
 
 
 def die_with_parent() -> None:
@@ -73,22 +76,24 @@ class EmbeddedRedis:
     """A real Redis server on a free loopback port, stopped on exit.
 
     ``appendonly`` keeps the queue across a restart of this server (``stop(keep_data=True)``
-    then ``start()`` on the same port), which the broker-restart tests rely on. With
-    ``password`` the server requires it (``requirepass``) and ``url`` carries it.
+    then ``start()`` on the same port), which the broker-restart tests rely on. The server
+    requires a password (``requirepass``; a random one unless ``password`` is given) that
+    ``url`` carries, so another local user can neither read the queue nor send shards to our
+    workers; and it has no ``CONFIG``, ``MODULE`` or ``DEBUG``, with which a client could make
+    the server (running as us) write a file anywhere or load code.
     """
 
     def __init__(self, port: int | None = None, persist: bool = True, password: str | None = None) -> None:
         self.chosen_port = port is None  # ours to change when another process takes it first
         self.port = port or free_port()
         self.persist = persist
-        self.password = password
+        self.password = password or secrets.token_urlsafe(PASSWORD_BYTES)
         self.directory = tempfile.mkdtemp(prefix="batchformers-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        auth = f":{quote(self.password, safe='')}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"redis://:{quote(self.password, safe='')}@127.0.0.1:{self.port}/0"
 
     def start(self) -> EmbeddedRedis:
         """Start the server; on a port we chose that another process took first, try another one."""
@@ -107,16 +112,16 @@ class EmbeddedRedis:
 
     def _start_on_port(self) -> bool:
         """True once our server answers on ``self.port``; False when it exited (the port was taken)."""
-        command = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+        # The config on stdin ("-" config file), so that `ps` never shows the password.
+        command = [redis_server_binary(), "-", "--port", str(self.port), "--bind", "127.0.0.1",
                    "--dir", self.directory, "--save", "", "--appendonly", "yes" if self.persist else "no"]
-        if self.password:  # given on stdin ("-" config file), so that `ps` never shows it
-            command.insert(1, "-")
+        config = [f'requirepass "{self.password}"'] + [f'rename-command {name} ""' for name in DISABLED_COMMANDS]
         # Its own session: a Ctrl-C on the terminal reaches only us, and we stop it after the workers.
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE if self.password else None,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=True, preexec_fn=die_with_parent)
-        if self.password and self.process.stdin:
-            self.process.stdin.write(f'requirepass "{self.password}"\n'.encode())
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True,
+                                        preexec_fn=die_with_parent)
+        if self.process.stdin:
+            self.process.stdin.write("".join(line + "\n" for line in config).encode())
             self.process.stdin.close()
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline and self.process.poll() is None:

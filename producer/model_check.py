@@ -31,7 +31,10 @@ from typing import TYPE_CHECKING
 from jobs.errors import SpecError
 from jobs.model_table import HEAD_CLASSES
 from jobs.pinning import HEADER_LIMIT
+from jobs.settings import Settings
 from jobs.tasks.registry import get_task_class
+from jobs.trust import check_model as allowed_model
+from jobs.trust import looks_like_path, remote_code
 from producer.model_config import ModelConfig, read_config, table_is_current
 
 if TYPE_CHECKING:
@@ -62,8 +65,10 @@ class ModelFiles:
         return _hub_file(self.model, name, self.revision)
 
 
-def check_model(spec: JobSpec) -> list[str]:
+def check_model(spec: JobSpec, settings: Settings | None = None) -> list[str]:
     """Raise SpecError("model", ...) when the model cannot serve ``spec``; returns warnings."""
+    settings = settings or Settings()
+    allowed_model(spec.resolved_model(), settings)
     requirement = get_task_class(spec.task).model_requirement
     if requirement is None:
         return []
@@ -77,7 +82,7 @@ def check_model(spec: JobSpec) -> list[str]:
         where = f"the directory {files.local}" if files.local else f"the hub repository {files.model}"
         raise SpecError("model", f"{where} has no {CONFIG_FILE}, so it is not a transformers model; point "
                                  "`model` at the directory that holds config.json and the weights")
-    config = _config(spec, config_file)
+    config = _config(spec, config_file, remote_code(spec.trust_remote_code, settings))
     return _check_config(spec, requirement, config, files)
 
 
@@ -88,20 +93,15 @@ def locate(model: str, revision: str | None = None) -> ModelFiles:
         return ModelFiles(model, revision, path)
     if path.exists():
         raise SpecError("model", f"{model} is a file; `model` must be a hub id or a model directory")
-    if _looks_like_path(model):
+    if looks_like_path(model):
         raise SpecError("model", f"the local model directory {model} does not exist; check the path "
                                  "(relative paths in a job file are relative to that file)")
     return ModelFiles(model, revision, None)
 
 
-def _looks_like_path(model: str) -> bool:
-    """Hub ids are ``name`` or ``owner/name``; anything else is meant as a path."""
-    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
-
-
-def _config(spec: JobSpec, config_file: Path) -> ModelConfig:
+def _config(spec: JobSpec, config_file: Path, trusted: bool) -> ModelConfig:
     try:
-        return read_config(config_file, spec.trust_remote_code)
+        return read_config(config_file, trusted)
     except (ValueError, OSError) as exc:  # an unknown model type, a broken file, remote code not trusted ...
         raise SpecError("model", f"cannot read the config of {spec.resolved_model()}: {exc}") from None
 

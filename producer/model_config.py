@@ -4,8 +4,9 @@ AutoConfig imports transformers and torch (seconds of every submit) to build a c
 of which the check reads five fields. Here they are read from the JSON, with the defaults
 only the config classes know taken from :mod:`jobs.model_table`; a config is refused where
 AutoConfig refuses it: not JSON, no or an unknown ``model_type``, custom code (``auto_map``)
-without ``trust_remote_code``. A config with custom code the job trusts is read by AutoConfig
-itself: running that code is what the job asked for. ``tests/producer/test_model_config.py``
+without ``trust_remote_code``. A config with custom code the job trusts, where the operator allows it
+(:func:`jobs.trust.remote_code`, checked by the caller), is read by AutoConfig itself: running that code
+is what both asked for. ``tests/producer/test_model_config.py``
 compares both readings.
 """
 

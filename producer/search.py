@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from jobs.errors import SpecError
 from jobs.io.layout import OutputLayout, part_name
+from jobs.pinning import pinned_spec
 from jobs.shard import ROW_INDEX
 from jobs.spec import JobSpec
 
@@ -47,7 +48,8 @@ def search(output: str, query: str, top_k: int = DEFAULT_TOP_K, where: str | Non
     except KeyError:
         raise SpecError("method", f"unknown method {method!r}; valid: {', '.join(sorted(SCORERS))}") from None
     layout = OutputLayout(output)
-    spec = layout.read_manifest().job_spec()
+    manifest = layout.read_manifest()
+    spec = pinned_spec(manifest.job_spec(), manifest)  # the model the job ran with, not the hub's main now
     if spec.task != "embeddings" or spec.params.get("pooling") == "none":
         raise SpecError("output", f"{output} holds a {spec.task} job; search needs an embeddings job with "
                         "one vector per row (pooling other than none)")
@@ -102,7 +104,7 @@ def _duckdb(part: pa.Table, vector: np.ndarray, top_k: int, where: str | None, k
     connection = duckdb.connect()
     connection.register("part", part)
     dim = len(vector)
-    columns = ", ".join(f'"{name}"' for name in kept)
+    columns = ", ".join(quoted(name) for name in kept)
     condition = f"AND ({where})" if where else ""
     sql = (f"SELECT {columns}, array_cosine_similarity({EMBEDDING}::FLOAT[{dim}], ?::FLOAT[{dim}])::DOUBLE "
            f"AS {SCORE} FROM part WHERE error IS NULL {condition} ORDER BY {SCORE} DESC LIMIT {int(top_k)}")
@@ -110,6 +112,11 @@ def _duckdb(part: pa.Table, vector: np.ndarray, top_k: int, where: str | None, k
         return connection.sql(sql, params=[vector.tolist()]).to_arrow_table()
     except duckdb.Error as exc:
         raise SpecError("where", f"DuckDB cannot run the search: {exc}") from None
+
+
+def quoted(name: str) -> str:
+    """``name`` as a DuckDB identifier: column names come from a manifest, which anyone may have written."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _numpy(part: pa.Table, vector: np.ndarray, top_k: int, where: str | None, kept: list[str]) -> pa.Table:

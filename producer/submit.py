@@ -34,6 +34,8 @@ from jobs.manifest import Manifest
 from jobs.protocol import ShardMessage
 from jobs.settings import Settings
 from jobs.spec import JobSpec
+from jobs.trust import check_model as allowed_model
+from jobs.trust import check_no_userinfo
 from producer.broker import forget_attempts, sending_app
 from producer.caps import check_caps
 from producer.interruption import clear_interrupted, interruption, mark_interrupted
@@ -61,9 +63,11 @@ class Submission:
         return self.already_committed == self.shards
 
 
-def check_allowed(spec: JobSpec, manifest: Manifest, settings: Settings) -> None:
-    """Input and output must lie under BATCHFORMERS_ALLOWED_ROOTS when the operator set it."""
-    wanted = [("output", spec.output), ("input", spec.input)] + [("input", s.url) for s in manifest.sources]
+def check_allowed(spec: JobSpec, manifest: Manifest | None, settings: Settings) -> None:
+    """Input, output and a local model must lie under BATCHFORMERS_ALLOWED_ROOTS when the operator set it
+    (``manifest``: its input files too)."""
+    sources = manifest.sources if manifest else []
+    wanted = [("output", spec.output), ("input", spec.input)] + [("input", s.url) for s in sources]
     for field, location in wanted:
         if not settings.allows(location):
             raise SpecError(
@@ -71,6 +75,13 @@ def check_allowed(spec: JobSpec, manifest: Manifest, settings: Settings) -> None
                 f"{location} is outside the allowed roots ({', '.join(settings.roots())}); "
                 "use a location under one of them, or ask the operator to allow it in BATCHFORMERS_ALLOWED_ROOTS",
             )
+    allowed_model(spec.resolved_model(), settings)
+
+
+def refuse_credentials(spec: JobSpec) -> None:
+    """A location with ``user:password@`` is refused before anything is written or sent."""
+    for field, location in (("output", spec.output), ("input", spec.input), ("model", spec.model or "")):
+        check_no_userinfo(field, location)
 
 
 def prepare(spec: JobSpec, settings: Settings | None = None) -> tuple[Manifest, OutputLayout]:
@@ -83,10 +94,8 @@ def prepare_with_warnings(spec: JobSpec, settings: Settings | None = None) -> tu
     """:func:`prepare`, and what the job's plan says about its inputs' read amplification (for the
     plan actually used: an existing job keeps the plan of its manifest)."""
     settings = settings or Settings()
-    if not settings.allows(spec.output):
-        raise SpecError("output", f"{spec.output} is outside the allowed roots ({', '.join(settings.roots())}); "
-                        "use a location under one of them, or ask the operator to allow it in "
-                        "BATCHFORMERS_ALLOWED_ROOTS")
+    refuse_credentials(spec)
+    check_allowed(spec, None, settings)  # before the plan reads anything
     manifest, units = plan_job(spec)
     check_allowed(spec, manifest, settings)
     check_caps(spec, manifest, settings)
@@ -197,8 +206,9 @@ def give_fresh_attempts(manifest: Manifest, layout: OutputLayout, settings: Sett
 def submit(spec: JobSpec, settings: Settings | None = None) -> Submission:
     """Check, write the manifest (if new) and enqueue the shards not yet committed."""
     settings = settings or Settings()
+    refuse_credentials(spec)
     check_broker(settings)
-    warnings = check_model(spec)
+    warnings = check_model(spec, settings)
     manifest, layout, read_amplification = prepare_with_warnings(spec, settings)
     warnings = warnings + read_amplification
     layout.uncancel()

@@ -104,6 +104,26 @@ def test_services(compose: dict[str, Any]) -> None:
     assert set(compose["volumes"]) >= {"redis-data", "hf-cache", "data"}
 
 
+def test_nothing_listens_or_is_allowed_beyond_what_it_needs(compose: dict[str, Any]) -> None:
+    """Published ports bind the host's loopback; metrics listen on the compose network only (exposed,
+    not published); the default roots name buckets, never a whole protocol."""
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert _interpolated(port).startswith(("127.0.0.1:", "<flower_bind>:")), (name, port)
+    assert compose["services"]["flower"]["ports"] == ["${FLOWER_BIND:-127.0.0.1}:${FLOWER_PORT:-5555}:5555"]
+    for name, service in compose["services"].items():
+        env = service.get("environment") or {}
+        if "BATCHFORMERS_METRICS_PORT" in env:
+            assert env["BATCHFORMERS_METRICS_ADDRESS"] == "0.0.0.0" and "ports" not in service, name
+        roots = env.get("BATCHFORMERS_ALLOWED_ROOTS")
+        if roots:
+            default = re.fullmatch(r"\$\{BATCHFORMERS_ALLOWED_ROOTS:-([^}]*)\}", roots)
+            assert default, roots
+            for root in default.group(1).split(","):
+                path = root.partition("://")[2]
+                assert root.startswith("/") or path.strip("/"), f"{name}: the root {root} allows every bucket"
+
+
 def test_commands_are_batchformers_commands(compose: dict[str, Any]) -> None:
     """Every service that runs our image runs a command our CLI accepts."""
     parser = _parser()

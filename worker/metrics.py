@@ -24,7 +24,7 @@ from celery.signals import task_failure, task_retry, worker_init, worker_process
 
 from jobs.engine import batching
 from jobs.protocol import TASK_NAME
-from jobs.settings import Settings
+from jobs.settings import DEFAULT_METRICS_ADDRESS, Settings
 
 log = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -36,7 +36,7 @@ _metrics: dict[str, Any] = {}
 _owned_dir: str | None = None
 
 
-def setup(port: int, address: str = "0.0.0.0") -> bool:
+def setup(port: int, address: str = DEFAULT_METRICS_ADDRESS) -> bool:
     """Create the metrics and serve them on ``port``; False (and a warning) when that fails.
 
     Call in the worker's main process before the pool forks.
@@ -146,9 +146,9 @@ def sample_gpu_memory() -> None:
 
 @worker_init.connect
 def _on_worker_init(**_: Any) -> None:
-    port = Settings().metrics_port
-    if port:
-        setup(port)
+    settings = Settings()
+    if settings.metrics_port:
+        setup(settings.metrics_port, settings.metrics_address)
 
 
 @task_retry.connect

@@ -24,10 +24,11 @@ import time
 
 from jobs.engine.base import Runner, TaskType
 from jobs.engine.batching import free_cached_device_memory
-from jobs.errors import BatchformersError, SpecError
+from jobs.errors import BatchformersError
 from jobs.routing import model_tag, runner_key
 from jobs.settings import Settings
 from jobs.spec import JobSpec
+from jobs.trust import check_model, remote_code
 from worker import metrics
 
 log = logging.getLogger(__name__)
@@ -41,13 +42,9 @@ _paid: float | None = None  # seconds the last runner_for call spent loading; No
 
 def runner_for(spec: JobSpec, settings: Settings) -> tuple[TaskType, Runner]:
     """The loaded model for ``spec``: reused when resident, else loaded (after the fork) into a slot."""
-    if spec.trust_remote_code and not settings.allow_trust_remote_code:
-        raise SpecError(
-            "trust_remote_code",
-            "the job asks for it but this worker does not allow it "
-            "(start the worker with BATCHFORMERS_ALLOW_TRUST_REMOTE_CODE=1)",
-        )
     global _paid
+    remote_code(spec.trust_remote_code, settings)
+    check_model(spec.resolved_model(), settings)
     key = runner_key(spec)
     _paid = None
     with _lock:

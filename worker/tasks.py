@@ -21,6 +21,7 @@ import redis
 from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
+from jobs.broker import safe_url
 from jobs.errors import BatchformersError
 from jobs.io.completion import count_committed
 from jobs.io.layout import OutputLayout
@@ -78,11 +79,11 @@ def run_shard_task(self: ShardTask, message: dict[str, Any]) -> dict[str, Any]:
     try:
         shard = ShardMessage.from_dict(message)
     except (KeyError, TypeError) as exc:
-        log.error("dropping a malformed shard message (%r): %s", exc, message)
+        log.error("dropping a malformed shard message (%r)", exc)  # its fields may hold credentials
         return {"skipped": "malformed message"}
     if not settings.allows(shard.output):
         log.error("dropping shard %s of job %s: output %s is outside BATCHFORMERS_ALLOWED_ROOTS", shard.shard,
-                  shard.job_id, shard.output)
+                  shard.job_id, safe_url(shard.output))
         return {"shard": shard.shard, "skipped": "output outside the allowed roots"}
     layout = OutputLayout(shard.output)
     try:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from jobs.engine.base import LoadOptions
 from jobs.errors import ModelLoadError, SpecError
+from jobs.trust import remote_code
 
 if TYPE_CHECKING:
     import torch
@@ -59,11 +60,12 @@ def load_tokenizer(options: LoadOptions, **kwargs: Any) -> Any:
     """Load a fast tokenizer, translating hub/file errors into ModelLoadError."""
     from transformers import AutoTokenizer
 
+    trusted = remote_code(options.trust_remote_code)
     try:
         return AutoTokenizer.from_pretrained(
             options.model,
             revision=options.revision,
-            trust_remote_code=options.trust_remote_code,
+            trust_remote_code=trusted,
             **kwargs,
         )
     except Exception as exc:  # transformers raises OSError, ValueError, HF hub errors...
@@ -78,7 +80,8 @@ def load_model(auto_class: Any, options: LoadOptions) -> tuple[Any, torch.device
     """
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
-    arguments = {"revision": options.revision, "trust_remote_code": options.trust_remote_code, "dtype": dtype}
+    arguments = {"revision": options.revision, "trust_remote_code": remote_code(options.trust_remote_code),
+                 "dtype": dtype}
     try:
         try:
             model = auto_class.from_pretrained(options.model, attn_implementation="sdpa", **arguments)

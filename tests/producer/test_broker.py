@@ -11,6 +11,7 @@ import redis
 from jobs.protocol import DELIVERIES_PREFIX, LAST_ERROR_PREFIX, TASK_NAME, celery_config
 from jobs.settings import Settings
 from producer.broker import forget_attempts, sending_app
+from jobs.broker import safe_url
 
 
 @pytest.fixture
@@ -55,3 +56,14 @@ def test_the_sending_app_publishes_json_to_the_settings_queue(redis_url: str) ->
         assert TASK_NAME not in app.tasks  # sends by name: the worker's code is not loaded
     finally:
         client.delete(queue)
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://:s3cret@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+    ("redis://user:s3cret@[::1]:6379/0", "redis://user:***@[::1]:6379/0"),
+    ("redis://[::1]:6379/0?password=s3cret&socket_timeout=5", "redis://[::1]:6379/0?password=***&socket_timeout=5"),
+    ("rediss://h:6379/0?ssl_ca_certs=/etc/ca.pem", "rediss://h:6379/0?ssl_ca_certs=/etc/ca.pem"),
+    ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+])
+def test_safe_url_hides_every_password_and_keeps_the_host(url: str, shown: str) -> None:
+    assert safe_url(url) == shown

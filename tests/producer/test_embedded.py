@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 import redis
@@ -61,3 +62,21 @@ def test_an_explicit_port_that_is_taken_fails_instead_of_moving() -> None:
         with pytest.raises(RuntimeError):
             server.start()
         assert server.port == taken and server.process is None
+
+
+def test_only_the_password_holder_gets_in_and_nobody_reconfigures_it(tmp_path: Path) -> None:
+    """Another local user can reach the port: without the password they are refused, and even with it
+    CONFIG (``CONFIG SET dir`` + ``SAVE`` wrote a file anywhere as us), MODULE and DEBUG do not exist."""
+    with EmbeddedRedis(persist=False) as server, EmbeddedRedis(persist=False) as other:
+        assert server.password and server.password != other.password
+        stranger = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=2)
+        with pytest.raises(redis.AuthenticationError):
+            stranger.lpush("batchformers", b"a shard message of theirs")
+        stranger.close()
+        client = redis.Redis.from_url(server.url, socket_timeout=2)
+        assert client.ping()
+        for command in (("CONFIG", "SET", "dir", str(tmp_path)), ("CONFIG", "GET", "dir"),
+                        ("MODULE", "LIST"), ("DEBUG", "SLEEP", "0")):
+            with pytest.raises(redis.ResponseError, match="unknown command"):
+                client.execute_command(*command)
+        client.close()

@@ -116,3 +116,20 @@ def test_example_jobs_are_valid(name: str) -> None:
     spec = load_spec(examples / f"{name}.yaml")
     assert spec.task == name and spec.resolved_model()
     assert Path(spec.input).exists()
+
+
+@pytest.mark.parametrize("field", ["output", "input", "model"])
+def test_credentials_in_a_location_are_refused_and_never_stored(
+    field: str, tmp_path: Path, news_parquet: Path, ner_model: Path, settings: Settings,
+) -> None:
+    """``ftp://user:pass@host/...`` would put the password in the manifest, every shard message and the logs."""
+    secret = "pass-w0rd-123"
+    raw = _spec(news_parquet, tmp_path, ner_model, **{field: f"ftp://user:{secret}@127.0.0.1:1/{field}"})
+    with pytest.raises(SpecError) as caught:
+        submit(load_spec(raw), settings)
+    assert caught.value.field == field and "user name and password" in caught.value.message
+    assert secret not in str(caught.value)
+    client = redis.Redis.from_url(settings.broker_url)
+    assert not [key for key in client.scan_iter(match=f"*{secret}*")]
+    assert _queued(settings) == 0
+    assert not (tmp_path / "out" / "_batchformers").exists()

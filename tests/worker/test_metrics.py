@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 import time
 import urllib.request
 from pathlib import Path
@@ -36,6 +38,17 @@ def _scrape(port: int, timeout: float = 60) -> dict[str, float]:
     return samples
 
 
+def _listening_addresses(port: int) -> set[str]:
+    """The IPv4 addresses a socket listens on ``port`` at, from the kernel's table (/proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, local_port = local.split(":")
+        if state == "0A" and int(local_port, 16) == port:  # LISTEN
+            found.add(socket.inet_ntoa(struct.pack("<I", int(address, 16))))
+    return found
+
+
 def test_worker_serves_metrics(tmp_path: Path, news_parquet: Path, ner_model: Path, settings: Settings,
                                start_workers: Any) -> None:
     def start(port: int) -> tuple[int, Any]:
@@ -44,6 +57,7 @@ def test_worker_serves_metrics(tmp_path: Path, news_parquet: Path, ner_model: Pa
 
     port = serve_on_a_free_port(start)
     before = _scrape(port)  # served by the main process before any shard ran
+    assert _listening_addresses(port) == {"127.0.0.1"}  # by default this machine only
     assert not any(name.startswith("batchformers_rows_total") for name in before)
 
     spec = load_spec({"task": "ner", "model": str(ner_model), "input": str(news_parquet),

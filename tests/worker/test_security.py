@@ -24,6 +24,7 @@ from jobs.settings import Settings
 from producer.embedded import EmbeddedRedis, LocalWorkers
 from producer.status import wait
 from producer.submit import prepare, submit
+from tests.models import MODELS_DIR
 from tests.reliability import (
     assert_exactly_once,
     queued_messages,
@@ -65,7 +66,7 @@ def test_worker_rejects_pickle_and_paths_outside_allowed_roots(tmp_path: Path, s
     ids = write_rows(allowed / "in.parquet", 10)
     outside = tmp_path / "elsewhere"
     write_rows(outside / "in.parquet", 5)
-    workers = start_workers(1, BATCHFORMERS_ALLOWED_ROOTS=str(allowed))
+    workers = start_workers(1, BATCHFORMERS_ALLOWED_ROOTS=f"{allowed},{MODELS_DIR}")
     marker = tmp_path / "pwned"
     _send_pickled_task(settings.broker_url, settings.queue, marker)
     # Submitted by a producer without roots: the worker must still refuse what lies outside its own.
@@ -118,7 +119,7 @@ def test_allowed_roots_are_checked_at_submit(tmp_path: Path) -> None:
     write_rows(allowed / "in.parquet", 5)
     write_rows(tmp_path / "elsewhere" / "in.parquet", 5)
     (allowed / "escape").symlink_to(tmp_path / "elsewhere")
-    settings = Settings(allowed_roots=f"{allowed}, s3://bucket/data")
+    settings = Settings(allowed_roots=f"{allowed}, s3://bucket/data, {MODELS_DIR}")
     cases = {
         "output": (allowed / "in.parquet", tmp_path / "elsewhere" / "out"),
         "input": (tmp_path / "elsewhere" / "in.parquet", allowed / "out"),

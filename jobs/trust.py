@@ -1,0 +1,105 @@
+"""What the operator allows: model code, locations under the allowed roots, secrets kept out of locations.
+
+The one gate every load of a config, tokenizer or model goes through, producer and worker alike
+(:func:`remote_code`): a job's author, or a manifest found in a shared output, can ask for
+``trust_remote_code`` but only the operator's ``BATCHFORMERS_ALLOW_TRUST_REMOTE_CODE`` lets it run.
+Roots are compared after normalising: local paths resolved (``..`` and symlinks followed), URLs by
+protocol and path segments, chained fsspec URLs (``a::b``, which open what the last part names)
+refused unless a root is itself chained.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from jobs.errors import SpecError
+
+if TYPE_CHECKING:
+    from jobs.settings import Settings
+
+LOCAL_PROTOCOLS = ("file", "local")
+
+
+def remote_code(requested: bool, settings: Settings | None = None) -> bool:
+    """``requested`` when the operator allows model code here; SpecError when asked for but not allowed."""
+    if not requested:
+        return False
+    from jobs.settings import Settings
+
+    if not (settings or Settings()).allow_trust_remote_code:
+        raise SpecError("trust_remote_code", "the job asks for it but this process does not allow running model "
+                        "code (the operator sets BATCHFORMERS_ALLOW_TRUST_REMOTE_CODE=1 where it may run: on the "
+                        "workers, and where `submit`, `run` or `search` read the model)")
+    return True
+
+
+def looks_like_path(model: str) -> bool:
+    """Hub ids are ``name`` or ``owner/name``; anything else is meant as a path."""
+    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
+
+
+def is_local_model(model: str) -> bool:
+    """``model`` names a directory (or is meant as a path or URL) rather than a hub id."""
+    return os.path.exists(os.path.expanduser(model)) or looks_like_path(model) or "://" in model
+
+
+def check_model(model: str, settings: Settings) -> None:
+    """SpecError when ``model`` is a local directory outside the allowed roots."""
+    if is_local_model(model) and not settings.allows(model):
+        raise SpecError("model", f"the model directory {model} is outside BATCHFORMERS_ALLOWED_ROOTS "
+                        f"({', '.join(settings.roots())}); put it under one of them, or use a hub id")
+
+
+def under(location: str, root: str) -> bool:
+    """``location`` lies under ``root``, both normalised (see the module docstring)."""
+    if "::" in root:  # the operator allows chained URLs under this prefix, compared as written
+        return ".." not in location.replace("::", "/").split("/") and _below(location, root.rstrip("/"))
+    if "::" in location:
+        return False
+    place, base = _normalised(location), _normalised(root)
+    if place is None or base is None or place[0] != base[0]:
+        return False
+    if place[0] == "file":
+        return os.path.commonpath([place[1], base[1]]) == base[1]
+    return _below(place[1], base[1].rstrip("/"))
+
+
+def _normalised(location: str) -> tuple[str, str] | None:
+    """(protocol, path): local paths resolved; a URL's path with ``.`` and doubled ``/`` removed;
+    None for a URL with ``..`` in its path."""
+    protocol, found, rest = location.partition("://")
+    if not found:
+        protocol, rest = "file", location
+    protocol = protocol.lower()
+    if protocol in LOCAL_PROTOCOLS:
+        return "file", os.path.realpath(os.path.expanduser(rest))
+    if ".." in rest.split("/"):
+        return None
+    return protocol, posixpath.normpath("/" + rest).lstrip("/")
+
+
+def _below(location: str, root: str) -> bool:
+    return location == root or location.startswith(root + "/")
+
+
+def userinfo_of(location: str) -> str | None:
+    """The ``user:password@`` part of a storage URL (never to be stored in manifests, Redis or logs).
+    A user name alone is no secret, and is how some storages name a container (``abfs://container@account...``)."""
+    for part in location.split("::"):
+        if "://" in part:
+            userinfo, at, _ = urlsplit(part).netloc.rpartition("@")
+            if at and ":" in userinfo:
+                return userinfo
+    return None
+
+
+def check_no_userinfo(field: str, location: str) -> None:
+    """SpecError for a location that carries credentials: they would be written wherever the location is."""
+    if userinfo_of(location) is not None:
+        scheme = location.split("://")[0].rpartition("::")[2]
+        raise SpecError(field, f"the {scheme}:// location carries a user name and password (user:password@...), "
+                        "which would be written into the manifest, the broker and the logs; give the credentials "
+                        "to the storage library instead (its environment variables or config file)")
