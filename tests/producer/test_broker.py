@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from jobs.broker import safe_url
 from jobs.protocol import DELIVERIES_PREFIX, LAST_ERROR_PREFIX, TASK_NAME, celery_config
 from jobs.settings import Settings
 from producer.broker import forget_attempts, sending_app
-from jobs.broker import safe_url
 
 
 @pytest.fixture
