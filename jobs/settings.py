@@ -132,7 +132,7 @@ class Settings(BaseModel):
 
     def allows(self, location: str) -> bool:
         """True when ``location`` lies under one of the allowed roots (always, when none are set)."""
-        from jobs.trust import under
+        from jobs.roots import under
 
         roots = self.roots()
         return not roots or any(under(location, root) for root in roots)

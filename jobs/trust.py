@@ -3,15 +3,12 @@
 The one gate every load of a config, tokenizer or model goes through, producer and worker alike
 (:func:`remote_code`): a job's author, or a manifest found in a shared output, can ask for
 ``trust_remote_code`` but only the operator's ``BATCHFORMERS_ALLOW_TRUST_REMOTE_CODE`` lets it run.
-Roots are compared after normalising: local paths resolved (``..`` and symlinks followed), URLs by
-protocol and path segments, chained fsspec URLs (``a::b``, which open what the last part names)
-refused unless a root is itself chained.
+Locations are compared with the roots by :func:`jobs.roots.under`.
 """
 
 from __future__ import annotations
 
 import os
-import posixpath
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -19,9 +16,6 @@ from jobs.errors import SpecError
 
 if TYPE_CHECKING:
     from jobs.settings import Settings
-
-LOCAL_PROTOCOLS = ("file", "local")
-
 
 def remote_code(requested: bool, settings: Settings | None = None) -> bool:
     """``requested`` when the operator allows model code here; SpecError when asked for but not allowed."""
@@ -51,38 +45,6 @@ def check_model(model: str, settings: Settings) -> None:
     if is_local_model(model) and not settings.allows(model):
         raise SpecError("model", f"the model directory {model} is outside BATCHFORMERS_ALLOWED_ROOTS "
                         f"({', '.join(settings.roots())}); put it under one of them, or use a hub id")
-
-
-def under(location: str, root: str) -> bool:
-    """``location`` lies under ``root``, both normalised (see the module docstring)."""
-    if "::" in root:  # the operator allows chained URLs under this prefix, compared as written
-        return ".." not in location.replace("::", "/").split("/") and _below(location, root.rstrip("/"))
-    if "::" in location:
-        return False
-    place, base = _normalised(location), _normalised(root)
-    if place is None or base is None or place[0] != base[0]:
-        return False
-    if place[0] == "file":
-        return os.path.commonpath([place[1], base[1]]) == base[1]
-    return _below(place[1], base[1].rstrip("/"))
-
-
-def _normalised(location: str) -> tuple[str, str] | None:
-    """(protocol, path): local paths resolved; a URL's path with ``.`` and doubled ``/`` removed;
-    None for a URL with ``..`` in its path."""
-    protocol, found, rest = location.partition("://")
-    if not found:
-        protocol, rest = "file", location
-    protocol = protocol.lower()
-    if protocol in LOCAL_PROTOCOLS:
-        return "file", os.path.realpath(os.path.expanduser(rest))
-    if ".." in rest.split("/"):
-        return None
-    return protocol, posixpath.normpath("/" + rest).lstrip("/")
-
-
-def _below(location: str, root: str) -> bool:
-    return location == root or location.startswith(root + "/")
 
 
 def userinfo_of(location: str) -> str | None:
