@@ -119,6 +119,9 @@ def _load(spec: JobSpec) -> tuple[Any, float]:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # the weights' loading bar would land amid the report
     started = time.perf_counter()
     task = spec.task_type()
     runner = task.load(spec.load_options())
