@@ -21,13 +21,6 @@ SLACK = 5  # seconds a TTL may have run down between the write and the check
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def job_id(client: redis.Redis) -> Iterator[str]:
     job_id = f"test-{uuid.uuid4().hex[:8]}"
     yield job_id
