@@ -222,7 +222,7 @@ def _first_errors(layout: OutputLayout, committed: list[int], count: int = FIRST
     for shard in committed:
         try:
             with layout.storage.open(part_name(shard)) as handle:
-                errors = pq.read_table(handle, columns=["error"]).column("error").to_pylist()
+                errors = pq.ParquetFile(handle).read(columns=["error"]).column("error").to_pylist()  # read_table imports pandas
         except (OSError, KeyError, ValueError):
             continue
         for error in errors:

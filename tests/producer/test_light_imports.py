@@ -114,3 +114,23 @@ def test_submit_checks_and_pins_a_local_model_without_torch(job: tuple[Settings,
     assert {"torch", "transformers"} & imported == set()
     manifest = OutputLayout(str(tmp_path / "out")).read_manifest()
     assert manifest.model_pin and manifest.model_pin["kind"] == "local"  # checked and pinned all the same
+
+
+def test_status_of_a_job_failed_by_its_row_errors_imports_no_pandas(redis_url: str, tmp_path: Path) -> None:
+    """Its first row errors are read from the parts: ``pq.read_table`` would import pandas for that."""
+    settings = Settings(broker_url=redis_url, queue=f"bf-test-light-{uuid.uuid4().hex[:8]}")
+    source = tmp_path / "rows.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"body": [f"row {i}" for i in range(5)]}), source)
+    spec = load_spec({"task": "tokenize", "model": str(tiny_model_path("bert-ner")), "input": str(source),
+                      "columns": {"text": "body"}, "output": str(tmp_path / "out"), "max_error_rate": 0.1})
+    submitted = submit(spec, settings)
+    OutputLayout(submitted.output).commit(0, pa.table({"x": list(range(5)), "error": ["bad row"] * 5}),
+                                          {"rows": 5, "errors": 5, "seconds": 0.1})
+    from producer.status import job_status
+
+    assert job_status(submitted.output).first_errors == ["bad row"]  # the path that reads the parts
+    for argv in (["status", submitted.output, "--json"], ["jobs", "--json"]):
+        assert HEAVY & _imported(settings, tmp_path, *argv) == set(), argv
+    redis.Redis.from_url(redis_url).delete(*queue_lists(redis_url, settings.queue))
