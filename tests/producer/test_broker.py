@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -12,6 +15,8 @@ from jobs.broker import safe_url
 from jobs.protocol import DELIVERIES_PREFIX, LAST_ERROR_PREFIX, TASK_NAME, celery_config
 from jobs.settings import Settings
 from producer.broker import forget_attempts, sending_app
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -53,9 +58,19 @@ def test_the_sending_app_publishes_json_to_the_settings_queue(redis_url: str) ->
         app.send_task(TASK_NAME, args=[{"job_id": "j", "shard": 1}], queue=queue)
         [raw] = client.lrange(queue, 0, -1)
         assert b'"content-type": "application/json"' in raw and TASK_NAME.encode() in raw
-        assert TASK_NAME not in app.tasks  # sends by name: the worker's code is not loaded
     finally:
         client.delete(queue)
+
+
+def test_the_sending_app_sends_by_name_without_the_workers_code() -> None:
+    """In a fresh interpreter: in this one another test may have imported worker/, whose shared task
+    every Celery app then registers when it finalizes."""
+    code = ("import sys; from jobs.protocol import TASK_NAME; from jobs.settings import Settings; "
+            "from producer.broker import sending_app; app = sending_app(Settings()); "
+            "print(TASK_NAME in app.tasks, sorted(m for m in sys.modules if m.split('.')[0] == 'worker'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "[]"]
 
 
 @pytest.mark.parametrize(("url", "shown"), [
