@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import redis
 
-from jobs.protocol import job_index_key, ledger_keys
-from jobs.routing import MAX_PRIORITY, Route, queue_keys, read_routes
+from jobs.protocol import MAX_PRIORITY, job_index_key, ledger_keys
+from jobs.routing import Route, queue_keys, read_routes
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from jobs import routing
 from jobs.broker import broker_errors, client
 from jobs.io.layout import OutputLayout
 from jobs.manifest import Manifest
-from jobs.protocol import TASK_NAME, ShardMessage
+from jobs.protocol import DEFAULT_PRIORITY, TASK_NAME, ShardMessage
 from jobs.recovery import Recovery
 from jobs.settings import Settings
-from jobs.spec import DEFAULT_PRIORITY, JobSpec
+from jobs.spec import JobSpec
 
 # The hard time limit leaves the shard this long after the soft one to record its failure.
 GRACE_FRACTION = 0.1

@@ -37,6 +37,10 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 # kombu's ``priority_steps``: one Redis list per priority 0-9, so two priorities never share one (jobs.routing).
+MIN_PRIORITY = 0
+MAX_PRIORITY = 9
+DEFAULT_PRIORITY = 5
+"""A spec's ``priority``: 0-9, higher first (:mod:`jobs.routing` maps it onto kombu's priorities)."""
 PRIORITY_STEPS = list(range(10))
 
 if TYPE_CHECKING:

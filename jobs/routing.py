@@ -19,11 +19,12 @@ import json
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from jobs.protocol import PRIORITY_STEPS, ROUTES_PREFIX
-from jobs.spec import MAX_PRIORITY, JobSpec
+from jobs.protocol import MAX_PRIORITY, PRIORITY_STEPS, ROUTES_PREFIX
 
-if TYPE_CHECKING:  # the functions take a client
+if TYPE_CHECKING:  # the functions take a client and a spec
     import redis
+
+    from jobs.spec import JobSpec
 
 # kombu's Redis transport joins names with this: queue Q's list for priority p > 0 is Q + sep + p,
 # and the members of an exchange's binding set end in sep + queue (read by jobs.recovery).

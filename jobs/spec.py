@@ -25,16 +25,13 @@ from pydantic import (
 from jobs.engine.base import LoadOptions, TaskType
 from jobs.engine.batching import DEFAULT_BATCH_SIZE
 from jobs.errors import SpecError
+from jobs.protocol import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from jobs.tasks.registry import TASKS, get_task_class, task_name
 
 if TYPE_CHECKING:  # imported where used: `batchformers schema` needs neither the engine nor the readers
     from jobs.engine.staged import RunOptions
 
 DEFAULT_SHARD_ROWS = 10_000
-MIN_PRIORITY = 0
-MAX_PRIORITY = 9
-DEFAULT_PRIORITY = 5
-"""A spec's ``priority``: 0-9, higher first (:mod:`jobs.routing` maps it onto kombu's priorities)."""
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_MAX_ERROR_RATE = 0.5
 # Fields that do not change a job's output: changing them resumes the job instead of making a new one.

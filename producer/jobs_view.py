@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from jobs.protocol import DEFAULT_PRIORITY
 from jobs.settings import Settings
-from jobs.spec import DEFAULT_PRIORITY
 from producer.job_index import KnownJob, known_jobs
 from producer.status import job_status
 

@@ -30,9 +30,8 @@ from jobs.io.layout import OutputLayout, part_name
 from jobs.ledger import Ledger, Tally, marker_times
 from jobs.manifest import Manifest
 from jobs.pinning import pin_of
-from jobs.protocol import LEASE_PREFIX, lease_key
+from jobs.protocol import DEFAULT_PRIORITY, LEASE_PREFIX, lease_key
 from jobs.settings import Settings
-from jobs.spec import DEFAULT_PRIORITY
 from producer.interruption import interruption
 
 BROKER_TIMEOUT = 3.0

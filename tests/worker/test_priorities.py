@@ -18,9 +18,9 @@ import redis
 from jobs import routing
 from jobs.dispatch import enqueue
 from jobs.errors import SpecError
-from jobs.protocol import ShardMessage
+from jobs.protocol import DEFAULT_PRIORITY, ShardMessage
 from jobs.settings import Settings
-from jobs.spec import DEFAULT_PRIORITY, load_spec
+from jobs.spec import load_spec
 from producer.broker import sending_app
 from tests.models import tiny_model_path
 from worker import routing as worker_routing
