@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from jobs.io.completion import error_rate_note
+from jobs.io.completion import outcome
 from jobs.io.layout import OutputLayout, part_name
 from jobs.pinning import pin_of
 
@@ -110,12 +110,7 @@ def _state(failure: dict[str, Any] | None, shards: int, committed: int, failed: 
     has _SUCCESS there) or shards failed for good mean failed."""
     if failure is not None:
         return "failed", str(failure.get("reason", ""))
-    if committed == shards:
-        too_many = error_rate_note(row_errors, rows, max_error_rate)
-        return ("failed", too_many) if too_many else ("complete", "")
-    if committed + failed == shards:
-        return "failed", f"{failed} shard{'s' if failed > 1 else ''} failed"
-    return "incomplete", ""
+    return outcome(shards, committed, failed, rows, row_errors, max_error_rate) or ("incomplete", "")
 
 
 def render(described: OutputDescription) -> Any:

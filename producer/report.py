@@ -133,7 +133,8 @@ def page(data: ReportData, figures: dict[str, Any]) -> str:
     totals = data.totals()
     divs = "\n".join(figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"chart-{name}")
                      for name, figure in figures.items())
-    state = "complete" if data.complete else f"{totals['committed']} of {data.shards} shards committed so far"
+    state = ("complete" if data.complete else f"failed: {data.failure}" if data.failure
+             else f"{totals['committed']} of {data.shards} shards committed so far")
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>batchformers report: {_e(data.job_id)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}

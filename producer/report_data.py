@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.io.layout import OutputLayout, part_name
+from jobs.io.layout import OutputLayout
 from jobs.manifest import Manifest
 
 STRAGGLERS = 5  # slowest shards shown with their row-length profile
@@ -87,6 +87,7 @@ class ReportData:
     runs: list[ShardRun]
     failures: dict[int, dict[str, Any]]
     complete: bool
+    failure: str | None = None  # why the finished job failed (its _FAILED), when it did
     stragglers: list[Straggler] = field(default_factory=list)
     error_kinds: dict[str, int] = field(default_factory=dict)
 
@@ -131,6 +132,9 @@ def gather(location: str, read_rows: bool = True) -> ReportData:
     data = ReportData(job_id=manifest.job_id, task=str(manifest.spec.get("task")),
                       model=str(manifest.spec.get("model")), output=layout.location, shards=len(manifest.shards),
                       runs=runs, failures=failures, complete=layout.is_complete())
+    failure = layout.job_failure()
+    if failure is not None:
+        data.failure = str(failure.get("reason") or "failed")
     if read_rows and runs:
         data.error_kinds = error_kinds(layout, [run.shard for run in runs if run.errors])
         slowest = sorted(runs, key=lambda run: -run.seconds)[:STRAGGLERS]
@@ -147,16 +151,13 @@ def error_kind(message: str) -> str:
 
 def error_kinds(layout: OutputLayout, shards: list[int]) -> dict[str, int]:
     """Rows in error by kind, read from the ``error`` column of the parts that have any."""
-    import pyarrow.parquet as pq
-
     counts: Counter[str] = Counter()
     for shard in shards:
         try:
-            with layout.storage.open(part_name(shard)) as handle:
-                column = pq.ParquetFile(handle).read(columns=["error"]).column("error")  # read_table imports pandas
+            errors = layout.row_errors(shard)
         except FileNotFoundError:  # compacted into another part: its marker's count stands alone
             continue
-        counts.update(error_kind(value) for value in column.to_pylist() if value is not None)
+        counts.update(error_kind(value) for value in errors if value is not None)
     return dict(counts.most_common())
 
 

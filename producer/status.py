@@ -25,8 +25,8 @@ from typing import Any
 
 import redis
 
-from jobs.io.completion import ERROR_RATE_NOTE, error_rate_note
-from jobs.io.layout import OutputLayout, part_name
+from jobs.io.completion import ERROR_RATE_NOTE, outcome
+from jobs.io.layout import OutputLayout
 from jobs.ledger import Ledger, Tally, marker_times
 from jobs.manifest import Manifest
 from jobs.pinning import pin_of
@@ -197,13 +197,11 @@ def job_state(*, shards: int, committed: int, failed: int, cancelled: bool, inte
     queued      nothing committed, failed or running yet
     running     otherwise
     """
-    if committed == shards:
-        too_many = error_rate_note(row_errors, rows_done, max_error_rate)
-        return ("failed", too_many) if too_many else ("complete", "")
-    if cancelled:
+    if cancelled and committed < shards:
         return "cancelled", ""
-    if committed + failed == shards:
-        return "failed", f"{failed} shard{'s' if failed > 1 else ''} failed"
+    finished = outcome(shards, committed, failed, rows_done, row_errors, max_error_rate)
+    if finished is not None:
+        return finished
     if interrupted is not None:
         return "interrupted", f"{interrupted.get('reason', 'interrupted')}; submit or run the job again to resume"
     if broker.startswith("unreachable"):
@@ -215,13 +213,10 @@ def job_state(*, shards: int, committed: int, failed: int, cancelled: bool, inte
 
 def _first_errors(layout: OutputLayout, committed: list[int], count: int = FIRST_ERRORS) -> list[str]:
     """The first few distinct row errors, read from the parts (in shard order) until found."""
-    import pyarrow.parquet as pq
-
     found: list[str] = []
     for shard in committed:
         try:
-            with layout.storage.open(part_name(shard)) as handle:
-                errors = pq.ParquetFile(handle).read(columns=["error"]).column("error").to_pylist()  # read_table imports pandas
+            errors = layout.row_errors(shard)
         except (OSError, KeyError, ValueError):
             continue
         for error in errors:

@@ -19,6 +19,7 @@ from jobs.settings import Settings
 from jobs.spec import load_spec
 from producer.inspect import describe
 from producer.jobs_view import job_lines
+from producer.report_data import gather
 from producer.status import job_status, wait
 from producer.submit import prepare, submit
 from tests.models import tiny_model_path
@@ -59,6 +60,8 @@ def test_a_job_with_too_many_row_errors_is_failed_everywhere(tmp_path: Path, sha
     lines = {line.job_id: line for line in job_lines(shared_workers, limit=50)}
     assert lines[bad.job_id].state == "failed" and lines[good.job_id].state == "complete"
     assert describe(good.output).state == "complete" and job_status(good.output).state == "complete"
+    reported = gather(bad.output)  # the report's page says the same (producer/report.py)
+    assert (reported.complete, reported.failure) == (False, marker["reason"]) and gather(good.output).complete
 
 
 def test_outputs_written_before_failed_existed_read_as_before(tmp_path: Path) -> None:

@@ -33,6 +33,18 @@ def error_rate_note(row_errors: int, rows: int, max_error_rate: float) -> str | 
             f"({row_errors / max(rows, 1):.0%}), more than max_error_rate {max_error_rate:.0%} allows")
 
 
+def outcome(shards: int, committed: int, failed: int, rows: int, row_errors: int,
+            max_error_rate: float) -> tuple[str, str] | None:
+    """(``complete`` | ``failed``, why) of a job with every shard committed or failed for good; None before.
+    The one rule ``status``, ``inspect`` and ``jobs`` judge a finished job by."""
+    if committed == shards:
+        too_many = error_rate_note(row_errors, rows, max_error_rate)
+        return ("failed", too_many) if too_many else ("complete", "")
+    if committed + failed == shards:
+        return "failed", f"{failed} shard{'s' if failed > 1 else ''} failed"
+    return None
+
+
 def complete_if_last(layout: OutputLayout, manifest: Manifest, shard: int | None = None,
                      marker: dict[str, Any] | None = None, ledger: Ledger | None = None) -> bool:
     """Count the commit of ``shard``; write _SUCCESS (or _FAILED) when it was the last. True for the one caller

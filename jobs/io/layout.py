@@ -159,6 +159,15 @@ class OutputLayout:
             (failed if name.endswith(".failed.json") else committed).add(int(number))
         return committed, failed
 
+    def row_errors(self, shard: int) -> list[str | None]:
+        """The ``error`` column of a shard's part. ``ParquetFile.read``, not ``pq.read_table``: that one imports
+        pandas, which ``status`` and ``report`` must not pay for. FileNotFoundError once compacted away."""
+        import pyarrow.parquet as pq
+
+        with self.storage.open(part_name(shard)) as handle:
+            errors: list[str | None] = pq.ParquetFile(handle).read(columns=["error"]).column("error").to_pylist()
+        return errors
+
     def read_committed(self, shards: Iterable[int], threads: int = MARKER_READERS) -> dict[int, dict[str, Any]]:
         """The commit markers of ``shards`` (those that exist), read ``threads`` at a time."""
         return self._read_many([(shard, f"{shard:05d}.json") for shard in shards], threads)
