@@ -305,7 +305,7 @@ def run_shard(
     stats = getattr(runner, "last_stats", None)
     if stats is not None and stats.batches:
         summary.update(batches=stats.batches, tokens=stats.tokens, padded_tokens=stats.padded_tokens)
-    stages = stats.stage_seconds() if stats is not None and hasattr(stats, "stage_seconds") else {}
+    stages = stats.stage_seconds() if stats is not None else {}
     summary["stages"] = {"read": round(read_seconds, 4), **stages}
     if TRUNCATED in output.schema.names:  # issue 12: rows cut to the model's length, counted for status
         summary[TRUNCATED] = truncated_rows(output)

@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 from jobs.errors import OutputError
 from jobs.io.layout import META_DIR, PARQUET_COMPRESSION, OutputLayout, part_name
 from jobs.io.storage import Storage
+from jobs.manifest import Manifest
 
 COMPACT_DIR = f"{META_DIR}/compact"
 JOURNAL_FILE = f"{META_DIR}/compaction.json"
@@ -94,16 +95,15 @@ def plan_groups(sizes: list[int], target_bytes: int) -> list[list[int]]:
 def compact(output: str, target_bytes: int = DEFAULT_TARGET_BYTES, log: Any = None) -> Compaction:
     """Compact the finished job at ``output``; OutputError when it is not finished or another compact runs."""
     layout = OutputLayout(output)
-    layout.read_manifest()  # OutputError when the location holds no job
+    manifest = layout.read_manifest()  # OutputError when the location holds no job
     with _locked(layout.storage, output):
-        return _compact(layout, target_bytes, log)
+        return _compact(layout, manifest, target_bytes, log)
 
 
-def _compact(layout: OutputLayout, target_bytes: int, log: Any) -> Compaction:
+def _compact(layout: OutputLayout, manifest: Manifest, target_bytes: int, log: Any) -> Compaction:
     started = time.perf_counter()
     output = layout.location
     storage = layout.storage
-    manifest = layout.read_manifest()
     journal = _journal(layout)
     if journal is None or journal.get("done"):
         if not layout.is_finished():
@@ -242,7 +242,7 @@ def _stale(held: dict[str, Any]) -> bool:
     except ProcessLookupError:
         return True
     except PermissionError:  # alive, another user's
-        return False
+        pass
     return False
 
 

@@ -63,19 +63,20 @@ class Submission:
         return self.already_committed == self.shards
 
 
-def check_allowed(spec: JobSpec, manifest: Manifest | None, settings: Settings) -> None:
-    """Input, output and a local model must lie under BATCHFORMERS_ALLOWED_ROOTS when the operator set it
-    (``manifest``: its input files too)."""
-    sources = manifest.sources if manifest else []
-    wanted = [("output", spec.output), ("input", spec.input)] + [("input", s.url) for s in sources]
-    for field, location in wanted:
-        if not settings.allows(location):
-            raise SpecError(
-                field,
-                f"{location} is outside the allowed roots ({', '.join(settings.roots())}); "
-                "use a location under one of them, or ask the operator to allow it in BATCHFORMERS_ALLOWED_ROOTS",
-            )
+def check_allowed(spec: JobSpec, settings: Settings) -> None:
+    """Input, output and a local model must lie under BATCHFORMERS_ALLOWED_ROOTS when the operator set it."""
+    for field, location in (("output", spec.output), ("input", spec.input)):
+        _refuse_outside(field, location, settings)
     allowed_model(spec.resolved_model(), settings)
+
+
+def _refuse_outside(field: str, location: str, settings: Settings) -> None:
+    if not settings.allows(location):
+        raise SpecError(
+            field,
+            f"{location} is outside the allowed roots ({', '.join(settings.roots())}); "
+            "use a location under one of them, or ask the operator to allow it in BATCHFORMERS_ALLOWED_ROOTS",
+        )
 
 
 def refuse_credentials(spec: JobSpec) -> None:
@@ -95,9 +96,10 @@ def prepare_with_warnings(spec: JobSpec, settings: Settings | None = None) -> tu
     plan actually used: an existing job keeps the plan of its manifest)."""
     settings = settings or Settings()
     refuse_credentials(spec)
-    check_allowed(spec, None, settings)  # before the plan reads anything
+    check_allowed(spec, settings)  # before the plan reads anything
     manifest, units = plan_job(spec)
-    check_allowed(spec, manifest, settings)
+    for source in manifest.sources:  # the input files the plan found
+        _refuse_outside("input", source.url, settings)
     check_caps(spec, manifest, settings)
     layout = OutputLayout(spec.output)
     replaced: Manifest | None = None

@@ -173,7 +173,7 @@ class Storage:
                 return False
         finally:
             os.remove(temporary)
-        _sync_folder(folder)
+        _fsync(folder)
         return True
 
     def sync(self, *parts: str) -> None:
@@ -182,17 +182,13 @@ class Storage:
         if self.remote:
             return
         target = self.path(*parts)
-        descriptor = os.open(target, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        _sync_folder(posixpath.dirname(target))
+        _fsync(target)
+        _fsync(posixpath.dirname(target))
 
     def sync_folder(self, *parts: str) -> None:
         """Make the renames and deletions in a local folder durable; nothing on object stores."""
         if not self.remote:
-            _sync_folder(self.path(*parts))
+            _fsync(self.path(*parts))
 
     def remove(self, *parts: str) -> None:
         if self.exists(*parts):
@@ -211,8 +207,9 @@ def _write_synced(path: str, data: bytes, mode: str = "wb") -> None:
         os.fsync(handle.fileno())
 
 
-def _sync_folder(folder: str) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
+def _fsync(path: str) -> None:
+    """fsync a file or a folder (a folder's fsync makes the names in it durable)."""
+    descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
     finally:
