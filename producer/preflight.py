@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from jobs.engine.batching import length_sorted_batches, text_error
+from jobs.engine.staged import ENCODE_ROWS
 from jobs.io.sample import read_sample
 from jobs.settings import Settings
 from jobs.spec import JobSpec
@@ -26,7 +27,6 @@ from producer.plan import plan_job
 
 HISTOGRAM_BINS = 10
 IMPORTED_FIRST = ("torch", "transformers", "jobs.engine.loading", "jobs.engine.staged")
-ENCODE_ROWS = 1024  # as jobs.engine.staged: rows are length-sorted within blocks of this many
 SHARD_OVERHEAD_SECONDS = 0.05  # a shard's fixed cost besides its rows (read, commit, ledger): a local-disk figure
 ASSUMES = ("the sample's rows are like the rest of the input; the workers are of this machine's kind (device, "
            "threads), each with its cores to itself (workers sharing a CPU's cores are slower); each worker loads "
@@ -83,8 +83,7 @@ def preflight(spec: JobSpec, sample: int = 4000, model_rows: int = 256, workers:
     inputs = {role: table.column(column).to_pylist() for role, column in roles.items()}
     count = table.num_rows
     runner, load_seconds = _load(spec) if run_model else (None, 0.0)
-    errors = (runner.row_errors(inputs, count) if runner is not None and hasattr(runner, "row_errors")
-              else _row_errors(inputs, count))
+    errors = runner.row_errors(inputs, count) if runner is not None else _row_errors(inputs, count)
     valid = [row for row in range(count) if row not in errors]
     texts = [tuple(inputs[role][row] for role in roles) for row in valid]
     filled = [values for values in texts if all(value.strip() for value in values)]
