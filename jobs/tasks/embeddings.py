@@ -138,11 +138,10 @@ class EmbeddingsTask(ModelTask):
     def load(self, options: LoadOptions) -> Runner:
         if self.dim is None:
             self.bind_model(options)
-        self.resolved = self.settings(options)
         return super().load(options)
 
     def runner(self, model: Any, tokenizer: Any, device: Any, options: LoadOptions) -> Runner:
-        pooling, normalize, max_length = self.resolved
+        pooling, normalize, max_length = self.settings(options)
         return EmbeddingsRunner(self, model, tokenizer, device, pooling, normalize, max_length)
 
 

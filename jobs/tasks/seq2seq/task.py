@@ -56,7 +56,7 @@ class Seq2SeqTask(TaskType):
     @classmethod
     def check_engine(cls, engine: str, dtype: str, params: dict[str, Any]) -> None:
         """int8 and CTranslate2's own limits on parameters are checked here, before any worker loads."""
-        if engine not in cls.engines or engine != "ctranslate2":
+        if engine != "ctranslate2":
             super().check_engine(engine, dtype, params)
             return
         from jobs.tasks.seq2seq.ctranslate2.options import check_params, require
