@@ -20,7 +20,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.processes import HEAVY_MODULES, checked, console_script, fresh_output, seconds_of, timed_command
+from bench.processes import (
+    HEAVY_MODULES,
+    checked,
+    console_script,
+    environment,
+    fresh_output,
+    seconds_of,
+    timed_command,
+)
 
 IMPORT_PROBE = """
 import json, sys, time
@@ -105,6 +113,40 @@ def run_sample(spec_file: Path, workdir: Path) -> float:
     output = fresh_output(workdir, "run")
     seconds = seconds_of([str(console_script()), "run", str(spec_file), "--output", str(output), "--no-progress"])
     return seconds
+
+
+class WarmRuns:
+    """``run --keep-warm`` in fresh processes: :meth:`first` starts a new pool (its own cache directory,
+    so its own state), :meth:`again` runs on the newest one; every pool is stopped on exit."""
+
+    def __init__(self, spec_file: Path, workdir: Path, keep_warm: float = 60.0) -> None:
+        self.spec_file, self.workdir, self.keep_warm = spec_file, workdir, keep_warm
+        self.caches: list[Path] = []
+
+    def _run(self, cache: Path) -> float:
+        output = fresh_output(self.workdir, "warm")
+        env = environment(BATCHFORMERS_CACHE_DIR=str(cache), BATCHFORMERS_KEEP_WARM_SECONDS=str(self.keep_warm))
+        return seconds_of([str(console_script()), "run", str(self.spec_file), "--output", str(output),
+                           "--no-progress"], env)
+
+    def first(self) -> float:
+        self.caches.append(self.workdir / "warm" / f"cache-{len(self.caches)}")
+        return self._run(self.caches[-1])
+
+    def again(self) -> float:
+        return self._run(self.caches[-1])
+
+    def __enter__(self) -> WarmRuns:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from producer.warm_pool import PoolState, stop_pool
+
+        for cache in self.caches:
+            for path in cache.glob("warm/*.json"):
+                state = PoolState.read(path)
+                if state is not None:
+                    stop_pool(state, path)
 
 
 def instrumented_run(spec_file: Path, workdir: Path) -> dict[str, Any]:

@@ -79,6 +79,10 @@ class Settings(BaseModel):
         None, description="Where workers keep derived model files (CTranslate2 conversions); "
         "default HF_HOME/batchformers. Share it between the workers of a machine."
     )
+    keep_warm_seconds: float = Field(
+        0, ge=0, description="`run` without a broker: keep its Redis and workers (models loaded) for the next "
+        "run with the same environment until they have been idle this long; 0 stops them with the run."
+    )
     metrics_port: int | None = Field(
         None, gt=0, lt=65536, description="Port a worker serves Prometheus metrics on (/metrics); off when unset."
     )

@@ -38,15 +38,17 @@ class Retried:
 def run(spec: JobSpec, settings: Settings | None = None, *, workers: int = 1, progress: bool = False,
         timeout: float | None = None, log_dir: str | None = None,
         on_submit: Callable[[Submission], None] | None = None,
-        on_stopping: Callable[[int], None] | None = None) -> JobStatus:
+        on_stopping: Callable[[int], None] | None = None, keep_warm: float | None = None) -> JobStatus:
     """Run ``spec`` to the end: on the settings' broker when ``settings`` are given or
     ``BATCHFORMERS_BROKER_URL`` is set, else on an embedded Redis and ``workers`` local workers
-    (:func:`producer.run.chosen_broker`). A signal raises :class:`producer.run.RunInterrupted`."""
+    (:func:`producer.run.chosen_broker`), kept warm ``keep_warm`` idle seconds for the next run
+    (default ``BATCHFORMERS_KEEP_WARM_SECONDS``; :mod:`producer.warm_pool`). A signal raises
+    :class:`producer.run.RunInterrupted`."""
     from producer.run import run as run_job
 
     return run_job(spec, broker_url=settings.broker_url if settings is not None else None, workers=workers,
                    progress=progress, timeout=timeout, log_dir=log_dir, on_submit=on_submit,
-                   on_stopping=on_stopping)
+                   on_stopping=on_stopping, keep_warm=keep_warm)
 
 
 def submit(spec: JobSpec, settings: Settings | None = None) -> Submission:

@@ -33,6 +33,7 @@ from producer.interruption import clear_run_here, mark_interrupted, mark_run_her
 if TYPE_CHECKING:
     from producer.status import JobStatus
     from producer.submit import Submission
+    from producer.warm_pool import WarmPool
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SUCCESS_WAIT_SECONDS = 5.0  # for the last commit's _SUCCESS, before its worker is killed
@@ -95,20 +96,27 @@ def run(
     log_dir: str | None = None,
     on_submit: Callable[[Submission], None] | None = None,
     on_stopping: Callable[[int], None] | None = None,
+    keep_warm: float | None = None,
 ) -> JobStatus:
     """Run ``spec`` to completion; the final status says whether the job failed.
 
     ``log_dir`` is where local workers write ``worker-N.log`` (a new temporary folder when
     None; never removed here). ``on_submit`` is called with the submission once the job
     is enqueued; ``on_stopping`` with the signal number when an interrupt starts the stop.
+    ``keep_warm`` (default ``BATCHFORMERS_KEEP_WARM_SECONDS``): with no broker, run on a warm
+    pool (:mod:`producer.warm_pool`) kept this many idle seconds for the next run; its logs
+    are in :func:`producer.warm_pool.log_directory`, not ``log_dir``.
     """
     broker_url = chosen_broker(broker_url)
     embedded = broker_url is None
     if embedded and workers < 1:
         raise BatchformersError(f"workers must be at least 1 (got {workers}): with no broker, the job runs on "
                                 "local workers only")
+    if keep_warm is None:
+        keep_warm = Settings().keep_warm_seconds
     output: str | None = None
     local: LocalWorkers | None = None
+    pool: WarmPool | None = None
     run_marker = _RunMarker()
     with _signals_raise() as stopping, ExitStack() as stack:
 
@@ -119,7 +127,14 @@ def run(
             return started
 
         try:
-            if embedded:
+            if embedded and keep_warm > 0 and not _complete_already(spec):
+                from producer.warm_pool import acquire
+
+                pool = acquire(workers, keep_warm, preload=(spec.output, spec.fingerprint()))
+                stack.enter_context(pool.attached())
+                broker_url = pool.url
+                stack.callback(run_marker.clear)
+            elif embedded:
                 server = stack.enter_context(EmbeddedRedis())
                 stopping.forcible.append(server)
                 broker_url = server.url
@@ -131,7 +146,7 @@ def run(
             output = submission.output
             if embedded and submission.enqueued:
                 run_marker.mark(OutputLayout(output))
-                if local is None:  # the output said complete, yet some shard is not committed after all
+                if local is None and pool is None:  # the output said complete, yet a shard is not committed
                     local = start_workers(broker_url)
             elif local is not None:
                 local.kill()  # nothing to run: they never had a shard
@@ -152,6 +167,8 @@ def run(
                 on_stopping(signalled.signum)
             if local is not None:
                 local.stop(fast=True)  # a cold shutdown, then the embedded Redis as the stack closes
+            if pool is not None:
+                pool.stop()  # its workers must not finish the job behind the interrupted run's back
             stack.close()
             status = job_status(output) if output else None
             if output and embedded and status is not None and not status.finished:
