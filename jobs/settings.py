@@ -79,6 +79,10 @@ class Settings(BaseModel):
         None, description="Where workers keep derived model files (CTranslate2 conversions); "
         "default HF_HOME/batchformers. Share it between the workers of a machine."
     )
+    drain_seconds: float = Field(
+        20.0, ge=0, description="Worker, on SIGTERM: how long the running shard may finish before it is given "
+        "back (requeued at once, not counted as an attempt); keep it under the platform's stop grace period."
+    )
     keep_warm_seconds: float = Field(
         0, ge=0, description="`run` without a broker: keep its Redis and workers (models loaded) for the next "
         "run with the same environment until they have been idle this long; 0 stops them with the run."

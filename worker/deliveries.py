@@ -15,6 +15,12 @@ import redis
 from jobs.protocol import deliveries_key, last_error_key
 
 KEEP_SECONDS = 14 * 24 * 3600  # counters of abandoned jobs expire on their own
+_DECREMENT_TO_ZERO = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then
+    return redis.call('DECR', KEYS[1])
+end
+return 0
+"""
 
 
 class DeliveryCount:
@@ -32,6 +38,11 @@ class DeliveryCount:
         pipe.expire(self.key, KEEP_SECONDS)
         count, _ = pipe.execute()
         return int(count)
+
+    def give_back(self) -> None:
+        """Take back the start counted for a run that a stopping worker gave back (never below zero):
+        a preemption is not a failed attempt."""
+        self.client.eval(_DECREMENT_TO_ZERO, 1, self.key)
 
     def record_error(self, error: str) -> None:
         self.client.set(self.error_key, error, ex=KEEP_SECONDS)

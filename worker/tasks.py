@@ -30,7 +30,7 @@ from jobs.manifest import Manifest
 from jobs.protocol import TASK_NAME, ShardMessage
 from jobs.settings import Settings
 from jobs.shard import Hooks, RetryLater, backoff, run_and_commit
-from worker import faults, metrics, takeover  # noqa: F401 - takeover: each worker scans for dead holders' shards
+from worker import drain, faults, metrics, takeover  # noqa: F401 - takeover: each worker scans for dead holders' shards
 from worker.app import app
 from worker.deliveries import DeliveryCount
 from worker.lease import ShardLease, client_for, worker_identity
@@ -41,7 +41,19 @@ PROGRESS_STATE = "PROGRESS"
 PROGRESS_INTERVAL = 1.0
 OUTPUT_RETRIES = 10  # times a shard waits for an unreadable output location before it is dropped
 BROKER_PAUSE = 5.0  # seconds to wait before giving a shard back when the broker is unreachable
-HOOKS = Hooks(started=faults.started, before_commit=faults.before_commit, commit_point=faults.commit_point,
+
+
+def _started(shard: int) -> None:
+    drain.allow(shard)  # a stopping worker may give the shard back until its rows are done
+    faults.started(shard)
+
+
+def _before_commit(shard: int) -> None:
+    faults.before_commit(shard)  # a slow shard in the tests: still inside the rows' time
+    drain.forbid(shard)
+
+
+HOOKS = Hooks(started=_started, before_commit=_before_commit, commit_point=faults.commit_point,
               committed=metrics.shard_committed, model_load=take_load_seconds)
 
 _manifests: dict[tuple[str, str], Manifest] = {}
@@ -114,16 +126,23 @@ def run_shard_task(self: ShardTask, message: dict[str, Any]) -> dict[str, Any]:
                         shard.job_id, lease.current_holder(), delay)
             raise self.retry(countdown=delay, max_retries=None)
         counted = False
+        attempts = DeliveryCount(client, shard.job_id, shard.shard)
         try:
             ledger.started(shard.shard)
             result = run_and_commit(
-                manifest, shard.shard, layout, lease, DeliveryCount(client, shard.job_id, shard.shard), ledger,
+                manifest, shard.shard, layout, lease, attempts, ledger,
                 settings, runner_for, progress=_progress_reporter(self, manifest.shards[shard.shard].rows), hooks=HOOKS,
                 time_limits=(SoftTimeLimitExceeded,), enqueued_at=shard.enqueued_at)
             counted = "skipped" not in result  # counting the commit took the shard off the running set
         except RetryLater as retry:
             raise self.retry(exc=retry.__cause__, countdown=retry.delay, max_retries=None) from retry
+        except drain.ShardGivenBack as given_back:
+            attempts.give_back()
+            log.warning("shard %s of job %s: given back, the worker is stopping; requeued", shard.shard,
+                        shard.job_id)
+            raise Reject(str(given_back), requeue=True) from None  # the lease is released below
         finally:
+            drain.forbid()
             if not counted:
                 _stopped(ledger, shard.shard)
             lease.release()
