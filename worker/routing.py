@@ -12,7 +12,12 @@ then the next), so the order below only ranks queues of *equal* priority:
    setups it took shards for), so it switches model only when none of them has a shard
    waiting;
 2. then the others, fewest other workers on their model first, so idle workers spread
-   over the jobs instead of all piling onto one;
+   over the jobs instead of all piling onto one. A worker with no model yet claims one
+   before its first shard (:meth:`RouteWatcher.claim`: the model of the top-priority jobs
+   with shards waiting that the fewest live workers have or have claimed, chosen and
+   recorded in one Redis script), so workers that start together on a backlog split across
+   the jobs from their first shard, one model load each, instead of all loading the first
+   job's model and switching later;
 3. ties round-robin: a queue just served goes to the back, so equal-priority jobs on one
    model interleave, and a second job does not wait for the whole first.
 
@@ -48,6 +53,33 @@ CLEANUP_EVERY = 10  # full reads between looks for finished jobs' routes
 SERVING_STALE_SECONDS = 10 * POLL_SECONDS
 
 
+# The candidate (ARGV[4..], in an order every worker shares) that the fewest other live workers hold or
+# claimed, recorded as this worker's claim in the same step: two workers claiming at once get different ones.
+_CLAIM = """
+local counts = {}
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+    if entries[i] ~= ARGV[1] then
+        local ok, entry = pcall(cjson.decode, entries[i + 1])
+        if ok and type(entry) == 'table' and tonumber(ARGV[2]) - (tonumber(entry['at']) or 0) <= tonumber(ARGV[3]) then
+            for _, model in ipairs(entry['models'] or {}) do
+                counts[model] = (counts[model] or 0) + 1
+            end
+        end
+    end
+end
+local chosen, fewest = nil, nil
+for i = 4, #ARGV do
+    local count = counts[ARGV[i]] or 0
+    if fewest == nil or count < fewest then
+        chosen, fewest = ARGV[i], count
+    end
+end
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode({models = {chosen}, at = tonumber(ARGV[2])}))
+return chosen
+"""
+
+
 class RoutingState:
     """What this worker's main process knows: the routes, the models it took shards for, the others' models."""
 
@@ -56,11 +88,13 @@ class RoutingState:
         self.routes: dict[str, Route] = {}
         self.recent: OrderedDict[str, None] = OrderedDict()  # model keys, least recent first
         self.crowd: dict[str, int] = {}  # model key -> other workers that have it loaded
+        self.claim: str | None = None  # the model key claimed before the first shard (see RouteWatcher.claim)
 
     def took(self, queue: str) -> None:
         route = self.routes.get(queue)
         if route is None:
             return
+        self.claim = None  # what it holds now speaks for it
         self.recent.pop(route.model_key, None)
         self.recent[route.model_key] = None
         while len(self.recent) > self.capacity:
@@ -68,7 +102,7 @@ class RoutingState:
 
     def rank(self, queue: str) -> tuple[int, int]:
         route = self.routes.get(queue)
-        if route is not None and route.model_key in self.recent:
+        if route is not None and (route.model_key in self.recent or route.model_key == self.claim):
             return (0, 0)
         return (1, self.crowd.get(route.model_key, 0) if route else 0)
 
@@ -168,7 +202,26 @@ class RouteWatcher(bootsteps.StartStopStep):  # type: ignore[misc]
             consumer.add_task_queue(queue)
         for queue in sorted(consuming - wanted - {self.settings.queue}):
             consumer.cancel_task_queue(queue)
+        if not state.recent:
+            self.claim({queue: routes[queue] for queue in wanted})
         self._share_models()
+
+    def claim(self, routes: dict[str, Route]) -> None:
+        """Before its first shard: claim the model of the top-priority waiting jobs that the fewest others hold."""
+        assert self.client is not None
+        waiting = [route for queue, route in routes.items() if any(self.client.llen(k) for k in queue_keys(queue))]
+        if not waiting:
+            state.claim = None
+            return
+        top = max(route.priority for route in waiting)
+        candidates = sorted({route.model_key for route in waiting if route.priority == top})
+        if state.claim in candidates:
+            return
+        chosen = self.client.eval(_CLAIM, 1, self.serving_key, self.name, time.time(), SERVING_STALE_SECONDS,
+                                  *candidates)
+        state.claim = chosen.decode() if isinstance(chosen, bytes) else chosen
+        log.info("batchformers: claimed model %s before the first shard (%s candidates)", state.claim,
+                 len(candidates))
 
     def _finished(self, route: Route) -> bool:
         """A complete job with nothing waiting in its queue: its route is dropped for every worker."""
@@ -185,7 +238,8 @@ class RouteWatcher(bootsteps.StartStopStep):  # type: ignore[misc]
         """Publish the models this worker took shards for, and count the other workers' (for spreading)."""
         assert self.client is not None
         now = time.time()
-        self.client.hset(self.serving_key, self.name, json.dumps({"models": list(state.recent), "at": now}))
+        models = list(state.recent) or ([state.claim] if state.claim else [])
+        self.client.hset(self.serving_key, self.name, json.dumps({"models": models, "at": now}))
         crowd: dict[str, int] = {}
         for name, raw in self.client.hgetall(self.serving_key).items():
             if name.decode() == self.name:

@@ -342,3 +342,37 @@ def test_models_are_shared_and_the_others_counted(
     assert set(serving) == {own, b"garbage/1", b"other/4", b"other/5", b"no-models/6"}  # stale entries removed
     entry = json.loads(serving[own])
     assert entry["models"] == ["key-a"] and started <= entry["at"] <= time.time()
+
+
+def test_workers_claiming_at_once_get_the_least_held_models(client: redis.Redis, settings: Settings) -> None:
+    key, now = f"{SERVING_PREFIX}{settings.queue}", time.time()
+    claim = worker_routing._CLAIM
+    client.hset(key, "busy", json.dumps({"models": ["key-a"], "at": now}))
+    client.hset(key, "gone", json.dumps({"models": ["key-b"], "at": now - 60}))  # stale: not counted
+    client.hset(key, "garbled", "{not json")
+    assert client.eval(claim, 1, key, "w1", now, 10, "key-a", "key-b") == b"key-b"
+    assert client.eval(claim, 1, key, "w2", now, 10, "key-a", "key-b") == b"key-a", "a tie: the first in order"
+    assert client.eval(claim, 1, key, "w3", now, 10, "key-a", "key-b") == b"key-b"
+    entry = json.loads(client.hget(key, "w3"))
+    assert entry["models"] == ["key-b"] and abs(entry["at"] - now) < 0.01
+    assert client.eval(claim, 1, key, "w1", now, 10, "key-a", "key-b") == b"key-b", "its own claim is not counted"
+
+
+def test_a_fresh_worker_claims_a_waiting_model_before_its_first_shard(
+    make_worker: Callable[..., Worker], client: redis.Redis, settings: Settings, fresh_state: RoutingState
+) -> None:
+    base = settings.queue
+    idle, waiting, urgent_empty = (_route(base, "j1", "model-a"), _route(base, "j2", "model-b"),
+                                   Route(queue=job_queue(base, f"{base}-j3"), job_id=f"{base}-j3", priority=9,
+                                         model="model-c", model_key="key-model-c"))
+    for route in (idle, waiting, urgent_empty):
+        register(client, base, route)
+    client.lpush(queue_keys(waiting.queue)[0], "message")  # only j2 has a shard waiting
+    worker = make_worker(concurrency=1, model_slots=1)
+    worker.watcher.start(worker.consumer)
+    assert fresh_state.claim == waiting.model_key, "the waiting job's model, not the idle or empty ones'"
+    assert fresh_state.rank(waiting.queue) == (0, 0) < fresh_state.rank(idle.queue)
+    entry = json.loads(client.hget(f"{SERVING_PREFIX}{base}", f"{HOSTNAME}/{os.getpid()}"))
+    assert entry["models"] == [waiting.model_key], "the claim is published for the others' counts"
+    fresh_state.took(idle.queue)
+    assert fresh_state.claim is None and fresh_state.rank(idle.queue) == (0, 0)
