@@ -9,9 +9,11 @@ The public API, the same as the ``batchformers`` command::
     submission = bf.submit(spec, bf.Settings(broker_url="redis://:pw@host:6379/0"))   # enqueue only
     current = bf.status(submission.job_id)             # JobStatus, by job id or output location
     final = bf.wait(submission.job_id, timeout=3600)   # poll until every shard is done
+    for current in bf.follow(submission.job_id): ...   # the status every 2 s until the job finishes
     bf.cancel(submission.job_id); bf.retry(submission.job_id)
     for line in bf.jobs(): print(line.job_id, line.state)
     described = bf.inspect_output(submission.output)   # schema, counts, first rows
+    bf.compact(submission.output, target_mb=256)        # merge a finished job's small parts
     hits = bf.search("out/corpus-embeddings", "query text", top_k=10)   # nearest rows of an embeddings job
     found = bf.plan(spec, sample=4000, workers=4)      # pre-flight: a sample's profile and a time estimate
     page = bf.report(submission.job_id, out="report.html")   # one offline HTML page of the job
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
     from producer.api import (
         Retried,
         cancel,
+        compact,
+        follow,
         inspect_output,
         jobs,
         plan,
@@ -60,8 +64,8 @@ if TYPE_CHECKING:
     from producer.submit import Submission
 
 _EXPORTS: dict[str, str] = {  # public name -> the module it lives in
-    **dict.fromkeys(["run", "submit", "status", "wait", "cancel", "retry", "jobs", "inspect_output", "search",
-                     "plan", "report", "Retried"], "producer.api"),
+    **dict.fromkeys(["run", "submit", "status", "wait", "follow", "cancel", "retry", "jobs", "inspect_output",
+                     "search", "plan", "report", "compact", "Retried"], "producer.api"),
     **dict.fromkeys(["BatchformersError", "SpecError", "InputError", "OutputError", "ModelLoadError", "ShardError",
                      "RetryableError", "BrokerUnavailable"], "jobs.errors"),
     "JobSpec": "jobs.spec",
@@ -91,6 +95,8 @@ __all__ = [
     "SpecError",
     "Submission",
     "cancel",
+    "compact",
+    "follow",
     "inspect_output",
     "jobs",
     "load_spec",

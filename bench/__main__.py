@@ -3,13 +3,13 @@
     python -m bench --quick                       # tiny models, a few hundred rows (CI)
     python -m bench --full                        # base-sized models; writes BENCHMARKS.md
     python -m bench --quick --tasks ner,tokenize --no-scenarios
-    python -m bench --host                        # host path vs raw tokenizer, device time hidden (issue 10)
+    python -m bench --host                        # host path vs raw tokenizer, device time hidden
     python -m bench --host --quick                # the same on a few hundred rows (CI)
     python -m bench --scale                       # many shards and many input files on a local S3 server
     python -m bench --scale --scale-shards 400 --scale-files 1000,10000
     python -m bench --routing                     # two jobs on two models: FIFO vs model-affine routing
     python -m bench --routing --routing-model base
-    python -m bench --startup                     # run, submit, status, jobs, --help, demo: fixed costs (issue 21)
+    python -m bench --startup                     # run, submit, status, jobs, --help, demo: fixed costs
     python -m bench --startup --quick             # one process each, no demo (CI: checks the bench works)
 """
 

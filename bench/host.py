@@ -15,7 +15,7 @@ NER (aggregation ``simple``) also runs end to end through ``batchformers run`` w
 (embedded Redis), timed inside the worker (first shard start to last commit), with the torch
 threads ``run`` gives a worker (the cores over the workers), as a user gets them: with those, torch's
 OpenMP threads spinning between kernels took the tokenizer's cores, 0.25x the raw call on 2 cores
-(issue 21; ``worker.app._limit_threads`` makes them sleep).
+(``worker.app._limit_threads`` makes them sleep).
 Targets (NER through ``run``): host path >= 0.5x the raw tokenizer call, >= 60% of device time hidden.
 
 On a CPU the 1-layer model's forward still computes on the device thread (on a GPU its compute is device
@@ -39,8 +39,8 @@ from bench.models import COMPLETE, _bert_tokenizer
 from jobs.engine.staged import DEVICE_SECONDS_ENV, RunOptions
 
 HOST_TARGET = 0.5
-RUN_TARGET = 0.6  # issue 21: the host path through `run` over the raw tokenizer call
-RUN_ROWS = 40_000  # issue 21's NER job for figures(); a quick run takes a tenth
+RUN_TARGET = 0.6  # the host path through `run` over the raw tokenizer call
+RUN_ROWS = 40_000  # the NER job of figures(): long enough to hide start-up; a quick run takes a tenth
 QUICK_RUN_ROWS = 4_000
 RUN_SHARD_ROWS = 10_000
 HIDDEN_TARGET = 0.6

@@ -15,7 +15,7 @@ process, against a private Redis server, and reports per shard (after a first, w
 The task runs eagerly (``Task.apply``), so Celery's own per-message traffic (fetch, ack, events,
 the STARTED and SUCCESS results) is not in it; everything batchformers does per shard is.
 Round trips are counted by wrapping redis-py's ``Connection.send_packed_command`` in that
-process, commands from the server's ``INFO commandstats``. Target (issue 21): <= 50 ms on
+process, commands from the server's ``INFO commandstats``. Target: <= 50 ms on
 local disk. ``python -m bench.overhead`` prints the dict as JSON.
 """
 
@@ -69,8 +69,7 @@ def measure_overhead(shards: int = SHARDS, rows_per_shard: int = ROWS_PER_SHARD,
 
 def _in_this_process(directory: Path, shards: int, rows_per_shard: int) -> dict[str, Any]:
     """The measurement itself: BATCHFORMERS_BROKER_URL names the private server (set before worker.app)."""
-    import redis
-
+    from jobs.broker import client
     from worker.app import _limit_threads
 
     _limit_threads()  # what a pool process does after the fork (worker_process_init), before torch is imported
@@ -85,7 +84,7 @@ def _in_this_process(directory: Path, shards: int, rows_per_shard: int) -> dict[
                       "output": str(directory / "out"), "shard_rows": rows_per_shard, "device": "cpu"})
     manifest, layout = prepare(spec)
     messages = messages_for(manifest, layout)
-    server = redis.Redis.from_url(os.environ["BATCHFORMERS_BROKER_URL"])
+    server = client(os.environ["BATCHFORMERS_BROKER_URL"])
     with counting_round_trips() as trips:
         per_shard = _run_shards(messages, trips, server)
     commands_by_name: Counter[str] = Counter()

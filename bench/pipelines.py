@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from bench import baselines, data
 from bench.measure import Measurement, clock
-from bench.tasks import Prepared, Size, TaskBench, _close
+from bench.task_base import Prepared, Size, TaskBench, close
 
 ZERO_SHOT_LABELS = ["economy", "politics", "weather", "technology", "sport"]
 VECTOR_TOLERANCE = 1e-4
@@ -98,7 +98,7 @@ class ClassificationBench(PipelineBench):
                 zip(table.column("label").to_pylist(), table.column("score").to_pylist(), strict=True)]
 
     def same(self, expected: Any, got: Any) -> bool:
-        return bool(expected["label"] == got["label"] and _close(expected["score"], got["score"]))
+        return bool(expected["label"] == got["label"] and close(expected["score"], got["score"]))
 
 
 class ZeroShotBench(PipelineBench):
@@ -125,7 +125,7 @@ class ZeroShotBench(PipelineBench):
 
     def same(self, expected: Any, got: Any) -> bool:
         return bool(expected["labels"] == got["labels"]
-                    and all(_close(a, b) for a, b in zip(expected["scores"], got["scores"], strict=True)))
+                    and all(close(a, b) for a, b in zip(expected["scores"], got["scores"], strict=True)))
 
 
 class EmbeddingsBench(PipelineBench):
@@ -188,7 +188,7 @@ class FillMaskBench(PipelineBench):
 
     def same(self, expected: Any, got: Any) -> bool:
         return len(expected) == len(got) and all(
-            (w["token"], w["sequence"]) == (h["token"], h["sequence"]) and _close(w["score"], h["score"])
+            (w["token"], w["sequence"]) == (h["token"], h["sequence"]) and close(w["score"], h["score"])
             for w, h in zip(expected, got, strict=True))
 
 

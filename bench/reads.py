@@ -8,10 +8,10 @@ a few of its shards are read as a worker reads them (``jobs.io.sources.read_rows
 are the bodies of the GET requests s3fs sent (counted from botocore's ``after-call`` event, so
 read-ahead and footers count). Each sampled shard is read twice: *cold*, as the first shard of the
 file a worker process runs (it reads the file's index, a Parquet footer or an Arrow file's batch
-headers, then the rows), and *warm*, as every later one (the index remembered). ``before`` reads the same shards the way the readers did until
-issue 21: the whole IPC file (``read_all``), and Parquet through fsspec's default read-ahead.
+headers, then the rows), and *warm*, as every later one (the index remembered). ``before`` reads the
+same shards the naive way, for comparison: the whole IPC file (``read_all``), and Parquet through fsspec's default read-ahead.
 
-Target (issue 21): at most 2x the shard's share where the layout allows it (units no larger
+Target: at most 2x the shard's share where the layout allows it (units no larger
 than ``shard_rows``); where it does not, submit warns with the factor.
 """
 
@@ -87,7 +87,7 @@ class GetCounter:
 
 
 def _old_read(storage: Any, path: str, fmt: str, start: int, stop: int, columns: list[str]) -> None:
-    """The reads of the readers before issue 21, for the ``before`` column."""
+    """The naive reads (whole IPC file, fsspec's default read-ahead), for the ``before`` column."""
     with storage.fs.open(path, "rb") as handle:
         if fmt == "parquet":
             parquet = pq.ParquetFile(handle)

@@ -30,7 +30,7 @@ ENGINE_TARGETS: dict[str, dict[str, float]] = {
     "summarization": {"ctranslate2 float32": 2.0},
     "translation": {"ctranslate2 float32": 3.0},
 }
-"""Another engine's run ÷ the baseline (issue 16: CPU, float32)."""
+"""Another engine's run ÷ the baseline (the target for CPU, float32)."""
 SHARD_OVERHEAD_TARGET = 0.01
 
 

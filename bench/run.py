@@ -14,7 +14,8 @@ from bench import data, scenarios
 from bench.measure import Measurement, WorkerPool, run_batchformers
 from bench.models import model_dir
 from bench.report import TaskResult, machine
-from bench.tasks import BENCHES, TaskBench
+from bench.task_base import TaskBench
+from bench.tasks import BENCHES
 from jobs.tasks.registry import TASKS
 
 DEFAULT_SHARD_ROWS = 10_000

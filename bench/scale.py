@@ -181,9 +181,8 @@ def status_at_scale(model: str, s3: MotoS3, broker_url: str, shards: int) -> dic
     """``status`` of a job with ``shards`` commit markers on S3 (markers written as workers write them)."""
     import subprocess
 
-    import redis
-
     from bench import data
+    from jobs.broker import client
     from jobs.settings import Settings
     from jobs.spec import load_spec
     from producer.status import job_status
@@ -198,7 +197,7 @@ def status_at_scale(model: str, s3: MotoS3, broker_url: str, shards: int) -> dic
     try:  # what a worker does after its commit, when this code has a ledger
         from jobs.ledger import Ledger
 
-        ledger: Any = Ledger.for_manifest(redis.Redis.from_url(broker_url), manifest)
+        ledger: Any = Ledger.for_manifest(client(broker_url), manifest)
         ledger.rebuild([])  # as the first commit does
     except ImportError:
         ledger = None
@@ -240,8 +239,7 @@ def status_at_scale(model: str, s3: MotoS3, broker_url: str, shards: int) -> dic
 
 def many_files(model: str, s3: MotoS3, broker_url: str, files: int) -> dict[str, Any]:
     """``submit`` of a job over ``files`` one-row Parquet files (planning plus enqueueing)."""
-    import redis
-
+    from jobs.broker import client
     from jobs.settings import Settings
     from jobs.spec import load_spec
     from producer.submit import submit
@@ -258,7 +256,7 @@ def many_files(model: str, s3: MotoS3, broker_url: str, files: int) -> dict[str,
     began = time.perf_counter()
     submission = submit(spec, settings)
     seconds = time.perf_counter() - began
-    redis.Redis.from_url(broker_url).delete(queue)  # nobody runs this job
+    client(broker_url).delete(queue)  # nobody runs this job
     return {"files": files, "shards": submission.shards, "submit_seconds": seconds,
             "upload_seconds": upload_seconds}
 

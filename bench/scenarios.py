@@ -40,8 +40,8 @@ def shard_overhead(model: str, workdir: Path, shards: int = OVERHEAD_SHARDS) -> 
     from jobs.settings import Settings
     from jobs.spec import load_spec
     from producer.embedded import EmbeddedRedis, LocalWorkers
-    from producer.status import wait
     from producer.submit import submit
+    from producer.watch import wait
 
     input_path = data.write_parquet({"text": data.text_rows(shards, seed=7)}, workdir / "data" / "overhead.parquet")
     with EmbeddedRedis(persist=False) as redis, LocalWorkers(redis.url, count=1, log_dir=str(workdir / "logs-overhead")):

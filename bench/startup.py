@@ -1,6 +1,6 @@
 """Start-up: what a small job, ``submit`` and ``status`` cost before any real work (``python -m bench --startup``).
 
-Every figure is the median of ``runs`` fresh processes (issue 21), printed with the load
+Every figure is the median of ``runs`` fresh processes (one process is noise), printed with the load
 average (1 min) before and after it, since on a shared machine a wall clock counts other
 people's work too:
 
@@ -59,7 +59,7 @@ QUICK_STATUS_SHARDS = 20
 TARGETS: dict[str, float | None] = {
     "run": 5.0, "run_warm": 5.0, "run_warm_first": None, "submit": 1.5, "status": 0.5, "jobs": 0.5, "status_local": 0.5, "jobs_local": 0.5, "help": 0.3, "version": None, "demo": 10.0,
 }
-"""Seconds each command may take (issue 21); None: reported, no target."""
+"""Seconds each command may take before it feels slow; None: reported, no target."""
 LABELS = {
     "run": f"`batchformers run`, {RUN_ROWS}-row NER, tiny model", "submit": "`batchformers submit` (local model, broker up)",
     "status": "`batchformers status` at {shards:,} shards (S3)", "jobs": "`batchformers jobs` at {shards:,} shards (S3)",
@@ -78,11 +78,11 @@ MODEL_STACK = [sys.executable, "-c", "import torch, transformers; from transform
 """What a pool process must import before it can load the NER model, whatever batchformers does."""
 
 HOOKS = {
-    "overhead": "bench.overhead",  # per-shard overhead ms, Redis round trips per shard (issue 21, H4)
+    "overhead": "bench.overhead",  # per-shard overhead ms, Redis round trips per shard
     "reads": "bench.reads",  # bytes read per shard vs its share, 1M-row Arrow and Parquet on moto S3 (H3)
     "host": "bench.host",  # the host path through `run` vs one raw tokenizer call (H4)
 }
-"""Other measurements of issue 21: each module exposes ``figures(workdir, quick, log) -> list[dict]``."""
+"""Other fixed costs: each module exposes ``figures(workdir, quick, log) -> list[dict]``."""
 HOOK_FUNCTION = "figures"
 QUIET_LOAD = 1.5  # figures are taken below this load average (1 min) ...
 SETTLE_SECONDS = 120.0  # ... waiting at most this long for it

@@ -17,12 +17,18 @@ from jobs.errors import BrokerUnavailable
 SECRET_PARAMETERS = ("password", "passwd", "secret", "token")
 """Query parameters whose value :func:`safe_url` masks (Redis takes ``?password=``)."""
 TIMEOUT = 10.0
-"""Seconds a broker call may take, connect or reply, before it counts as unreachable."""
+"""Seconds a long operation's broker call may take, connect or reply, before it counts as unreachable:
+a write the job depends on (enqueue, a lease, forgetting attempts)."""
+QUICK_TIMEOUT = 5.0
+"""Seconds for a quick question (a ping, a lookup, a status read), whose caller says at once that the
+broker is down or goes on without it."""
 
 
-def client(url: str, timeout: float = TIMEOUT) -> redis.Redis:
-    """A Redis client for ``url`` with the timeout policy (connect and reply)."""
-    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+def client(url: str, timeout: float = TIMEOUT, *, health_check_interval: int = 0) -> redis.Redis:
+    """A Redis client for ``url`` with the timeout policy (connect and reply); replies are bytes, as
+    every caller reads them. ``health_check_interval`` pings a connection idle that long before reuse."""
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                health_check_interval=health_check_interval)
 
 
 def safe_url(url: str) -> str:
@@ -54,8 +60,9 @@ def is_connection_error(exc: BaseException) -> bool:
 
 
 @contextmanager
-def broker_errors(url: str, doing: str = "") -> Iterator[None]:
-    """Raise BrokerUnavailable ("cannot reach the broker at URL[ to DOING]: why") for a connection failure."""
+def broker_errors(url: str, doing: str = "", advice: str = "") -> Iterator[None]:
+    """Raise BrokerUnavailable ("cannot reach the broker at URL[ to DOING]: why[; ADVICE]") for a
+    connection failure."""
     try:
         yield
     except BrokerUnavailable:
@@ -64,4 +71,4 @@ def broker_errors(url: str, doing: str = "") -> Iterator[None]:
         if not (is_connection_error(exc) or isinstance(exc, redis.RedisError)):
             raise
         raise BrokerUnavailable(f"cannot reach the broker at {safe_url(url)}{' to ' + doing if doing else ''}: "
-                                f"{exc}") from exc
+                                f"{exc}{'; ' + advice if advice else ''}") from exc

@@ -9,7 +9,7 @@ called: importing this module costs nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from jobs.settings import Settings
     from jobs.spec import JobSpec
+    from producer.compact import Compaction
     from producer.inspect import OutputDescription
     from producer.jobs_view import JobLine
     from producer.preflight import Preflight
@@ -69,9 +70,18 @@ def wait(job: str, settings: Settings | None = None, *, timeout: float | None = 
          on_update: Callable[[JobStatus], None] | None = None) -> JobStatus:
     """Poll until every shard is committed or failed, or the job is cancelled (TimeoutError after
     ``timeout`` seconds). With ``settings`` the wait also takes over dead workers' shards."""
-    from producer.status import wait as wait_for
+    from producer.watch import wait as wait_for
 
     return wait_for(_output(job, settings), poll=poll, timeout=timeout, on_update=on_update, settings=settings)
+
+
+def follow(job: str, settings: Settings | None = None, *, interval: float = 2.0) -> Iterator[JobStatus]:
+    """The job's status now and every ``interval`` seconds until it finishes; meanwhile it takes over
+    dead workers' shards and re-enqueues lost ones, as workers do."""
+    from jobs.settings import Settings
+    from producer.watch import follow as follow_job
+
+    return follow_job(job, settings or Settings(), interval)
 
 
 def cancel(job: str, settings: Settings | None = None) -> str:
@@ -135,6 +145,14 @@ def report(job: str, settings: Settings | None = None, *, out: str | None = None
     return write_report(_location(job, settings), out=out, png_dir=png_dir)
 
 
+def compact(job: str, settings: Settings | None = None, *, target_mb: float = 256,
+            log: Callable[[str], None] | None = None) -> Compaction:
+    """Merge a finished job's small parts into parts of about ``target_mb`` MB; ``log`` hears each step."""
+    from producer.compact import compact as compact_output
+
+    return compact_output(_location(job, settings), target_bytes=int(target_mb * 2**20), log=log)
+
+
 def _output(job: str, settings: Settings | None) -> str:
     """The output location of a job id or location (the broker is asked only for an id)."""
     from jobs.settings import Settings
@@ -152,5 +170,5 @@ def _location(job: str, settings: Settings | None) -> str:
     return _output(job, settings)
 
 
-__all__ = ["Retried", "cancel", "inspect_output", "jobs", "plan", "report", "retry", "run", "search", "status", "submit",
+__all__ = ["Retried", "cancel", "compact", "follow", "inspect_output", "jobs", "plan", "report", "retry", "run", "search", "status", "submit",
            "wait"]

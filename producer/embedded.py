@@ -24,9 +24,11 @@ from urllib.parse import quote
 
 import redis
 
+from jobs import broker
 from jobs.protocol import PRELOAD_OUTPUT_ENV, PRELOAD_SPEC_ENV
 
 STARTUP_TIMEOUT = 20.0
+PROBE_TIMEOUT = 1.0  # seconds: the probe of our own local server, polled every 50 ms while it starts
 # A server on a port we chose may lose it to another process before it binds it: then another port.
 PORT_ATTEMPTS = 5
 # A worker told to stop finishes its shard first (warm shutdown) for this long at most.
@@ -135,7 +137,7 @@ class EmbeddedRedis:
 
     def _answers_as_ours(self) -> bool:
         """The server on the port is the one we started (another process may have taken the port)."""
-        client = redis.Redis.from_url(self.url, socket_timeout=1)
+        client = broker.client(self.url, PROBE_TIMEOUT)
         try:
             info = client.info("server")
         except redis.RedisError:  # not listening yet, or someone else's server (another password)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import redis
 
-from jobs.broker import safe_url
-from jobs.errors import BrokerUnavailable, OutputError
+from jobs.broker import QUICK_TIMEOUT, TIMEOUT, broker_errors, client, safe_url
+from jobs.errors import OutputError
 from jobs.io.layout import OutputLayout
 from jobs.io.storage import is_remote
 from jobs.protocol import JOB_QUEUES_KEY, JOBS_KEY, job_index_key
@@ -29,27 +29,28 @@ class KnownJob:
 
 
 def remember(settings: Settings, job_id: str, output: str) -> None:
+    connection = client(settings.broker_url, TIMEOUT)
     try:
-        pipe = redis.Redis.from_url(settings.broker_url).pipeline()
-        pipe.set(job_index_key(job_id), output)
-        pipe.zadd(JOBS_KEY, {job_id: time.time()})
-        pipe.hset(JOB_QUEUES_KEY, job_id, settings.queue)  # where recovery (jobs.recovery) sends it again
-        pipe.execute()
-    except redis.RedisError as exc:
-        raise BrokerUnavailable(f"cannot reach the broker to record job {job_id}: {exc}") from exc
+        with broker_errors(settings.broker_url, f"record job {job_id}"):
+            pipe = connection.pipeline()
+            pipe.set(job_index_key(job_id), output)
+            pipe.zadd(JOBS_KEY, {job_id: time.time()})
+            pipe.hset(JOB_QUEUES_KEY, job_id, settings.queue)  # where recovery (jobs.recovery) sends it again
+            pipe.execute()
+    finally:
+        connection.close()
 
 
 def known_jobs(settings: Settings, limit: int | None = None) -> list[KnownJob]:
     """Jobs submitted to this broker, newest first (their index entries; nothing else is read)."""
-    client = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
+    connection = client(settings.broker_url, QUICK_TIMEOUT)
     try:
-        entries = client.zrevrange(JOBS_KEY, 0, -1 if limit is None else limit - 1, withscores=True)
-        ids = [_text(job) for job, _ in entries]
-        outputs = client.mget([job_index_key(job) for job in ids]) if ids else []
-    except redis.RedisError as exc:
-        raise BrokerUnavailable(f"cannot reach the broker at {safe_url(settings.broker_url)}: {exc}") from exc
+        with broker_errors(settings.broker_url):
+            entries = connection.zrevrange(JOBS_KEY, 0, -1 if limit is None else limit - 1, withscores=True)
+            ids = [_text(job) for job, _ in entries]
+            outputs = connection.mget([job_index_key(job) for job in ids]) if ids else []
     finally:
-        client.close()
+        connection.close()
     return [KnownJob(job, _text(output), float(score))
             for (job, (_, score), output) in zip(ids, entries, outputs, strict=True) if output is not None]
 
@@ -58,10 +59,13 @@ def resolve(settings: Settings, job_or_output: str) -> str:
     """An output location, given either that location or a job id known to the broker."""
     if is_remote(job_or_output) or OutputLayout(job_or_output).has_manifest():
         return job_or_output
+    connection = client(settings.broker_url, QUICK_TIMEOUT)
     try:
-        found = redis.Redis.from_url(settings.broker_url, socket_timeout=5).get(job_index_key(job_or_output))
-    except redis.RedisError:
+        found = connection.get(job_index_key(job_or_output))
+    except redis.RedisError:  # an unreachable broker knows no job id: say what was looked for
         found = None
+    finally:
+        connection.close()
     if found is None:
         raise OutputError(
             f"{job_or_output!r} is neither an output directory with a batchformers manifest nor a job id "

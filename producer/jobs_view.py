@@ -64,7 +64,7 @@ def render(lines: list[JobLine]) -> Any:
 
     from rich.table import Table
 
-    from producer.status import duration
+    from producer.status_render import duration
 
     table = Table(box=None, header_style="bold", pad_edge=False)
     for name, justify in [("job", "left"), ("state", "left"), ("pri", "right"), ("model", "left"),

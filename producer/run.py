@@ -51,7 +51,7 @@ def submit(spec: JobSpec, settings: Settings) -> Submission:
 
 
 def wait(output: str, **options: Any) -> JobStatus:
-    from producer.status import wait as wait_for
+    from producer.watch import wait as wait_for
 
     return wait_for(output, **options)
 

@@ -24,9 +24,7 @@ from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from typing import NoReturn
 
-import redis
-
-from jobs.broker import safe_url
+from jobs.broker import QUICK_TIMEOUT, TIMEOUT, broker_errors, client
 from jobs.dispatch import enqueue, messages_for, time_limits
 from jobs.errors import BrokerUnavailable, OutputError, SpecError
 from jobs.io.layout import META_DIR, OutputLayout
@@ -44,7 +42,8 @@ from producer.model_check import check_model
 from producer.pin import check_pin, resolve_pin
 from producer.plan import plan_job, read_warnings
 
-BROKER_CHECK_TIMEOUT = 5.0
+NO_BROKER_ADVICE = ("nothing was written or enqueued. Start Redis there, or give the right URL (--broker or "
+                    "BATCHFORMERS_BROKER_URL); batchformers run without a broker brings its own")
 
 
 @dataclass(frozen=True)
@@ -180,18 +179,12 @@ def _forget_job(layout: OutputLayout) -> None:
 
 def check_broker(settings: Settings) -> None:
     """BrokerUnavailable unless the broker answers a ping."""
-    client = redis.Redis.from_url(settings.broker_url, socket_timeout=BROKER_CHECK_TIMEOUT,
-                                  socket_connect_timeout=BROKER_CHECK_TIMEOUT)
+    connection = client(settings.broker_url, QUICK_TIMEOUT)
     try:
-        client.ping()
-    except redis.RedisError as exc:
-        raise BrokerUnavailable(
-            f"cannot reach the broker at {safe_url(settings.broker_url)} ({exc}); nothing was written or "
-            "enqueued. Start Redis there, or give the right URL (--broker or BATCHFORMERS_BROKER_URL); "
-            "batchformers run without a broker brings its own"
-        ) from None
+        with broker_errors(settings.broker_url, advice=NO_BROKER_ADVICE):
+            connection.ping()
     finally:
-        client.close()
+        connection.close()
 
 
 def give_fresh_attempts(manifest: Manifest, layout: OutputLayout, settings: Settings,
@@ -199,10 +192,12 @@ def give_fresh_attempts(manifest: Manifest, layout: OutputLayout, settings: Sett
     """Forget the failures and delivery counts of ``shards`` before they are enqueued again."""
     for shard in layout.marker_numbers()[1] & shards:
         layout.clear_failed(shard)
+    connection = client(settings.broker_url, TIMEOUT)
     try:
-        forget_attempts(redis.Redis.from_url(settings.broker_url, socket_timeout=10), manifest.job_id, shards)
-    except redis.RedisError as exc:
-        raise BrokerUnavailable(f"cannot reach the broker at {safe_url(settings.broker_url)}: {exc}") from exc
+        with broker_errors(settings.broker_url):
+            forget_attempts(connection, manifest.job_id, shards)
+    finally:
+        connection.close()
 
 
 def submit(spec: JobSpec, settings: Settings | None = None) -> Submission:

@@ -14,8 +14,8 @@ from jobs.errors import InputError, SpecError
 from jobs.io.sources import datasets_loader, discover, fingerprint, read_rows
 from jobs.settings import Settings
 from jobs.spec import DatasetOptions, load_spec
-from producer.status import wait
 from producer.submit import submit
+from producer.watch import wait
 
 
 @pytest.fixture(autouse=True)

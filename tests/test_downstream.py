@@ -15,8 +15,8 @@ from jobs.io.layout import MANIFEST_FILE, SUCCESS_FILE
 from jobs.settings import Settings
 from jobs.spec import load_spec
 from producer.inspect import describe
-from producer.status import wait
 from producer.submit import submit
+from producer.watch import wait
 
 pytestmark = pytest.mark.slow  # a real worker produces the output the readers read
 

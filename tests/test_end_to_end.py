@@ -17,8 +17,8 @@ import yaml
 
 from jobs.settings import Settings
 from jobs.spec import load_spec
-from producer.status import wait
 from producer.submit import submit
+from producer.watch import wait
 from tests.models import tiny_model_path
 from tests.reliability import queue_lists, queued_messages
 from worker.faults import FAULTS_ENV

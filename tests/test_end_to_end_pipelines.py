@@ -17,8 +17,8 @@ import pytest
 from jobs.settings import Settings
 from jobs.spec import load_spec
 from producer.search import search
-from producer.status import wait
 from producer.submit import submit
+from producer.watch import wait
 from tests.models import tiny_model_path
 
 pytestmark = pytest.mark.slow

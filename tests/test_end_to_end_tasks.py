@@ -13,8 +13,8 @@ import pytest
 
 from jobs.settings import Settings
 from jobs.spec import load_spec
-from producer.status import wait
 from producer.submit import submit
+from producer.watch import wait
 from tests.models import close, rows_of, tiny_model_path
 
 CONTEXT = ("The Louvre in Paris closed for a day after staff went on strike over crowding. "

@@ -22,8 +22,8 @@ from jobs.errors import BatchformersError
 from jobs.settings import Settings
 from jobs.spec import load_spec
 from producer.flower import check_basic_auth, flower_command, flower_environment
-from producer.status import wait
 from producer.submit import submit
+from producer.watch import wait
 from tests.ports import flower_on_a_free_port
 
 pytestmark = pytest.mark.slow  # a Flower process and workers

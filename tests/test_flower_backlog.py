@@ -28,8 +28,9 @@ from jobs.settings import Settings
 from jobs.spec import load_spec
 from producer.cli import main
 from producer.embedded import LocalWorkers
-from producer.status import job_status, wait
+from producer.status import job_status
 from producer.submit import submit
+from producer.watch import wait
 from tests.browser import browse, needs_chromium
 from tests.conftest import _kill
 from tests.ports import flower_on_a_free_port

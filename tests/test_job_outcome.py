@@ -20,8 +20,9 @@ from jobs.spec import load_spec
 from producer.inspect import describe
 from producer.jobs_view import job_lines
 from producer.report_data import gather
-from producer.status import job_status, wait
+from producer.status import job_status
 from producer.submit import prepare, submit
+from producer.watch import wait
 from tests.models import tiny_model_path
 from tests.reliability import tokenize_spec, write_rows
 

@@ -29,8 +29,8 @@ from producer.cli import main
 from producer.embedded import LocalWorkers
 from producer.preflight import preflight
 from producer.report import write_report
-from producer.status import wait
 from producer.submit import submit
+from producer.watch import wait
 from tests.browser import browse, needs_chromium
 from tests.conftest import _kill
 

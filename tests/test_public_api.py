@@ -22,7 +22,8 @@ from tests.models import tiny_model_path
 from tests.reliability import queued_messages
 
 ROOT = Path(__file__).resolve().parents[1]
-FUNCTIONS = ["run", "submit", "status", "wait", "cancel", "retry", "jobs", "inspect_output", "search"]
+FUNCTIONS = ["run", "submit", "status", "wait", "follow", "cancel", "retry", "jobs", "inspect_output", "search",
+             "compact"]
 
 
 def test_every_public_name_resolves_and_an_unknown_one_is_refused() -> None:

@@ -22,8 +22,8 @@ import pytest
 from jobs.io.storage import Storage
 from jobs.settings import Settings
 from jobs.spec import load_spec
-from producer.status import wait
 from producer.submit import submit
+from producer.watch import wait
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -69,7 +69,7 @@ def _limit_threads(**_: Any) -> None:
     torch's OpenMP threads sleep between parallel regions instead of spinning (unless
     ``OMP_WAIT_POLICY`` says otherwise): a spinning intra-op thread takes the core the
     tokenizer's threads and the engine's host stages need, and with 2 torch threads on 2
-    cores a near-free model's shard ran 1.7-4x slower (issue 21). OpenMP reads the policy
+    cores a near-free model's shard ran 1.7-4x slower (BENCHMARKS.md). OpenMP reads the policy
     when it is loaded, so it is set before torch is imported in this process.
     """
     os.environ.setdefault(OMP_WAIT_POLICY, PASSIVE)

@@ -26,18 +26,20 @@ from prometheus_client.core import GaugeMetricFamily
 from tornado.web import url
 
 from jobs.backlog import JobBacklog, read_backlog
+from jobs.broker import client
 from jobs.routing import JOB_QUEUE_SEPARATOR
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
 QUEUE_MESSAGES = "batchformers_queue_messages"
 PENDING_SHARDS = "batchformers_jobs_pending_shards"
+SCRAPE_TIMEOUT = 2.0  # seconds: a Prometheus scrape must answer before its own timeout, broker or not
 _clients: dict[str, redis.Redis] = {}
 
 
 def broker(url: str) -> redis.Redis:
     if url not in _clients:
-        _clients[url] = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        _clients[url] = client(url, SCRAPE_TIMEOUT)
     return _clients[url]
 
 

@@ -48,6 +48,7 @@ from typing import Any
 
 import redis
 
+from jobs.broker import TIMEOUT, client
 from jobs.protocol import LEASE_PREFIX, lease_key
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,7 @@ def client_for(url: str) -> redis.Redis:
     """One Redis client per broker URL and process (created after the fork)."""
     key = f"{os.getpid()}:{url}"
     if key not in _clients:
-        _clients[key] = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10,
-                                             health_check_interval=30)
+        _clients[key] = client(url, TIMEOUT, health_check_interval=30)
     return _clients[key]
 
 

@@ -41,6 +41,7 @@ from typing import Any
 import redis
 from celery import bootsteps
 
+from jobs.broker import QUICK_TIMEOUT, client
 from jobs.ledger import job_keys
 from jobs.protocol import SERVING_PREFIX
 from jobs.routing import Route, drop, queue_keys, read_routes, serves, version
@@ -156,7 +157,7 @@ class RouteWatcher(bootsteps.StartStopStep):  # type: ignore[misc]
         self.seen_version = None
         state.capacity = self.settings.model_slots * max(1, getattr(consumer.pool, "limit", None) or 1)
         self.name = f"{consumer.hostname}/{os.getpid()}"
-        self.client = redis.Redis.from_url(self.settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
+        self.client = client(self.settings.broker_url, QUICK_TIMEOUT)
         if self.models:
             log.info("batchformers: serving only the models %s", ", ".join(sorted(self.models)))
         self.refresh(consumer)

@@ -287,8 +287,8 @@ def test_jobs_through_two_workers_converting_at_once(tmp_path: Path, news_texts:
                                                       start_workers: Any) -> None:
     """Two workers start on a summarization and a translation job with an empty cache: each model
     is converted exactly once, and the Parquet output equals the runner's own."""
-    from producer.status import wait
     from producer.submit import submit
+    from producer.watch import wait
 
     cache = tmp_path / "worker-cache"
     texts = [*news_texts[:15], None]

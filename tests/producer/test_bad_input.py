@@ -27,8 +27,8 @@ from jobs.settings import Settings
 from producer.broker import sending_app
 from producer.cli import main
 from producer.embedded import LocalWorkers
-from producer.status import wait
 from producer.submit import prepare
+from producer.watch import wait
 from tests.models import tiny_model_path
 from tests.reliability import read_back, tokenize_spec, write_rows
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from jobs.broker import safe_url
+from jobs import broker
+from jobs.broker import QUICK_TIMEOUT, broker_errors, safe_url
+from jobs.errors import BrokerUnavailable
 from jobs.protocol import DELIVERIES_PREFIX, LAST_ERROR_PREFIX, TASK_NAME, celery_config
 from jobs.settings import Settings
 from producer.broker import forget_attempts, sending_app
@@ -82,3 +84,22 @@ def test_the_sending_app_sends_by_name_without_the_workers_code() -> None:
 ])
 def test_safe_url_hides_every_password_and_keeps_the_host(url: str, shown: str) -> None:
     assert safe_url(url) == shown
+
+
+def test_a_connection_failure_becomes_broker_unavailable_with_the_url_masked() -> None:
+    url = "redis://:s3cret@127.0.0.1:1/0"  # nothing listens on port 1
+    connection = broker.client(url, QUICK_TIMEOUT)
+    with pytest.raises(BrokerUnavailable) as raised, broker_errors(url, "record job j", advice="start Redis"):
+        connection.ping()
+    message = str(raised.value)
+    assert "s3cret" not in message and "127.0.0.1:1" in message
+    assert "record job j" in message and message.endswith("start Redis")
+    with pytest.raises(ValueError), broker_errors(url):  # not the broker's fault: passes through
+        raise ValueError("a bad request")
+
+
+def test_the_client_applies_the_timeout_to_connect_and_reply() -> None:
+    connection = broker.client("redis://127.0.0.1:6379/0", QUICK_TIMEOUT, health_check_interval=30)
+    options = connection.connection_pool.connection_kwargs
+    assert (options["socket_timeout"], options["socket_connect_timeout"]) == (QUICK_TIMEOUT, QUICK_TIMEOUT)
+    assert options["health_check_interval"] == 30

@@ -26,8 +26,8 @@ from jobs.spec import load_spec
 from producer.cli import _parser, main
 from producer.embedded import EmbeddedRedis
 from producer.inspect import describe, render
-from producer.status import wait
 from producer.submit import prepare, submit
+from producer.watch import wait
 from tests.models import tiny_model_path
 from tests.reliability import queue_lists, wait_until
 from worker.__main__ import parser as worker_parser

@@ -18,8 +18,8 @@ from jobs.protocol import JOB_QUEUES_KEY, LEASE_PREFIX, running_key
 from jobs.recovery import shard_of
 from jobs.settings import Settings
 from producer.heal import Watcher, recovery_for
-from producer.status import wait
 from producer.submit import submit
+from producer.watch import wait
 from tests.reliability import (
     assert_completed,
     assert_exactly_once,

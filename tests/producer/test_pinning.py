@@ -21,8 +21,9 @@ from jobs.settings import Settings
 from jobs.spec import load_spec
 from producer.inspect import describe
 from producer.pin import resolve_pin
-from producer.status import job_status, wait
+from producer.status import job_status
 from producer.submit import prepare, submit
+from producer.watch import wait
 from tests.models import tiny_model_path
 from tests.reliability import write_rows
 

@@ -11,7 +11,7 @@ import yaml
 
 from jobs.settings import Settings
 from producer.cli import main
-from producer.status import wait
+from producer.watch import wait
 from tests.models import tiny_model_path
 from tests.reliability import (
     assert_completed,

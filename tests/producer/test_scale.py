@@ -28,8 +28,10 @@ from jobs.manifest import Manifest
 from jobs.settings import Settings
 from producer.job_index import known_jobs, remember
 from producer.plan import build_manifest
-from producer.status import MarkerCache, job_status, wait
+from producer.status import job_status
+from producer.status_counts import MarkerCache
 from producer.submit import prepare, submit
+from producer.watch import wait
 from tests.reliability import (
     assert_exactly_once,
     completions_logged,

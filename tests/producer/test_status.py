@@ -17,7 +17,8 @@ from jobs.io.layout import OutputLayout
 from jobs.protocol import LEASE_PREFIX
 from jobs.settings import Settings
 from jobs.spec import load_spec
-from producer.status import _ranges, job_status, render, status
+from producer.status import job_status, status
+from producer.status_render import ranges, render
 from producer.submit import Submission, submit
 from tests.reliability import queue_lists
 
@@ -119,11 +120,11 @@ def test_watch_follows_until_complete(submitted: Submission, settings: Settings)
     assert status(submitted.job_id, settings).state == "complete"
 
 
-def test_render_and_ranges(submitted: Submission) -> None:
+def test_render_andranges(submitted: Submission) -> None:
     from rich.console import Console
 
     console = Console(record=True, width=100)
     console.print(render(job_status(submitted.output)))
     text = console.export_text()
     assert "pending" in text and "?" in text and submitted.output in text
-    assert _ranges([7, 1, 2, 3, 5]) == "1-3, 5, 7" and _ranges([]) == ""
+    assert ranges([7, 1, 2, 3, 5]) == "1-3, 5, 7" and ranges([]) == ""

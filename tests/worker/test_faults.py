@@ -18,8 +18,8 @@ import pytest
 
 from jobs.io.layout import OutputLayout
 from jobs.settings import Settings
-from producer.status import wait
 from producer.submit import submit
+from producer.watch import wait
 from tests.reliability import (
     assert_completed,
     assert_exactly_once,

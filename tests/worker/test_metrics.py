@@ -11,8 +11,8 @@ from typing import Any
 
 from jobs.settings import Settings
 from jobs.spec import load_spec
-from producer.status import wait
 from producer.submit import submit
+from producer.watch import wait
 from tests.ports import serve_on_a_free_port
 
 

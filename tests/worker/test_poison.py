@@ -16,8 +16,8 @@ from jobs.io.layout import OutputLayout
 from jobs.protocol import DELIVERIES_PREFIX
 from jobs.settings import Settings
 from jobs.shard import is_permanent
-from producer.status import wait
 from producer.submit import submit
+from producer.watch import wait
 from tests.reliability import (
     committed_markers,
     queue_lists,

@@ -19,8 +19,8 @@ from jobs.settings import Settings
 from jobs.spec import JobSpec, load_spec
 from producer import embedded
 from producer.broker import sending_app
-from producer.status import wait
 from producer.submit import prepare
+from producer.watch import wait
 from worker import preload
 
 LOG_DEADLINE = 120.0  # seconds: a loaded machine imports torch slowly

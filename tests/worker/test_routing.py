@@ -24,8 +24,8 @@ from jobs.ledger import marker_times
 from jobs.settings import Settings
 from jobs.spec import load_spec
 from producer.embedded import LocalWorkers
-from producer.status import wait
 from producer.submit import submit
+from producer.watch import wait
 from tests.models import tiny_model_path
 from tests.reliability import assert_exactly_once, committed_markers, wait_until, write_rows
 from worker.routing import CLEANUP_EVERY, FAST_POLL_SECONDS, POLL_SECONDS

@@ -22,8 +22,8 @@ from jobs.errors import SpecError
 from jobs.protocol import TASK_NAME
 from jobs.settings import Settings
 from producer.embedded import EmbeddedRedis, LocalWorkers
-from producer.status import wait
 from producer.submit import prepare, submit
+from producer.watch import wait
 from tests.models import MODELS_DIR
 from tests.reliability import (
     assert_exactly_once,

@@ -17,8 +17,8 @@ from typing import Any
 
 from jobs.recovery import SCANS_PER_LEASE
 from jobs.settings import Settings
-from producer.status import wait
 from producer.submit import submit
+from producer.watch import wait
 from tests.reliability import (
     assert_completed,
     assert_exactly_once,
