@@ -68,7 +68,10 @@ def _run(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.job, output=args.output)
     embedded = chosen_broker(args.broker) is None
-    log_dir = tempfile.mkdtemp(prefix="batchformers-run-") if embedded else None
+    if args.keep_warm is not None and args.keep_warm < 0:
+        raise BatchformersError(f"--keep-warm must be 0 or more seconds (got {args.keep_warm:g})")
+    warm_logs = _warm_logs(args) if embedded else None
+    log_dir = warm_logs or (tempfile.mkdtemp(prefix="batchformers-run-") if embedded else None)
 
     seen: list[Any] = []
 
@@ -85,14 +88,15 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         status = run(spec, _settings(args) if args.broker else None, workers=args.workers,
-                     progress=not args.no_progress, log_dir=log_dir, on_submit=submitted, on_stopping=stopping)
+                     progress=not args.no_progress, log_dir=log_dir, on_submit=submitted, on_stopping=stopping,
+                     keep_warm=args.keep_warm)
     except RunInterrupted as stopped:
         _print_interrupted(stopped, args.job, log_dir)
         return stopped.exit_code
     except BaseException:
         if log_dir and seen:  # the workers had a job: their logs may say why it went wrong
             _print_logs(log_dir)
-        elif log_dir:
+        elif log_dir and not warm_logs:
             shutil.rmtree(log_dir, ignore_errors=True)
         raise
     if not (seen and seen[0].already_complete and status.state == "complete"):
@@ -100,12 +104,24 @@ def _run(args: argparse.Namespace) -> int:
 
         print(summary(status))
     if status.state == "complete":
-        if log_dir:
+        if log_dir and not warm_logs:
             shutil.rmtree(log_dir, ignore_errors=True)
         return 0
     if log_dir:
         _print_logs(log_dir)
     return EXIT_FAILED_SHARDS
+
+
+def _warm_logs(args: argparse.Namespace) -> str | None:
+    """The warm pool's log folder when this run uses one (kept: the pool writes there for later runs too)."""
+    from jobs.settings import Settings
+
+    keep_warm = args.keep_warm if args.keep_warm is not None else Settings().keep_warm_seconds
+    if keep_warm <= 0:
+        return None
+    from producer.warm_pool import log_directory
+
+    return str(log_directory(args.workers))
 
 
 def _print_interrupted(stopped: Any, job_file: str, log_dir: str | None) -> None:

@@ -80,6 +80,9 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
                      help="local worker processes, one model each (embedded mode; default 1)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--output", help="write to this output directory instead of the spec's output")
+    run.add_argument("--keep-warm", type=float, metavar="SECONDS",
+                     help="keep the embedded Redis and workers (models loaded) for the next run until idle this long; "
+                     "default BATCHFORMERS_KEEP_WARM_SECONDS, else 0: stop them with the run")
     run.set_defaults(handler=handlers["run"])
 
     submit = commands.add_parser("submit", help="enqueue a job on the broker and print its id")

@@ -171,3 +171,16 @@ def test_worker_takes_broker_and_masks_only_passwords(tmp_path: Path, redis_url:
     assert f"transport:   redis://{host}/" in banner, banner  # no password: nothing to mask
     assert "results:     redis://:**@127.0.0.1" in banner and "s3cret-pw" not in banner, banner
     assert "Traceback" not in banner
+
+
+def test_a_negative_keep_warm_is_refused_before_anything_starts(tmp_path: Path, news_parquet: Path,
+                                                                capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BATCHFORMERS_BROKER_URL", raising=False)
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"task": "tokenize", "model": str(tiny_model_path("bert-ner")),
+                                   "input": str(news_parquet), "columns": {"text": "body"},
+                                   "output": str(tmp_path / "out")}))
+    assert main(["run", str(job), "--keep-warm", "-1", "--no-progress"]) == 2
+    assert "--keep-warm must be 0 or more seconds" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.settings import Settings
-from producer.status import wait
+from producer.watch import wait
 from producer.submit import submit
 from tests.reliability import (
     assert_exactly_once,
