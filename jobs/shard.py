@@ -292,7 +292,7 @@ def run_shard(
     read_seconds = time.monotonic() - started
     inputs = {role: table.column(column).to_pylist() for role, column in roles.items()}
     base = first_row(manifest, plan)
-    if getattr(runner, "wants_row_index", False):  # per-row seeds that do not depend on the sharding
+    if runner.wants_row_index:  # per-row seeds that do not depend on the sharding
         inputs[ROW_INDEX] = list(range(base, base + table.num_rows))
     produced = runner.run_table(inputs, progress, spec.run_options(overlap))
     kept_table = table.select(kept)

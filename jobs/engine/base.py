@@ -90,6 +90,10 @@ class ModelRequirement:
 class Runner(ABC):
     """A loaded model ready to process rows. Built once per worker process."""
 
+    wants_row_index: ClassVar[bool] = False
+    """True: ``inputs`` also carries each row's index in the whole input (per-row seeds that do not
+    depend on the sharding, as text generation's sampling needs)."""
+
     @abstractmethod
     def run_table(self, inputs: dict[str, list[Any]], progress: ProgressCallback | None = None,
                   options: Any = None) -> pa.Table:

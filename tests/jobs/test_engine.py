@@ -396,3 +396,11 @@ def test_out_of_memory_halving_keeps_every_task_s_results(name: str, news_texts:
     got = runner.run(inputs, options=RunOptions(batch_size=8))
     assert [row["error"] for row in got] == [None] * len(texts)
     assert got == expected
+
+
+def test_only_a_runner_that_declares_it_gets_row_indexes() -> None:
+    from jobs.engine.base import Runner
+    from jobs.tasks.text_generation import TextGenerationRunner
+
+    assert Runner.wants_row_index is False and Toy.wants_row_index is False
+    assert TextGenerationRunner.wants_row_index is True
