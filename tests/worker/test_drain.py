@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from jobs.settings import Settings
-from producer.watch import wait
 from producer.submit import submit
+from producer.watch import wait
 from tests.reliability import (
     assert_exactly_once,
     committed_markers,

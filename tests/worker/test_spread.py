@@ -11,8 +11,8 @@ import pytest
 
 from jobs.settings import Settings
 from jobs.spec import load_spec
-from producer.watch import wait
 from producer.submit import submit
+from producer.watch import wait
 from tests.models import tiny_model_path
 from tests.reliability import assert_exactly_once, committed_markers, write_rows
 from worker.faults import FAULTS_ENV
