@@ -89,6 +89,8 @@ def test_error_rate_within_the_limit_completes(tmp_path: Path, news_parquet: Pat
 class _Truncating:
     """A runner whose rows 0 and 2 were cut to the model's length."""
 
+    wants_row_index = False
+
     def run_table(self, inputs: dict[str, list[Any]], progress: Any = None, options: Any = None) -> pa.Table:
         rows = len(inputs["text"])
         return pa.table({"summary_text": ["s"] * rows, "truncated": [i in (0, 2) for i in range(rows)],
