@@ -210,7 +210,12 @@ class RouteWatcher(bootsteps.StartStopStep):  # type: ignore[misc]
     def claim(self, routes: dict[str, Route]) -> None:
         """Before its first shard: claim the model of the top-priority waiting jobs that the fewest others hold."""
         assert self.client is not None
-        waiting = [route for queue, route in routes.items() if any(self.client.llen(k) for k in queue_keys(queue))]
+        pipe = self.client.pipeline(transaction=False)  # one round trip for every queue's priority lists
+        for queue in routes:
+            for key in queue_keys(queue):
+                pipe.llen(key)
+        lengths = iter(pipe.execute())
+        waiting = [route for queue, route in routes.items() if sum(next(lengths) for _ in queue_keys(queue))]
         if not waiting:
             state.claim = None
             return
