@@ -17,7 +17,7 @@ from typing import Any
 
 from bench.data import sentence_rows, text_rows
 from bench.models import COMPLETE, _bert_tokenizer, build_translation
-from jobs.engine.staged import RunOptions
+from jobs.engine.base import RunOptions
 
 NER_ROWS = 40_000
 TRANSLATION_ROWS = 4_000
@@ -80,9 +80,8 @@ def measure(task: str, model_dir: Path, texts: list[str], params: dict[str, Any]
         if device != "cpu":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        table = runner.run_table({"text": texts}, options=RunOptions(batch_size=batch_size, overlap=overlap))
+        table, times = runner.run_table({"text": texts}, options=RunOptions(batch_size=batch_size, overlap=overlap))
         wall = time.perf_counter() - started
-        times = runner.last_stats
         if task == "ner":
             flops = encoder_flops(runner.model.config, times.tokens, times.padded_tokens, times.padded_tokens / max(1, times.items))
             output_tokens = 0

@@ -6,7 +6,7 @@ Arrow. Measured in one run, per task:
 
 - host tokens/s per core (input tokens over the process's CPU seconds) and the host path
   over one raw batched tokenizer call on the same rows (``tokenizer(texts)``);
-- the same model whose forward also sleeps (``BATCHFORMERS_BENCH_DEVICE_SECONDS_PER_TOKEN``,
+- the same model whose every batch also sleeps (the ``device-seconds`` fault of :mod:`worker.faults`,
   releasing the GIL as a device sync does), set so that device time equals host time, and
   the share of that device time hidden behind host work: ``(T_host + T_device - T_both) / T_device``,
   with overlap on and off.
@@ -36,7 +36,8 @@ from typing import Any
 
 from bench.data import qa_rows, sentence_rows, text_rows, write_parquet
 from bench.models import COMPLETE, _bert_tokenizer
-from jobs.engine.staged import DEVICE_SECONDS_ENV, RunOptions
+from jobs.engine.base import RunOptions
+from worker.faults import FAULTS_ENV, simulate_device_time
 
 HOST_TARGET = 0.5
 RUN_TARGET = 0.6  # the host path through `run` over the raw tokenizer call
@@ -119,12 +120,14 @@ def rows_for(task: str, count: int) -> dict[str, list[str]]:
 class Timed:
     seconds: float
     cpu_seconds: float
+    value: Any = None
+    """What the timed call returned."""
 
 
 def timed(fn: Callable[[], Any]) -> Timed:
     wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return Timed(time.perf_counter() - wall, time.process_time() - cpu)
+    value = fn()
+    return Timed(time.perf_counter() - wall, time.process_time() - cpu, value)
 
 
 def raw_tokenizer(model_dir: Path, rows: dict[str, list[str]]) -> tuple[Timed, int]:
@@ -152,7 +155,7 @@ def in_process(task: str, model_dir: Path, rows: dict[str, list[str]], batch_siz
     runner.run_table({k: v[:50] for k, v in rows.items()}, options=RunOptions(batch_size=batch_size))
     host = timed(lambda: runner.run_table(rows, options=RunOptions(batch_size=batch_size, overlap=True)))
     host_serial = timed(lambda: runner.run_table(rows, options=RunOptions(batch_size=batch_size, overlap=False)))
-    stats = runner.last_stats  # of the serial run: the batches are the same with overlap on
+    stats = host_serial.value.stats  # of the serial run: the batches are the same with overlap on
     result: dict[str, Any] = {"host_seconds": host.seconds, "host_cpu_seconds": host.cpu_seconds,
                               "host_serial_seconds": host_serial.seconds,
                               "forward_serial_seconds": stats.forward_seconds,
@@ -160,7 +163,7 @@ def in_process(task: str, model_dir: Path, rows: dict[str, list[str]], batch_siz
     if not runner.device_stage:
         return result
     per_token = host_serial.seconds / max(1, stats.padded_tokens)
-    os.environ[DEVICE_SECONDS_ENV] = repr(per_token)
+    simulate_device_time(per_token)
     try:
         device = per_token * stats.padded_tokens
         for overlap in (False, True):
@@ -172,7 +175,7 @@ def in_process(task: str, model_dir: Path, rows: dict[str, list[str]], batch_siz
             result[f"hidden_{key}"] = (base + device - both.seconds) / device
         result["device_seconds"] = device
     finally:
-        os.environ.pop(DEVICE_SECONDS_ENV, None)
+        simulate_device_time(0.0)
     return result
 
 
@@ -199,14 +202,15 @@ def run_ner(model_dir: Path, source: Path, workdir: Path, label: str, per_token:
     from bench.measure import WorkerPool, run_batchformers
 
     output = workdir / "out" / f"{model_dir.name}-{label}"
-    os.environ[DEVICE_SECONDS_ENV] = repr(per_token)
+    if per_token:  # the workers inherit it and apply it from their first shard on
+        os.environ[FAULTS_ENV] = f"device-seconds={per_token!r}"
     try:
         spec = {"task": "ner", "model": str(model_dir), "input": str(source), "columns": {"id": "id"},
                 "output": str(output), "params": PARAMS["ner"], "shard_rows": shard_rows, "device": "cpu"}
         with WorkerPool(1, workdir / "logs" / f"{model_dir.name}-{label}", shared=False) as pool:
             timing, _, phases = run_batchformers(spec, pool, timeout=1800)
     finally:
-        os.environ.pop(DEVICE_SECONDS_ENV, None)
+        os.environ.pop(FAULTS_ENV, None)
     return phases["steady_seconds"], timing.seconds, output
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import redis
 
-from jobs.engine.base import ProgressCallback, Runner, TaskType
+from jobs.engine.base import ERROR, ProgressCallback, Runner, TaskType, with_error
 from jobs.errors import BatchformersError, RetryableError, ShardError
 from jobs.io.completion import complete_if_last, count_committed
 from jobs.io.layout import OutputLayout
@@ -49,7 +49,6 @@ TRANSIENT_NAMES = ("Connect", "Timeout")  # httpx.ConnectError, requests' Connec
 TIME_LIMIT_MESSAGE = "the shard ran past its time limit; raise shard_time_limit or lower shard_rows"
 
 ROW_INDEX = "row_index"
-ERROR = "error"
 TRUNCATED = "truncated"
 
 
@@ -264,8 +263,7 @@ def backoff(attempt: int, lease_seconds: float) -> float:
 def output_schema(task: TaskType, kept: pa.Schema) -> pa.Schema:
     """Kept input columns, ``row_index``, the task's columns, then ``error``."""
     fields = list(kept) + [pa.field(ROW_INDEX, pa.int64())]
-    fields += list(task.output_schema()) + [pa.field(ERROR, pa.string())]
-    return pa.schema(fields)
+    return pa.schema(fields + list(with_error(task.output_schema())))
 
 
 def first_row(manifest: Manifest, plan: ShardPlan) -> int:
@@ -294,19 +292,17 @@ def run_shard(
     base = first_row(manifest, plan)
     if runner.wants_row_index:  # per-row seeds that do not depend on the sharding
         inputs[ROW_INDEX] = list(range(base, base + table.num_rows))
-    produced = runner.run_table(inputs, progress, spec.run_options(overlap))
+    produced, stats = runner.run_table(inputs, progress, spec.run_options(overlap))
     kept_table = table.select(kept)
     schema = output_schema(task, kept_table.schema)
     columns = list(kept_table.columns) + [pa.array(np.arange(base, base + table.num_rows, dtype=np.int64))]
-    columns += [produced.column(name) for name in schema.names[len(kept) + 1 :]]
+    columns += [produced.column(name) for name in with_error(task.output_schema()).names]
     output = pa.Table.from_arrays(columns, schema=schema)
     errors = table.num_rows - output.column(ERROR).null_count
     summary = {"rows": table.num_rows, "errors": errors, "seconds": round(time.monotonic() - started, 3)}
-    stats = getattr(runner, "last_stats", None)
-    if stats is not None and stats.batches:
+    if stats.batches:
         summary.update(batches=stats.batches, tokens=stats.tokens, padded_tokens=stats.padded_tokens)
-    stages = stats.stage_seconds() if stats is not None else {}
-    summary["stages"] = {"read": round(read_seconds, 4), **stages}
+    summary["stages"] = {"read": round(read_seconds, 4), **stats.stage_seconds()}
     if TRUNCATED in output.schema.names:  # issue 12: rows cut to the model's length, counted for status
         summary[TRUNCATED] = truncated_rows(output)
     return output, summary

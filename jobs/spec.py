@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -22,14 +22,11 @@ from pydantic import (
     model_validator,
 )
 
-from jobs.engine.base import LoadOptions, TaskType
+from jobs.engine.base import LoadOptions, RunOptions, TaskType
 from jobs.engine.batching import DEFAULT_BATCH_SIZE
 from jobs.errors import SpecError
 from jobs.protocol import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from jobs.tasks.registry import TASKS, get_task_class, task_name
-
-if TYPE_CHECKING:  # imported where used: `batchformers schema` needs neither the engine nor the readers
-    from jobs.engine.staged import RunOptions
 
 DEFAULT_SHARD_ROWS = 10_000
 DEFAULT_MAX_RETRIES = 3
@@ -216,8 +213,6 @@ class JobSpec(BaseModel):
 
     def run_options(self, overlap: bool = True) -> RunOptions:
         """How batches are formed; never part of what a worker caches a model by."""
-        from jobs.engine.staged import RunOptions
-
         return RunOptions(batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens, overlap=overlap)
 
     def fingerprint(self) -> str:

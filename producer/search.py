@@ -87,7 +87,7 @@ def embed_query(spec: JobSpec, query: str) -> np.ndarray:
         if runner is None:
             _runners.clear()
             runner = _runners[key] = spec.task_type().load(options)
-    table = runner.run_table({"text": [query]})
+    table = runner.run_table({"text": [query]}).table
     if table.column("error")[0].is_valid:
         raise SpecError("query", table.column("error")[0].as_py())
     return np.asarray(table.column(EMBEDDING)[0].values.to_numpy(zero_copy_only=False), dtype=np.float32)

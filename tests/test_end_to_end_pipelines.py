@@ -65,7 +65,7 @@ def test_pipeline_task_end_to_end(alias: str, outputs: dict[str, tuple[Any, pa.T
     errors = output.column("error").to_pylist()
     assert errors[-1] == "text is null" and all(e is None for e in errors[:-1])
     runner = spec.task_type().load(spec.load_options())
-    direct = runner.run_table({"text": table.column("text").to_pylist()}).to_pylist()
+    direct = runner.run_table({"text": table.column("text").to_pylist()}).table.to_pylist()
     for name in spec.task_type().output_schema().names:
         got, want = output.column(name).to_pylist(), [row[name] for row in direct]
         if name in ("labels", "scores", "predictions", "embedding"):

@@ -21,6 +21,12 @@ And two that change the others or only record::
     count=PATH      every start of a shard appends ``SHARD PID TIME`` to PATH (:func:`started`),
                     so a test counts runs itself instead of trusting the code's own counter
 
+And one for the benchmarks (``bench/host.py``), from a shard's start on::
+
+    device-seconds=PER_TOKEN    every model batch also sleeps PER_TOKEN seconds per padded token on the
+                                device thread: a stand-in for device time that releases the GIL as a
+                                device sync does (:func:`simulate_device_time`)
+
 ``batchformers compact`` reads the same variable for its own kill points (``compact-kill=POINT``,
 ``compact-sleep=POINT``, see :mod:`producer.compact`). Never set it in production.
 """
@@ -31,10 +37,13 @@ import os
 import signal
 import time
 
+from jobs.engine import batching
+
 FAULTS_ENV = "BATCHFORMERS_TEST_FAULTS"
 HANG_SECONDS = 3600.0
 COMMIT_KILLS = {"kill-part-written": "part-written", "kill-part-published": "part-published",
                 "kill-committed": "committed"}
+_device_seconds_per_token = 0.0
 
 
 class InjectedFault(RuntimeError):
@@ -65,7 +74,7 @@ def _kill() -> None:
 
 
 def started(shard: int) -> None:
-    """Record one start of ``shard`` in the ``count=PATH`` file, if configured."""
+    """Record one start of ``shard`` in the ``count=PATH`` file and simulate device time, if configured."""
     for name, value in _faults():
         if name == "count":
             line = f"{shard} {os.getpid()} {time.time():.3f}\n".encode()
@@ -74,6 +83,21 @@ def started(shard: int) -> None:
                 os.write(descriptor, line)  # one write under O_APPEND: lines of racing writers never mix
             finally:
                 os.close(descriptor)
+        elif name == "device-seconds":
+            simulate_device_time(float(value))
+
+
+def simulate_device_time(per_token: float) -> None:
+    """From now on every model batch of this process also sleeps ``per_token`` seconds per padded token
+    (0: no longer). It sleeps in a batch observer, which the engine calls on its device thread."""
+    global _device_seconds_per_token
+    _device_seconds_per_token = per_token
+    batching.observe_batches(_device_time)
+
+
+def _device_time(items: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
+    if _device_seconds_per_token:
+        time.sleep(_device_seconds_per_token * padded_tokens)
 
 
 def before_commit(shard: int) -> None:

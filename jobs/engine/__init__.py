@@ -1,3 +1,4 @@
-"""The runner framework every task type is built on: the task-type interface (`base`), the staged
-encode/forward/decode executor (`staged`), batching and OOM splitting (`batching`), model loading
-(`loading`) and the CTranslate2 generation engine (`ctranslate2`)."""
+"""The runner framework every task type is built on: the task-type interface and run options (`base`), the
+stage contract (`contract`), the runners' base class (`staged`), one run through the stages (`execution`,
+with `decoder`, `padding` and the threaded `pipeline`), batching and OOM splitting (`batching`), model
+loading (`loading`) and the load most tasks share (`model_task`)."""

@@ -4,7 +4,8 @@ A task type is one module in ``jobs/`` exporting one :class:`TaskType` subclass,
 registered by name in :mod:`jobs.tasks.registry`. The producer uses the cheap class-level
 parts (input roles, params model, output schema) at submit time; the worker calls
 :meth:`TaskType.load` once per process and then :meth:`Runner.run_table` per shard.
-Runners are built on :mod:`jobs.engine.staged`, which owns batching, padding, overlap and order.
+Runners are built on :mod:`jobs.engine.staged`; :mod:`jobs.engine.execution` owns batching,
+overlap, order and the ``error`` column.
 Torch and transformers are imported only inside ``load`` so that submitting a job
 or reading its status never pays for them.
 """
@@ -14,10 +15,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
+from jobs.engine.batching import DEFAULT_BATCH_SIZE
 from jobs.errors import SpecError
 
 if TYPE_CHECKING:
@@ -25,6 +27,15 @@ if TYPE_CHECKING:
 
 ProgressCallback = Callable[[int], None]
 """Called with the number of rows just finished, so workers can report progress."""
+ERROR = "error"
+"""The column every runner's table ends with: None, or why that row has no result."""
+
+
+def with_error(columns: pa.Schema) -> pa.Schema:
+    """A task's output ``columns`` followed by the ``error`` column, as :meth:`Runner.run_table` returns them."""
+    import pyarrow as pa  # here, not at the top: submit and status import this module without pyarrow
+
+    return columns.append(pa.field(ERROR, pa.string()))
 
 
 class TaskParams(BaseModel):
@@ -63,7 +74,7 @@ CommaList = Annotated[list[str], BeforeValidator(_split_commas)]
 class LoadOptions:
     """How a worker should load a model; resolved from the job spec and settings.
 
-    How batches are formed (:class:`jobs.engine.staged.RunOptions`) is not part of it, so a job that
+    How batches are formed (:class:`RunOptions`) is not part of it, so a job that
     only changes ``batch_size`` reuses a loaded model."""
 
     model: str
@@ -87,32 +98,72 @@ class ModelRequirement:
     needs_config: bool = True  # False: a tokenizer alone will do
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a loaded model is run; changing these never reloads the model."""
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_batch_tokens: int | None = None
+    overlap: bool = True
+    encode_rows: int | None = None
+    """Rows per ``encode`` call; None: the runner's own (``StagedRunner.encode_rows``)."""
+
+
+@dataclass
+class RunStats:
+    """What one run fed the model: batches, items, real tokens, padded tokens (items x longest) and the seconds
+    each stage spent (with overlap on they run at once, so they add up to more than the run's wall time)."""
+
+    batches: int = 0
+    items: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    forward_seconds: float = 0.0
+    encode_seconds: float = 0.0
+    """Tokenizing (``encode``) and padding batches into tensors (``collate``)."""
+    decode_seconds: float = 0.0
+    pad_seconds: float = 0.0
+
+    def stage_seconds(self) -> dict[str, float]:
+        """Seconds per stage, as a shard's marker records them: encode (tokenize and pad), forward, decode."""
+        return {"encode": round(self.encode_seconds + self.pad_seconds, 4), "forward": round(self.forward_seconds, 4),
+                "decode": round(self.decode_seconds, 4)}
+
+
+class RunResult(NamedTuple):
+    """What :meth:`Runner.run_table` gives back: the rows' table and what the run fed the model."""
+
+    table: pa.Table
+    stats: RunStats
+
+
 class Runner(ABC):
     """A loaded model ready to process rows. Built once per worker process."""
 
     wants_row_index: ClassVar[bool] = False
     """True: ``inputs`` also carries each row's index in the whole input (per-row seeds that do not
     depend on the sharding, as text generation's sampling needs)."""
+    options: RunOptions = RunOptions()
+    """How :meth:`run_table` runs when it is given no options."""
 
     @abstractmethod
     def run_table(self, inputs: dict[str, list[Any]], progress: ProgressCallback | None = None,
-                  options: Any = None) -> pa.Table:
+                  options: RunOptions | None = None) -> RunResult:
         """The task's output columns plus ``error`` (None on success), one row per input row, in order.
 
         ``inputs`` maps each input role (``text``, ``question`` ...) to its column; ``options``
-        is a :class:`jobs.engine.staged.RunOptions` (None: the runner's own). A bad row must become an
-        ``error``, never an exception.
+        None: the runner's own. A bad row must become an ``error``, never an exception.
         """
 
-    def using(self, options: Any) -> Runner:
-        """This runner with other default run options (:class:`jobs.engine.staged.RunOptions`); the model is shared."""
+    def using(self, options: RunOptions) -> Runner:
+        """This runner with other default run options; the model is shared."""
         self.options = options
         return self
 
     def run(self, inputs: dict[str, list[Any]], progress: ProgressCallback | None = None,
-            options: Any = None) -> list[dict[str, Any]]:
-        """:meth:`run_table` as one dict per row (tests and small jobs)."""
-        rows: list[dict[str, Any]] = self.run_table(inputs, progress, options).to_pylist()
+            options: RunOptions | None = None) -> list[dict[str, Any]]:
+        """:meth:`run_table`'s table as one dict per row (tests and small jobs)."""
+        rows: list[dict[str, Any]] = self.run_table(inputs, progress, options).table.to_pylist()
         return rows
 
 

@@ -59,7 +59,7 @@ def observe_batches(observer: BatchObserver) -> None:
 
 
 def notify_batch(items: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
-    """Tell every observer about one model batch (called by :mod:`jobs.engine.staged`)."""
+    """Tell every observer about one model batch (called by :mod:`jobs.engine.execution`)."""
     for observer in _observers:
         observer(items, real_tokens, padded_tokens, seconds)
 

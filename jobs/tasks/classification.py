@@ -19,9 +19,10 @@ from pydantic import Field
 
 from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams
 from jobs.engine.batching import text_error
+from jobs.engine.contract import Batch, Encoded, Finished, Item
 from jobs.engine.loading import model_input_limit
 from jobs.engine.model_task import ModelTask
-from jobs.engine.staged import Batch, Encoded, Finished, Item, StagedRunner
+from jobs.engine.staged import StagedRunner
 
 FunctionName = Literal["default", "sigmoid", "softmax", "none"]
 TEXT_PAIR = "text_pair"
@@ -86,7 +87,7 @@ class LogitsRunner(StagedRunner):
     """A sequence classifier on the engine: ``forward`` gives each item's float32 logits."""
 
     def __init__(self, schema: pa.Schema, model: Any, tokenizer: Any, device: Any) -> None:
-        super().__init__(schema.append(pa.field("error", pa.string())), device=device,
+        super().__init__(schema, device=device,
                          pad_id=tokenizer.pad_token_id or 0,
                          with_type_ids="token_type_ids" in tokenizer.model_input_names)
         self.model = model
@@ -100,9 +101,6 @@ class LogitsRunner(StagedRunner):
             inputs["use_cache"] = False
         logits = self.model(**inputs).logits.float().cpu().numpy()
         return list(logits)
-
-    def _columns(self) -> pa.Schema:
-        return self.schema.remove(self.schema.get_field_index("error"))
 
 
 class ClassificationRunner(LogitsRunner):
@@ -151,8 +149,8 @@ class ClassificationRunner(LogitsRunner):
             best = order[:, 0]
             return pa.table({"label": [self.labels[i] for i in best],
                              "score": np.take_along_axis(scores, best[:, None], axis=1)[:, 0].astype(np.float64)},
-                            schema=self._columns())
+                            schema=self.schema)
         keep = order[:, : self.params.top_k] if self.params.top_k is not None else order
         column = [[{"label": self.labels[i], "score": float(row_scores[i])} for i in row_order]
                   for row_scores, row_order in zip(scores, keep, strict=True)]
-        return pa.table({"labels": pa.array(column, type=pa.list_(label_struct()))}, schema=self._columns())
+        return pa.table({"labels": pa.array(column, type=pa.list_(label_struct()))}, schema=self.schema)

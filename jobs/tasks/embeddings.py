@@ -25,9 +25,10 @@ import pyarrow as pa
 from pydantic import Field
 
 from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams
+from jobs.engine.contract import Batch, Encoded, Finished, Item
 from jobs.engine.loading import model_input_limit
 from jobs.engine.model_task import ModelTask
-from jobs.engine.staged import Batch, Encoded, Finished, Item, StagedRunner
+from jobs.engine.staged import StagedRunner
 from jobs.errors import ModelLoadError, SpecError
 
 PoolingName = Literal["mean", "cls", "max", "none"]
@@ -148,7 +149,7 @@ class EmbeddingsTask(ModelTask):
 class EmbeddingsRunner(StagedRunner):
     def __init__(self, task: EmbeddingsTask, model: Any, tokenizer: Any, device: Any, pooling: str,
                  normalize: bool, max_length: int | None) -> None:
-        super().__init__(task.output_schema().append(pa.field("error", pa.string())), device=device,
+        super().__init__(task.output_schema(), device=device,
                          pad_id=tokenizer.pad_token_id or 0,
                          with_type_ids="token_type_ids" in tokenizer.model_input_names)
         self.model = model

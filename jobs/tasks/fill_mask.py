@@ -24,9 +24,10 @@ import pyarrow as pa
 from pydantic import Field
 
 from jobs.engine.base import LoadOptions, ModelRequirement, Runner, StringList, TaskParams
+from jobs.engine.contract import Batch, Encoded, Finished, Item
 from jobs.engine.loading import model_input_limit
 from jobs.engine.model_task import ModelTask
-from jobs.engine.staged import Batch, Encoded, Finished, Item, StagedRunner
+from jobs.engine.staged import StagedRunner
 from jobs.errors import ModelLoadError
 
 
@@ -81,7 +82,7 @@ def target_ids(tokenizer: Any, targets: list[str]) -> np.ndarray:
 
 class FillMaskRunner(StagedRunner):
     def __init__(self, task: FillMaskTask, model: Any, tokenizer: Any, device: Any) -> None:
-        super().__init__(task.output_schema().append(pa.field("error", pa.string())), device=device,
+        super().__init__(task.output_schema(), device=device,
                          pad_id=tokenizer.pad_token_id or 0,
                          with_type_ids="token_type_ids" in tokenizer.model_input_names)
         self.model = model

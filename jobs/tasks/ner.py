@@ -20,10 +20,11 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams
+from jobs.engine.base import LoadOptions, ModelRequirement, Runner, RunOptions, TaskParams
+from jobs.engine.contract import Batch, Encoded, Finished, Item
 from jobs.engine.loading import model_input_limit
 from jobs.engine.model_task import ModelTask
-from jobs.engine.staged import Batch, Encoded, Finished, Item, RunOptions, StagedRunner
+from jobs.engine.staged import StagedRunner
 from jobs.errors import ModelLoadError
 from jobs.tasks.ner_decode import EntityDecoder, entity_struct
 
@@ -73,7 +74,7 @@ class NerRunner(StagedRunner):
         with_types = "token_type_ids" in tokenizer.model_input_names
         # Single texts have all-zero type ids with every usual template; then the engine makes them.
         self.own_type_ids = with_types and any(tokenizer("a b", return_token_type_ids=True)["token_type_ids"])
-        super().__init__(task.output_schema().append(pa.field("error", pa.string())), options, device,
+        super().__init__(task.output_schema(), options, device,
                          pad_id=tokenizer.pad_token_id or 0, with_type_ids=with_types)
         self.params = task.params
         self.model = model
@@ -114,4 +115,4 @@ class NerRunner(StagedRunner):
         entities = self.entities.decode(texts, finished.items, finished.outputs)
         truncated = [self.params.stride is None and bool(items[0].data.overflowing) for items in finished.items]
         return pa.Table.from_arrays([entities, pa.array(truncated, type=pa.bool_())],
-                                    schema=self.schema.remove(self.schema.get_field_index("error")))
+                                    schema=self.schema)

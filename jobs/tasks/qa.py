@@ -24,8 +24,10 @@ from pydantic import Field, model_validator
 
 from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams
 from jobs.engine.batching import text_error
+from jobs.engine.contract import Batch, Encoded, Finished, Item
 from jobs.engine.model_task import ModelTask
-from jobs.engine.staged import Batch, Encoded, Finished, Item, StagedRunner, pad
+from jobs.engine.padding import pad
+from jobs.engine.staged import StagedRunner
 from jobs.errors import SpecError
 from jobs.tasks.qa_decode import Spans, char_span, select_spans
 
@@ -165,7 +167,7 @@ class QuestionAnsweringRunner(StagedRunner):
 
     def __init__(self, task: QuestionAnsweringTask, settings: QaSettings, model: Any, tokenizer: Any,
                  device: Any) -> None:
-        super().__init__(task.output_schema().append(pa.field("error", pa.string())), device=device,
+        super().__init__(task.output_schema(), device=device,
                          pad_id=tokenizer.pad_token_id or 0,
                          with_type_ids="token_type_ids" in tokenizer.model_input_names)
         self.settings = settings
@@ -271,7 +273,7 @@ class QuestionAnsweringRunner(StagedRunner):
         contexts = inputs["context"]
         rows = [self._result(self._merge(contexts[row], items, spans))
                 for row, items, spans in zip(finished.rows, finished.items, finished.outputs, strict=True)]
-        return pa.Table.from_pylist(rows, schema=self.schema.remove(self.schema.get_field_index("error")))
+        return pa.Table.from_pylist(rows, schema=self.schema)
 
     def _result(self, answers: list[dict[str, Any]]) -> dict[str, Any]:
         """Output columns of one row; with top_k 1 a row without any answer gets nulls."""

@@ -26,9 +26,10 @@ import pyarrow as pa
 from pydantic import Field
 
 from jobs.engine.base import GenerationOverrides, LoadOptions, ModelRequirement, Runner
+from jobs.engine.contract import Batch, Encoded, Finished, Item
 from jobs.engine.loading import model_input_limit
 from jobs.engine.model_task import ModelTask
-from jobs.engine.staged import Batch, Encoded, Finished, Item, StagedRunner
+from jobs.engine.staged import StagedRunner
 from jobs.errors import ModelLoadError
 
 ROW_INDEX = "row_index"
@@ -114,7 +115,7 @@ class TextGenerationRunner(StagedRunner):
     def __init__(self, task: TextGenerationTask, model: Any, tokenizer: Any, device: Any,
                  kwargs: dict[str, Any]) -> None:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        super().__init__(task.output_schema().append(pa.field("error", pa.string())), device=device,
+        super().__init__(task.output_schema(), device=device,
                          pad_id=pad_id or 0, padding_side="left")
         self.model = model
         self.tokenizer = tokenizer

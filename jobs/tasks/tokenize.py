@@ -10,8 +10,9 @@ import pyarrow as pa
 from pydantic import Field
 
 from jobs.engine.base import LoadOptions, ModelRequirement, Runner, TaskParams, TaskType
+from jobs.engine.contract import Encoded, Finished, Item
 from jobs.engine.loading import load_tokenizer
-from jobs.engine.staged import Encoded, Finished, Item, StagedRunner
+from jobs.engine.staged import StagedRunner
 
 
 class TokenizeParams(TaskParams):
@@ -51,7 +52,7 @@ class TokenizeRunner(StagedRunner):
     encode_rows = 4096  # nothing waits on a device: bigger tokenizer calls, fewer pieces to reassemble
 
     def __init__(self, task: TokenizeTask, tokenizer: Any) -> None:
-        super().__init__(task.output_schema().append(pa.field("error", pa.string())))
+        super().__init__(task.output_schema())
         self.params = task.params
         self.tokenizer = tokenizer
 
@@ -89,4 +90,4 @@ class TokenizeRunner(StagedRunner):
             pa.ListArray.from_arrays(list_offsets, words),  # None (special tokens) -> null
             pa.array(counts),
         ]
-        return pa.Table.from_arrays(columns, schema=self.schema.remove(self.schema.get_field_index("error")))
+        return pa.Table.from_arrays(columns, schema=self.schema)

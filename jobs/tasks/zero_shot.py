@@ -18,8 +18,8 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from jobs.engine.base import CommaList, LoadOptions, ModelRequirement, Runner, TaskParams
+from jobs.engine.contract import Encoded, Finished, Item
 from jobs.engine.model_task import ModelTask
-from jobs.engine.staged import Encoded, Finished, Item
 from jobs.tasks.classification import LogitsRunner
 
 DEFAULT_TEMPLATE = "This example is {}."
@@ -135,4 +135,4 @@ class ZeroShotRunner(LogitsRunner):
             names.append([labels[i] for i in order])
             values.append(row_scores[order].tolist())
         return pa.table({"labels": pa.array(names, pa.list_(pa.string())),
-                         "scores": pa.array(values, pa.list_(pa.float64()))}, schema=self._columns())
+                         "scores": pa.array(values, pa.list_(pa.float64()))}, schema=self.schema)

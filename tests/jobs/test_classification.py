@@ -8,8 +8,7 @@ import pytest
 from pydantic import ValidationError
 from transformers import pipeline
 
-from jobs.engine.base import LoadOptions
-from jobs.engine.staged import RunOptions
+from jobs.engine.base import LoadOptions, RunOptions
 from jobs.spec import load_spec
 from jobs.tasks.classification import ClassificationTask
 from tests.models import tiny_model_path

@@ -15,8 +15,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.engine.base import LoadOptions, Runner
-from jobs.engine.staged import RunOptions
+from jobs.engine.base import LoadOptions, Runner, RunOptions
 from jobs.errors import SpecError
 from jobs.settings import Settings
 from jobs.spec import load_spec
@@ -100,8 +99,8 @@ def test_overlap_on_and_off_give_the_same_table() -> None:
     case = next(case for case in CASES if case["name"] == "nllb-eng-deu")
     runner = load("translation", case["params"], "multilingual")
     inputs = {"text": case["inputs"] * 3}
-    on = runner.run_table(inputs, options=RunOptions(batch_size=3, overlap=True))
-    off = runner.run_table(inputs, options=RunOptions(batch_size=3, overlap=False))
+    on = runner.run_table(inputs, options=RunOptions(batch_size=3, overlap=True)).table
+    off = runner.run_table(inputs, options=RunOptions(batch_size=3, overlap=False)).table
     assert on.equals(off)
 
 

@@ -10,8 +10,7 @@ import pyarrow as pa
 import pytest
 from transformers import pipeline
 
-from jobs.engine.base import LoadOptions
-from jobs.engine.staged import RunOptions
+from jobs.engine.base import LoadOptions, RunOptions
 from jobs.tasks.embeddings import EmbeddingsTask
 from tests.models import tiny_model_path
 
@@ -32,7 +31,7 @@ def minilm() -> str:
 def _run(model: str, params: dict[str, Any], texts: list[str], batch_size: int = 4) -> pa.Table:
     task = EmbeddingsTask.from_params(params)
     task.bind_model(LoadOptions(model=model))
-    return task.load(LoadOptions(model=model)).run_table({"text": texts}, options=RunOptions(batch_size=batch_size))
+    return task.load(LoadOptions(model=model)).run_table({"text": texts}, options=RunOptions(batch_size=batch_size)).table
 
 
 @pytest.mark.parametrize("kind", ["minilm", "bert-embeddings"])

@@ -16,23 +16,16 @@ import pyarrow as pa
 import pytest
 
 from jobs.engine import batching
-from jobs.engine.base import LoadOptions
-from jobs.engine.staged import (
-    BLOCK_DEPTH,
-    QUEUE_DEPTH,
-    Batch,
-    Encoded,
-    Finished,
-    Item,
-    RunOptions,
-    StagedRunner,
-    attention_mask,
-    pad,
-)
+from jobs.engine.base import LoadOptions, RunOptions
+from jobs.engine.contract import Batch, Encoded, Finished, Item
+from jobs.engine.execution import BLOCK_DEPTH, QUEUE_DEPTH
+from jobs.engine.padding import attention_mask, pad
+from jobs.engine.staged import StagedRunner
 from jobs.tasks.registry import TASKS, get_task_class
 from jobs.testing.oom import oom_above
 from tests.models import tiny_model_path
 
+COLUMNS = pa.schema([pa.field("total", pa.int64()), pa.field("parts", pa.int64())])
 SCHEMA = pa.schema([pa.field("total", pa.int64()), pa.field("parts", pa.int64()), pa.field("error", pa.string())])
 
 
@@ -42,7 +35,7 @@ class Toy(StagedRunner):
     ``forward`` sums each item's padded ids, so padding or a mixed-up item shows in the result."""
 
     def __init__(self, chunk: int = 4, options: RunOptions | None = None, fail_on: str | None = None) -> None:
-        super().__init__(SCHEMA, options)
+        super().__init__(COLUMNS, options)
         self.chunk = chunk
         self.fail_on = fail_on
         self.batches: list[list[tuple[int, int]]] = []
@@ -74,7 +67,7 @@ class Toy(StagedRunner):
     def decode(self, inputs: dict[str, list[Any]], finished: Finished) -> pa.Table:
         return pa.table({"total": [sum(outputs) for outputs in finished.outputs],
                          "parts": [len(outputs) for outputs in finished.outputs]},
-                        schema=pa.schema(list(SCHEMA)[:2]))
+                        schema=COLUMNS)
 
 
 def _expected(texts: list[Any]) -> list[int | None]:
@@ -89,7 +82,7 @@ TEXTS = ["a bb ccc", None, "x" * 40, "one two three four five six seven eight ni
 def test_results_come_back_in_input_order_with_row_errors(overlap: bool) -> None:
     progress: list[int] = []
     table = Toy(options=RunOptions(batch_size=3, overlap=overlap, encode_rows=4)).run_table(
-        {"text": TEXTS}, progress.append)
+        {"text": TEXTS}, progress.append).table
     assert table.column("total").to_pylist() == _expected(TEXTS)
     assert table.column("error").to_pylist() == [None, "text is null", None, None, None,
                                                   "text must be a string, got int", "refused by encode", None, None]
@@ -101,7 +94,7 @@ def test_results_come_back_in_input_order_with_row_errors(overlap: bool) -> None
 def test_batches_hold_the_budgets_and_every_item_runs_once() -> None:
     runner = Toy(chunk=2, options=RunOptions(batch_size=4, max_batch_tokens=6, overlap=False, encode_rows=3))
     texts = [" ".join("w" * (i % 5 + 1) for _ in range(i % 7 + 1)) for i in range(40)]
-    table = runner.run_table({"text": texts})
+    table = runner.run_table({"text": texts}).table
     assert table.column("total").to_pylist() == _expected(texts)
     seen = [key for batch in runner.batches for key in batch]
     assert len(seen) == len(set(seen)) == sum(-(-len(t.split()) // 2) for t in texts)
@@ -126,7 +119,7 @@ def test_the_device_starts_after_one_batch_of_rows_then_blocks_double() -> None:
             return super().encode(inputs, rows)
 
     texts = [" ".join("w" * (i % 9 + 1) for _ in range(i % 5 + 1)) for i in range(100)]
-    table = Sizes(options=RunOptions(batch_size=4, overlap=False, encode_rows=32)).run_table({"text": texts})
+    table = Sizes(options=RunOptions(batch_size=4, overlap=False, encode_rows=32)).run_table({"text": texts}).table
     assert sizes == [4, 8, 16, 32, 32, 8]
     assert table.column("total").to_pylist() == _expected(texts)
     sizes.clear()
@@ -136,7 +129,7 @@ def test_the_device_starts_after_one_batch_of_rows_then_blocks_double() -> None:
 
         def decode(self, inputs: dict[str, list[Any]], finished: Finished) -> pa.Table:
             return pa.table({"total": [0] * len(finished.rows), "parts": [0] * len(finished.rows)},
-                            schema=pa.schema(list(SCHEMA)[:2]))
+                            schema=COLUMNS)
 
     NoDevice(options=RunOptions(batch_size=4, encode_rows=32)).run_table({"text": texts})
     assert sizes == [32, 32, 32, 4]  # nothing waits on a device: whole blocks from the start
@@ -184,13 +177,13 @@ def test_one_padding_helper_pads_either_side(side: str) -> None:
 @pytest.mark.parametrize("overlap", [False, True])
 def test_out_of_memory_halves_batches_down_to_a_row_error(monkeypatch: pytest.MonkeyPatch, overlap: bool) -> None:
     texts = [f"w{i} " * (i % 3 + 1) for i in range(12)]
-    expected = Toy(options=RunOptions(batch_size=8, overlap=overlap)).run_table({"text": texts})
+    expected = Toy(options=RunOptions(batch_size=8, overlap=overlap)).run_table({"text": texts}).table
     monkeypatch.setattr(batching, "batch_probe", oom_above(2))
     runner = Toy(options=RunOptions(batch_size=8, overlap=overlap))
-    assert runner.run_table({"text": texts}).equals(expected)
+    assert runner.run_table({"text": texts}).table.equals(expected)
     assert max(len(b) for b in runner.batches) == 2  # the larger batches failed before their forward
     monkeypatch.setattr(batching, "batch_probe", oom_above(0))
-    table = Toy(options=RunOptions(batch_size=8, overlap=overlap)).run_table({"text": texts})
+    table = Toy(options=RunOptions(batch_size=8, overlap=overlap)).run_table({"text": texts}).table
     assert set(table.column("error").to_pylist()) == {
         "out of memory even for this row alone; lower max_length or use a larger GPU"}
     assert table.column("total").null_count == len(texts)
@@ -205,7 +198,7 @@ def test_a_failing_forward_fails_the_run_unless_the_task_isolates_failures(overl
     class Isolating(Toy):
         isolate_failures = True
 
-    table = Isolating(options=RunOptions(overlap=overlap), fail_on="7").run_table({"text": texts})
+    table = Isolating(options=RunOptions(overlap=overlap), fail_on="7").run_table({"text": texts}).table
     assert table.column("error").to_pylist() == [None, "ValueError: bad item", None]
     assert table.column("total").to_pylist() == [3, None, 3]
 
@@ -297,8 +290,8 @@ def test_overlap_on_and_off_give_identical_tables(name: str, news_texts: list[st
     inputs = {role: texts for role in task.input_roles}
     if name == "qa":
         inputs = {"question": [f"Who is in row {i}?" for i in range(len(texts))], "context": texts}
-    serial = runner.run_table(inputs, options=RunOptions(batch_size=4, overlap=False, encode_rows=8))
-    overlapped = runner.run_table(inputs, options=RunOptions(batch_size=4, overlap=True, encode_rows=8))
+    serial = runner.run_table(inputs, options=RunOptions(batch_size=4, overlap=False, encode_rows=8)).table
+    overlapped = runner.run_table(inputs, options=RunOptions(batch_size=4, overlap=True, encode_rows=8)).table
     assert serial.num_rows == len(texts)
     assert serial.equals(overlapped)
     assert serial.column("error").null_count >= len(texts) - 2
@@ -376,7 +369,7 @@ def test_memory_stays_flat_on_a_large_shard() -> None:
 
     runner = Counting(options=RunOptions(batch_size=50, encode_rows=200, overlap=True))
     texts = [f"w{i} x" for i in range(10_000)]
-    table = runner.run_table({"text": texts})
+    table = runner.run_table({"text": texts}).table
     assert table.num_rows == 10_000 and table.column("error").null_count == 10_000
     # blocks: one encoding, BLOCK_DEPTH waiting, one being padded; batches: two queues, the forward, the decode
     bound = (BLOCK_DEPTH + 2) * 200 + (2 * QUEUE_DEPTH + 2) * 50

@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 
-from jobs.engine.base import LoadOptions
+from jobs.engine.base import LoadOptions, Runner, RunOptions
 from jobs.engine.batching import observe_batches
-from jobs.engine.staged import Runner, RunOptions
 from jobs.tasks.registry import TASKS, get_task_class
 from tests.models import close, rows_of, tiny_model_path
 

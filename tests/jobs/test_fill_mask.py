@@ -7,8 +7,7 @@ from typing import Any
 import pytest
 from transformers import pipeline
 
-from jobs.engine.base import LoadOptions
-from jobs.engine.staged import RunOptions
+from jobs.engine.base import LoadOptions, RunOptions
 from jobs.tasks.fill_mask import FillMaskTask
 from tests.models import tiny_model_path
 

@@ -9,8 +9,7 @@ import pytest
 from pydantic import ValidationError
 from transformers import pipeline
 
-from jobs.engine.base import LoadOptions
-from jobs.engine.staged import RunOptions
+from jobs.engine.base import LoadOptions, RunOptions
 from jobs.tasks.ner import NerTask
 
 FAST = {("none", None), ("simple", 8), ("max", None)}  # the fast tier's share; every case runs in `make test`

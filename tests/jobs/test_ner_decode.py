@@ -17,7 +17,7 @@ import pytest
 from transformers import AutoModelForTokenClassification, AutoTokenizer, TokenClassificationPipeline
 from transformers.pipelines.token_classification import AggregationStrategy
 
-from jobs.engine.staged import Item
+from jobs.engine.contract import Item
 from jobs.tasks.ner_decode import EntityDecoder
 from tests.models import tiny_model_path
 

@@ -17,8 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jobs.engine.base import LoadOptions
-from jobs.engine.staged import RunOptions
+from jobs.engine.base import LoadOptions, RunOptions
 from jobs.tasks.registry import get_task_class
 from tests.models import rows_of, tiny_model_path
 

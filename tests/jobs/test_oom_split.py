@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from jobs.engine import batching
-from jobs.engine.base import LoadOptions
+from jobs.engine.base import LoadOptions, RunOptions
 from jobs.engine.batching import RowOutOfMemory, run_splitting_on_oom
-from jobs.engine.staged import RunOptions
 from jobs.tasks.ner import NerTask
 from jobs.testing.oom import oom_above
 

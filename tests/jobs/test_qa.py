@@ -13,8 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from jobs.engine import batching
-from jobs.engine.base import LoadOptions, Runner
-from jobs.engine.staged import RunOptions
+from jobs.engine.base import LoadOptions, Runner, RunOptions
 from jobs.errors import SpecError
 from jobs.tasks.qa import QuestionAnsweringTask
 from jobs.testing.oom import oom_above

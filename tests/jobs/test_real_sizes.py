@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from jobs.engine.base import LoadOptions
-from jobs.engine.staged import RunOptions
+from jobs.engine.base import LoadOptions, RunOptions
 from jobs.tasks.registry import get_task_class
 from tests.models import rows_of, tiny_model_path
 

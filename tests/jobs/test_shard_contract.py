@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from jobs.engine.staged import RunStats
+from jobs.engine.base import RunResult, RunStats
 from jobs.errors import ModelLoadError, ShardError
 from jobs.io.layout import COMMIT_POINTS, OutputLayout
 from jobs.ledger import Ledger, job_keys
@@ -51,20 +51,23 @@ HOLDER = "node-a/1"
 
 
 class Recording:
-    """Wraps a real runner: records what ``run_table`` was given; asks for row indexes when told to."""
+    """Wraps a real runner: records what ``run_table`` was given; asks for row indexes when told to; reports
+    ``stats`` in place of the run's own when they are set."""
 
     def __init__(self, runner: Any, wants_row_index: bool = False) -> None:
         self.runner = runner
         if wants_row_index:  # otherwise the attribute is the runner's own (tokenize has none)
             self.wants_row_index = True
         self.calls: list[tuple[dict[str, list[Any]], Any, Any]] = []
+        self.stats: RunStats | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.runner, name)
 
-    def run_table(self, inputs: dict[str, list[Any]], progress: Any = None, options: Any = None) -> pa.Table:
+    def run_table(self, inputs: dict[str, list[Any]], progress: Any = None, options: Any = None) -> RunResult:
         self.calls.append((dict(inputs), progress, options))
-        return self.runner.run_table({k: v for k, v in inputs.items() if k != "row_index"}, progress, options)
+        table, stats = self.runner.run_table({k: v for k, v in inputs.items() if k != "row_index"}, progress, options)
+        return RunResult(table, self.stats or stats)
 
 
 class Loader:
@@ -375,7 +378,7 @@ def test_run_shard_summarises_the_rows_batches_and_stages(job: tuple[Manifest, O
     task, runner = loader(manifest.job_spec(), settings)
     _, tokenized = run_shard(manifest, manifest.shards[0], task, runner)
     assert "batches" not in tokenized  # tokenize feeds no model: no batches to report
-    runner.last_stats = RunStats(batches=2, tokens=10, padded_tokens=12, forward_seconds=0.5,
+    runner.stats = RunStats(batches=2, tokens=10, padded_tokens=12, forward_seconds=0.5,
                                  encode_seconds=0.25, decode_seconds=0.125)
     _, summary = run_shard(manifest, manifest.shards[0], task, runner)
     assert summary["rows"] == 2 and summary["errors"] == 0

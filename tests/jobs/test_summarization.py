@@ -15,8 +15,7 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from jobs.engine.base import LoadOptions, Runner
-from jobs.engine.staged import RunOptions
+from jobs.engine.base import LoadOptions, Runner, RunOptions
 from jobs.errors import SpecError
 from jobs.tasks.seq2seq.generation import generate_config, pipeline_generation_config
 from jobs.tasks.summarization import SummarizationTask

@@ -9,8 +9,7 @@ import pytest
 import torch
 from transformers import pipeline
 
-from jobs.engine.base import LoadOptions
-from jobs.engine.staged import RunOptions
+from jobs.engine.base import LoadOptions, RunOptions
 from jobs.errors import ModelLoadError
 from jobs.tasks.text_generation import ROW_INDEX, TextGenerationTask
 from tests.models import tiny_model_path

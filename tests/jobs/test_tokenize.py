@@ -16,7 +16,7 @@ def test_columns_equal_the_tokenizer(ner_model: Any, news_texts: list[str], para
     tokenizer = AutoTokenizer.from_pretrained(str(ner_model))
     texts = news_texts[:40]
     expected = tokenizer(texts, return_offsets_mapping=True, **params)
-    table = TokenizeTask.from_params(params).load(LoadOptions(model=str(ner_model))).run_table({"text": texts})
+    table = TokenizeTask.from_params(params).load(LoadOptions(model=str(ner_model))).run_table({"text": texts}).table
     assert table.column("input_ids").to_pylist() == expected["input_ids"]
     assert table.column("attention_mask").to_pylist() == expected["attention_mask"]
     assert table.column("offset_mapping").to_pylist() == [[list(p) for p in row] for row in expected["offset_mapping"]]
@@ -29,7 +29,7 @@ def test_columns_equal_the_tokenizer(ner_model: Any, news_texts: list[str], para
 def test_bad_rows(ner_model: Any) -> None:
     table = TokenizeTask.from_params({}).load(LoadOptions(model=str(ner_model))).run_table(
         {"text": ["ok", None, 3.5, "", "x" * 1_000_000]}
-    )
+    ).table
     rows = table.to_pylist()
     assert [r["error"] for r in rows] == [None, "text is null", "text must be a string, got float", None, None]
     assert rows[1]["input_ids"] is None and rows[3]["num_tokens"] == 2

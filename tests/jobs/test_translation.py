@@ -16,8 +16,7 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from jobs.engine.base import LoadOptions, Runner
-from jobs.engine.staged import RunOptions
+from jobs.engine.base import LoadOptions, Runner, RunOptions
 from jobs.errors import SpecError
 from jobs.tasks.translation import TranslationParams, TranslationTask, task_key
 from tests.models import tiny_model_path

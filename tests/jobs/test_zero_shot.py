@@ -8,8 +8,7 @@ import pytest
 from pydantic import ValidationError
 from transformers import pipeline
 
-from jobs.engine.base import LoadOptions
-from jobs.engine.staged import RunOptions
+from jobs.engine.base import LoadOptions, RunOptions
 from jobs.tasks.zero_shot import ZeroShotTask
 from tests.models import tiny_model_path
 
@@ -44,8 +43,8 @@ def test_scores_equal_the_pipeline(model: str, texts: list[str], params: dict[st
 
 def test_every_row_and_label_pair_is_one_item_in_shared_batches(model: str, texts: list[str]) -> None:
     runner: Any = ZeroShotTask.from_params(CASES[0]).load(LoadOptions(model=model))
-    runner.run_table({"text": texts}, options=RunOptions(batch_size=8))
-    assert runner.last_stats.batches == -(-len(texts) * 4 // 8)
+    stats = runner.run_table({"text": texts}, options=RunOptions(batch_size=8)).stats
+    assert stats.batches == -(-len(texts) * 4 // 8)
 
 
 def test_empty_text_is_a_row_error_and_labels_are_required(model: str) -> None:

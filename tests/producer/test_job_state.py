@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 import redis
 
+from jobs.engine.base import RunResult, RunStats
 from jobs.io.layout import OutputLayout
 from jobs.settings import Settings
 from jobs.shard import run_shard
@@ -91,10 +92,10 @@ class _Truncating:
 
     wants_row_index = False
 
-    def run_table(self, inputs: dict[str, list[Any]], progress: Any = None, options: Any = None) -> pa.Table:
+    def run_table(self, inputs: dict[str, list[Any]], progress: Any = None, options: Any = None) -> RunResult:
         rows = len(inputs["text"])
-        return pa.table({"summary_text": ["s"] * rows, "truncated": [i in (0, 2) for i in range(rows)],
-                         "error": pa.array([None] * rows, pa.string())})
+        return RunResult(pa.table({"summary_text": ["s"] * rows, "truncated": [i in (0, 2) for i in range(rows)],
+                                   "error": pa.array([None] * rows, pa.string())}), RunStats())
 
 
 def test_truncated_rows_are_counted_in_the_summary_and_status(tmp_path: Path, news_parquet: Path,

@@ -2,7 +2,7 @@
 
 The shards sleep before committing (``BATCHFORMERS_TEST_FAULTS=sleep=S``) so that the
 test can kill a worker while it holds a shard's lease, i.e. with the shard's rows
-processed but not committed: the worst moment.
+processed but not committed: the worst moment. Last, the benchmarks' stand-in for device time.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from typing import Any
 
 import pytest
 
+from jobs.engine.base import RunOptions
 from jobs.io.layout import OutputLayout
 from jobs.settings import Settings
 from producer.submit import submit
 from producer.watch import wait
+from tests.jobs.test_engine import Toy
 from tests.reliability import (
     assert_completed,
     assert_exactly_once,
@@ -31,6 +33,7 @@ from tests.reliability import (
     worker_number,
     write_rows,
 )
+from worker import faults
 from worker.faults import FAULTS_ENV
 
 
@@ -142,3 +145,24 @@ def test_success_marker_is_written_once_by_concurrent_finishers(tmp_path: Path) 
     assert [wrote.get(timeout=5) for _ in processes].count(True) == 1
     completion = layout.completion()
     assert completion is not None and completion["rows"] == 20
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_device_seconds_sleep_per_padded_token_from_a_shard_start(monkeypatch: pytest.MonkeyPatch,
+                                                                   overlap: bool) -> None:
+    """``device-seconds=S`` (bench/host.py's stand-in for device time) slows every model batch by S per padded
+    token once a shard starts, with overlap on or off; ``simulate_device_time(0)`` ends it."""
+    runner = Toy(options=RunOptions(batch_size=1, overlap=overlap, encode_rows=1))
+    texts = ["a b c d"] * 5  # five batches of four padded tokens: 0.4 s at 0.02 s a token
+    runner.run_table({"text": texts})  # warm-up: the engine imports torch on its first run
+    monkeypatch.setenv(FAULTS_ENV, "device-seconds=0.02")
+    faults.started(0)
+    try:
+        started = time.perf_counter()
+        slowed = runner.run_table({"text": texts}).table
+        assert time.perf_counter() - started >= 0.4
+    finally:
+        faults.simulate_device_time(0.0)
+    started = time.perf_counter()
+    assert runner.run_table({"text": texts}).table.equals(slowed)  # only slower, never different
+    assert time.perf_counter() - started < 0.3

@@ -16,8 +16,9 @@ from typing import Any
 import pyarrow as pa
 
 from jobs.engine.base import LoadOptions, TaskType
+from jobs.engine.contract import Batch, Encoded, Finished, Item
 from jobs.engine.loading import load_model, load_tokenizer, model_input_limit
-from jobs.engine.staged import Batch, Encoded, Finished, Item, StagedRunner
+from jobs.engine.staged import StagedRunner
 from jobs.tasks.seq2seq.generation import DECODER_PROMPT_LENGTH
 
 
@@ -69,7 +70,7 @@ class Seq2SeqRunner(StagedRunner):
     def __init__(
         self, task: TaskType, model: Any, tokenizer: Any, device: Any, settings: Seq2SeqSettings
     ) -> None:
-        super().__init__(task.output_schema().append(pa.field("error", pa.string())), device=device,
+        super().__init__(task.output_schema(), device=device,
                          pad_id=tokenizer.pad_token_id, padding_side=tokenizer.padding_side)
         self.model = model
         self.tokenizer = tokenizer
@@ -138,7 +139,7 @@ class Seq2SeqRunner(StagedRunner):
         truncated = [items[0].data for items in finished.items]
         return pa.Table.from_arrays(
             [pa.array(column, type=self.schema.field(self.settings.text_column).type), pa.array(truncated, pa.bool_())],
-            schema=self.schema.remove(self.schema.get_field_index("error")),
+            schema=self.schema,
         )
 
 

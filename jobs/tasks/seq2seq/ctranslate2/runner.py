@@ -16,11 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
 from jobs.engine.base import LoadOptions, TaskType
+from jobs.engine.contract import Batch, Item
 from jobs.engine.loading import model_input_limit
-from jobs.engine.staged import Batch, Item, StagedRunner
+from jobs.engine.staged import StagedRunner
 from jobs.errors import ModelLoadError
 from jobs.settings import Settings
 from jobs.tasks.seq2seq.ctranslate2.cache import conversion_key, converted
@@ -45,7 +44,7 @@ class CTranslate2Runner(Seq2SeqRunner):
                  settings: Seq2SeqSettings, options: dict[str, Any], target_prefix: list[str] | None,
                  special: tuple[str, str] = ("<s>", "</s>"),
                  fallback: Callable[[], Seq2SeqRunner] | None = None) -> None:
-        StagedRunner.__init__(self, task.output_schema().append(pa.field("error", pa.string())),
+        StagedRunner.__init__(self, task.output_schema(),
                               pad_id=tokenizer.pad_token_id, padding_side=tokenizer.padding_side)
         import threading
 
