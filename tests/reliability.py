@@ -89,10 +89,15 @@ def lease_holders(redis_url: str, job_id: str) -> dict[int, str]:
     return holders
 
 
-def first_held_shard(redis_url: str, job_id: str, timeout: float = 60) -> tuple[int, str, float]:
-    """(shard, holder, seconds left on its lease) of the first running shard of the job."""
+def first_held_shard(redis_url: str, job_id: str, timeout: float = 60,
+                     started: Path | None = None) -> tuple[int, str, float]:
+    """(shard, holder, seconds left on its lease) of the first running shard of the job. With ``started``
+    (a ``count=PATH`` fault file), once that start is recorded too: the lease is taken before the rows
+    start, and a loaded machine can take seconds between the two."""
     holders = wait_until(lambda: lease_holders(redis_url, job_id), timeout, "a lease")
     shard, holder = next(iter(holders.items()))
+    if started is not None:
+        wait_until(lambda: starts(started).get(shard), timeout, f"shard {shard}'s start")
     remaining = redis.Redis.from_url(redis_url).pttl(lease_key(job_id, shard)) / 1000
     return shard, holder, remaining
 

@@ -25,7 +25,9 @@ from tests.reliability import (
 from worker.faults import FAULTS_ENV
 
 DRAIN = 0.5
-RESTART_WITHIN = 2.0  # seconds from the give-back to the shard's start on an idle worker
+# From the give-back to the shard's start on an idle worker: at once, i.e. well before the lease (the test
+# settings' 10 s) would have run out. How quickly is `bench --tail`'s figure, not a timed assertion here.
+RESTART_WITHIN = 5.0
 
 
 def _ready(log_dir: Path) -> bool:
@@ -38,7 +40,7 @@ def test_a_stopping_worker_gives_its_shard_back_or_finishes_it(tmp_path: Path, s
     ids = write_rows(tmp_path / "in.parquet", 5)
     stopping = start_workers(1, BATCHFORMERS_DRAIN_SECONDS=str(DRAIN), **{FAULTS_ENV: f"sleep=60,count={count}"})
     submission = submit(tokenize_spec(tmp_path / "in.parquet", tmp_path / "out", max_retries=0), settings)
-    first_held_shard(settings.broker_url, submission.job_id)
+    first_held_shard(settings.broker_url, submission.job_id, started=count)
     other = start_workers(1, BATCHFORMERS_DRAIN_SECONDS="30", **{FAULTS_ENV: f"sleep=2,count={count}"})
     wait_until(lambda: _ready(other.log_dir), 60, "the second worker to be ready")
 
@@ -48,6 +50,7 @@ def test_a_stopping_worker_gives_its_shard_back_or_finishes_it(tmp_path: Path, s
     status = wait(submission.output, timeout=60)
     assert status.state == "complete", status  # max_retries 0: a counted give-back would have failed it
     first, second = starts(count)[0]
+    assert DRAIN + RESTART_WITHIN < settings.lease_seconds
     assert first < stopped_at < second <= stopped_at + DRAIN + RESTART_WITHIN, (first, stopped_at, second)
     assert process.wait(timeout=20) == 0, "the stopping worker exits cleanly once it gave the shard back"
     assert "given back, the worker is stopping" in worker_logs(stopping.log_dir)

@@ -52,7 +52,7 @@ def test_killed_worker_process_mid_shard(tmp_path: Path, settings: Settings, sta
     workers = start_workers(2, BATCHFORMERS_LEASE_SECONDS=str(lease), **{FAULTS_ENV: f"sleep=2,count={count}"})
     submission = submit(tokenize_spec(tmp_path / "in.parquet", tmp_path / "out"), settings)
 
-    shard, holder, remaining = first_held_shard(settings.broker_url, submission.job_id)
+    shard, holder, remaining = first_held_shard(settings.broker_url, submission.job_id, started=count)
     os.kill(_pid_of(holder), signal.SIGKILL)
     killed_at = time.time()
 
@@ -81,7 +81,7 @@ def test_killed_worker_mid_shard(tmp_path: Path, settings: Settings, start_worke
     workers = start_workers(2, BATCHFORMERS_LEASE_SECONDS=str(lease), **{FAULTS_ENV: f"sleep=2,count={count}"})
     submission = submit(tokenize_spec(tmp_path / "in.parquet", tmp_path / "out"), settings)
 
-    shard, holder, _ = first_held_shard(settings.broker_url, submission.job_id)
+    shard, holder, _ = first_held_shard(settings.broker_url, submission.job_id, started=count)
     victim = workers.processes[worker_number(holder)]
     os.killpg(victim.pid, signal.SIGKILL)  # the worker and its pool child
     victim.wait()

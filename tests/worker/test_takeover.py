@@ -44,7 +44,7 @@ def test_killed_worker_is_taken_over_at_its_lease_end(tmp_path: Path, settings: 
     workers = start_workers(2, BATCHFORMERS_LEASE_SECONDS=str(lease), **{FAULTS_ENV: f"sleep=3,count={count}"})
     submission = submit(tokenize_spec(tmp_path / "in.parquet", tmp_path / "out"), settings)
 
-    shard, holder, remaining = first_held_shard(settings.broker_url, submission.job_id)
+    shard, holder, remaining = first_held_shard(settings.broker_url, submission.job_id, started=count)
     victim = workers.processes[worker_number(holder)]
     os.killpg(victim.pid, signal.SIGKILL)  # the worker and its pool child: the broker never hears of it
     killed_at = time.time()
