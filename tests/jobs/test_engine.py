@@ -135,6 +135,45 @@ def test_the_device_starts_after_one_batch_of_rows_then_blocks_double() -> None:
     assert sizes == [32, 32, 32, 4]  # nothing waits on a device: whole blocks from the start
 
 
+@pytest.mark.parametrize("overlap", [False, True])
+def test_rows_that_need_no_model_share_a_block_with_rows_that_do(overlap: bool) -> None:
+    """A block whose encode gives some rows no items (and no error) still runs its other rows' batches."""
+
+    class Skipping(Toy):
+        def encode(self, inputs: dict[str, list[Any]], rows: list[int]) -> Encoded:
+            kept = [row for row in rows if inputs["text"][row] != "skip"]
+            return super().encode(inputs, kept)
+
+        def decode(self, inputs: dict[str, list[Any]], finished: Finished) -> pa.Table:
+            return pa.table({"total": [sum(outputs) if outputs else None for outputs in finished.outputs],
+                             "parts": [len(outputs) for outputs in finished.outputs]}, schema=COLUMNS)
+
+    texts = ["skip", "a bb", "skip", "ccc dddd eeeee", "f"]
+    table = Skipping(options=RunOptions(batch_size=1, overlap=overlap, encode_rows=8)).run_table(
+        {"text": texts}).table
+    assert table.column("total").to_pylist() == [None, 3, None, 12, 1]
+    assert table.column("parts").to_pylist() == [0, 1, 0, 1, 1]
+    assert table.column("error").to_pylist() == [None] * 5
+
+
+def test_a_task_without_a_device_stage_decodes_its_items_data() -> None:
+    """With no forward, each row's outputs are its items' own data, in part order."""
+
+    class HostOnly(Toy):
+        device_stage = False
+
+        def encode(self, inputs: dict[str, list[Any]], rows: list[int]) -> Encoded:
+            encoded = super().encode(inputs, rows)
+            for item in encoded.items:
+                item.data = 10 * item.part + len(item.ids)
+            return encoded
+
+    texts = ["a b c d e f", "x", "p q r s t u v w x"]  # chunks of four words: parts 2, 1, 3
+    table = HostOnly(options=RunOptions(overlap=False)).run_table({"text": texts}).table
+    assert table.column("total").to_pylist() == [4 + 12, 1, 4 + 14 + 21]
+    assert table.column("parts").to_pylist() == [2, 1, 3]
+
+
 def test_rows_are_checked_column_by_column_as_row_by_row() -> None:
     """The column-wise check and lengths give what the per-row hooks give, for one role and for two."""
 
