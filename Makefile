@@ -25,8 +25,11 @@ TEST_PROCESSES ?= 2
 test-fast: install
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" -n $(TEST_PROCESSES) --dist loadfile
 
+# The slow tier mostly waits on worker subprocesses (sleep faults, leases, boots): two pytest processes
+# halve its wall time on two cores. Each file keeps its order and its module fixtures (--dist loadfile).
+SLOW_PROCESSES ?= 2
 test-slow: install
-	$(PY) -m pytest -q -p no:cacheprovider -m slow
+	$(PY) -m pytest -q -p no:cacheprovider -m slow -n $(SLOW_PROCESSES) --dist loadfile
 
 # Mutation testing of the core modules ([tool.mutmut] in pyproject.toml); slow, not in CI.
 mutate: install

@@ -89,7 +89,9 @@ def _record_backend_states(broker_url: str, seen: list[dict[str, Any]], stop: th
 def test_shards_in_flower(flower: tuple[FlowerClient, subprocess.Popen[bytes]], settings: Settings,
                           start_workers: Any, tmp_path: Path, news_parquet: Path, ner_model: Path) -> None:
     client, process = flower
-    workers = start_workers(1)
+    # A long lease (and so visibility timeout): on a loaded machine the first shard's message must not be
+    # restored and run again (a harmless "already committed" run that would replace its result in Flower).
+    workers = start_workers(1, BATCHFORMERS_LEASE_SECONDS="60")
     hostname_prefix = f"local0-{os.getpid()}@"
     # Flower's event receiver is live once it has heard our worker's heartbeat.
     _until(lambda: any(name.startswith(hostname_prefix) and alive
