@@ -11,6 +11,7 @@
     python -m bench --routing --routing-model base
     python -m bench --startup                     # run, submit, status, jobs, --help, demo: fixed costs
     python -m bench --startup --quick             # one process each, no demo (CI: checks the bench works)
+    python -m bench --engines --rows 64           # encoder tasks: transformers vs onnxruntime fp32 / int8
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="start-up and fixed costs of run, submit, status, jobs, --help, demo (bench/startup.py)")
     parser.add_argument("--startup-runs", type=int,
                         help="--startup: fresh processes per figure (default 5; 1 with --quick)")
+    parser.add_argument("--engines", action="store_true",
+                        help="the encoder tasks on transformers vs onnxruntime float32 and int8 (bench/engines.py)")
+    parser.add_argument("--engine-cases", default="", help="--engines: comma-separated case prefixes (default: all)")
     parser.add_argument("--routing-model", choices=("tiny", "base"), default="tiny", help="--routing: model sizes")
     parser.add_argument("--tasks", default=",".join(BENCHES), help=f"comma-separated, from {', '.join(BENCHES)}")
     parser.add_argument("--workers", type=int,
@@ -75,6 +79,14 @@ def main(argv: list[str] | None = None) -> int:
         return _routing(args)
     if args.startup:
         return _startup(args)
+    if args.engines:
+        from bench import engines
+
+        workdir = args.workdir / "engines"
+        workdir.mkdir(parents=True, exist_ok=True)
+        only = tuple(c.strip() for c in args.engine_cases.split(",") if c.strip())
+        return engines.main(workdir, args.rows or 128, only, args.json, args.markdown,
+                            lambda message: print(message, file=sys.stderr, flush=True))
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in BENCHES]
     if unknown:

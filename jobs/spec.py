@@ -84,11 +84,12 @@ class JobSpec(BaseModel):
     )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = Field(
-        "auto", description="Model weights dtype; int8 (CPU and GPU) with engine ctranslate2 only."
+        "auto", description="Model weights dtype; int8 with engine ctranslate2 (CPU and GPU) or onnxruntime (CPU)."
     )
-    engine: Literal["transformers", "ctranslate2"] = Field(
-        "transformers", description="What runs the model: transformers (PyTorch, 4.57's outputs) or ctranslate2 "
-        "(summarization and translation; faster, outputs measured against 4.57 in the README)."
+    engine: Literal["transformers", "ctranslate2", "onnxruntime"] = Field(
+        "transformers", description="What runs the model: transformers (PyTorch, 4.57's outputs), ctranslate2 "
+        "(summarization and translation) or onnxruntime (ner, qa, classification, zero_shot, fill_mask, "
+        "embeddings); both faster, outputs measured against 4.57 in the README."
     )
     trust_remote_code: bool = Field(False, description="Run model code from the hub (the worker must allow it too).")
     max_retries: int = Field(DEFAULT_MAX_RETRIES, ge=0, description="Retries of a failing shard (it runs at most 1 + max_retries times) before it is marked failed.")

@@ -16,7 +16,8 @@ safetensors header, without loading weights (a hub model: one download of config
   classification head for ``ner``, a QA head for ``qa``, an encoder-decoder for the
   seq2seq tasks, with label names where the task reports labels;
 - a head the checkpoint does not hold would be newly initialised (random output): an
-  error unless the job sets ``allow_untrained_head: true``.
+  error unless the job sets ``allow_untrained_head: true``;
+- ``engine: onnxruntime`` needs an architecture its exporter handles.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from jobs.engine.onnxruntime.support import check_model_type
 from jobs.errors import SpecError
 from jobs.model_table import HEAD_CLASSES
 from jobs.pinning import HEADER_LIMIT
@@ -111,6 +113,8 @@ def _check_config(spec: JobSpec, requirement: ModelRequirement, config: ModelCon
     model_type = config.model_type
     architectures = list(config.architectures)
     described = f"{model} ({', '.join(architectures) or model_type})"
+    if spec.engine == "onnxruntime":  # the exporter's architectures, custom code or not
+        check_model_type(model_type)
     if config.auto_map:  # custom code: its classes are not known here
         return []
     if requirement.encoder_decoder and not config.is_encoder_decoder:

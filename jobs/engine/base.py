@@ -83,7 +83,7 @@ class LoadOptions:
     dtype: str = "auto"
     trust_remote_code: bool = False
     engine: str = "transformers"
-    """What runs the model: ``transformers`` (PyTorch) or ``ctranslate2`` (generation tasks)."""
+    """What runs the model: ``transformers`` (PyTorch), ``ctranslate2`` (seq2seq) or ``onnxruntime`` (encoders)."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,13 @@ class RunResult(NamedTuple):
 
     table: pa.Table
     stats: RunStats
+
+
+SERVED_BY: dict[str, tuple[str, ...]] = {
+    "ctranslate2": ("summarization", "translation"),
+    "onnxruntime": ("ner", "qa", "classification", "zero_shot", "fill_mask", "embeddings"),
+}
+"""The tasks each optional engine runs, as a refusal names them (a test checks them against ``engines``)."""
 
 
 class Runner(ABC):
@@ -198,9 +205,14 @@ class TaskType(ABC):
     def check_engine(cls, engine: str, dtype: str, params: dict[str, Any]) -> None:
         """Refuse at submit an engine, or an engine's dtype or parameters, this task cannot run (SpecError)."""
         if engine not in cls.engines:
-            raise SpecError("engine", f"engine {engine} does not run task {cls.name}; valid: {', '.join(cls.engines)}")
+            served = SERVED_BY.get(engine)
+            runs = f" (it runs {', '.join(served)})" if served else ""
+            raise SpecError("engine", f"engine {engine} does not run task {cls.name}{runs}; valid for "
+                                      f"{cls.name}: {', '.join(cls.engines)}")
         if dtype == "int8":
-            raise SpecError("dtype", "int8 needs engine: ctranslate2")
+            quantizing = [name for name in cls.engines if name != "transformers"]
+            raise SpecError("dtype", f"int8 needs engine: {' or '.join(quantizing)}" if quantizing
+                            else f"task {cls.name} has no engine that runs int8")
 
     def bind_model(self, options: LoadOptions) -> None:
         """Read what the output schema needs from the model's config, at submit time and on workers

@@ -57,6 +57,7 @@ class TextGenerationTask(ModelTask):
     name = "generation"
     model_requirement = ModelRequirement("a decoder-only (causal) language model", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES")
     auto_class = "AutoModelForCausalLM"
+    engines = ("transformers",)  # no exported generation loop (yet): generate() stays PyTorch's
     Params = TextGenerationParams
     default_model = "openai-community/gpt2"
     params: TextGenerationParams
