@@ -50,7 +50,7 @@ def test_a_stopping_worker_gives_its_shard_back_or_finishes_it(tmp_path: Path, s
     status = wait(submission.output, timeout=60)
     assert status.state == "complete", status  # max_retries 0: a counted give-back would have failed it
     first, second = starts(count)[0]
-    assert DRAIN + RESTART_WITHIN < settings.lease_seconds
+    assert settings.lease_seconds > DRAIN + RESTART_WITHIN
     assert first < stopped_at < second <= stopped_at + DRAIN + RESTART_WITHIN, (first, stopped_at, second)
     assert process.wait(timeout=20) == 0, "the stopping worker exits cleanly once it gave the shard back"
     assert "given back, the worker is stopping" in worker_logs(stopping.log_dir)
