@@ -18,7 +18,9 @@ from producer.embedded import EmbeddedRedis, LocalWorkers
 from tests.models import tiny_model_path
 
 NEWS = Path(__file__).resolve().parents[1] / "jobs" / "testing" / "data" / "news_sentences.txt"
-LOCAL_REDIS = "redis://127.0.0.1:6379/15"
+# One database per pytest-xdist process (15, 14, ...): a worker's recovery scans and the job index then see
+# only the jobs of its own process's tests, never those of a test running beside it.
+LOCAL_REDIS = f"redis://127.0.0.1:6379/{15 - int(os.environ.get('PYTEST_XDIST_WORKER', 'gw0')[2:] or 0) % 8}"
 
 
 SLOW_FIXTURES = {"start_workers", "shared_workers"}  # a test that starts worker processes is in the slow tier, marked or not
