@@ -12,6 +12,7 @@
     python -m bench --startup                     # run, submit, status, jobs, --help, demo: fixed costs
     python -m bench --startup --quick             # one process each, no demo (CI: checks the bench works)
     python -m bench --engines --rows 64           # encoder tasks: transformers vs onnxruntime fp32 / int8
+    python -m bench --tail                        # SIGTERM of a worker mid-shard: pieces on vs off
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ STARTUP_BEGIN = "<!-- bench --startup: generated, do not edit by hand -->"
 STARTUP_END = "<!-- end of bench --startup -->"
 ROUTING_BEGIN = "<!-- bench --routing --routing-model {}: generated, do not edit by hand -->"
 ROUTING_END = "<!-- end of bench --routing --routing-model {} -->"
+TAIL_BEGIN = "<!-- bench --tail: generated, do not edit by hand -->"
+TAIL_END = "<!-- end of bench --tail -->"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="per-shard cost vs number of shards, status and submit time, on a local moto S3 server")
     parser.add_argument("--routing", action="store_true",
                         help="two concurrent jobs on two models, routing off (FIFO) then on (bench/routing.py)")
+    parser.add_argument("--tail", action="store_true",
+                        help="a worker stopped mid-shard: time until the shard runs again, rows redone (pieces on/off)")
     parser.add_argument("--startup", action="store_true",
                         help="start-up and fixed costs of run, submit, status, jobs, --help, demo (bench/startup.py)")
     parser.add_argument("--startup-runs", type=int,
@@ -87,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         only = tuple(c.strip() for c in args.engine_cases.split(",") if c.strip())
         return engines.main(workdir, args.rows or 128, only, args.json, args.markdown,
                             lambda message: print(message, file=sys.stderr, flush=True))
+    if args.tail:
+        return _tail(args)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in BENCHES]
     if unknown:
@@ -153,6 +160,20 @@ def _routing(args: argparse.Namespace) -> int:
     markdown_path = args.markdown or ROOT / "BENCHMARKS.md"
     write_markdown(markdown_path, generated, ROUTING_BEGIN.format(args.routing_model),
                    ROUTING_END.format(args.routing_model))
+    print(generated)
+    print(f"wrote {markdown_path} and {json_path}", file=sys.stderr)
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from bench import tail
+
+    results = tail.run_tail(args.workdir, workers=args.workers or 3)
+    json_path = args.json or ROOT / "bench" / "results" / "tail.json"
+    write_json(json_path, results)
+    generated = tail.markdown(results)
+    markdown_path = args.markdown or ROOT / "BENCHMARKS.md"
+    write_markdown(markdown_path, generated, TAIL_BEGIN, TAIL_END)
     print(generated)
     print(f"wrote {markdown_path} and {json_path}", file=sys.stderr)
     return 0

@@ -94,9 +94,11 @@ def announce_route(settings: Settings, job_id: str, spec: JobSpec) -> tuple[str,
     return route.queue, routing.message_priority(route.priority)
 
 
-def resend(manifest: Manifest, layout: OutputLayout, shards: set[int], settings: Settings, app: Any) -> int:
-    """Enqueue ``shards`` of the job (those not committed) as a submit would; returns how many were sent."""
-    messages = messages_for(manifest, layout, only=shards)
+def resend(manifest: Manifest, layout: OutputLayout, shards: set[int], settings: Settings, app: Any,
+           copy: bool = False) -> int:
+    """Enqueue ``shards`` of the job (those not committed) as a submit would, or as speculative copies
+    (:mod:`jobs.speculation`); returns how many were sent."""
+    messages = [replace(message, copy=copy) for message in messages_for(manifest, layout, only=shards)]
     if messages:
         spec = manifest.job_spec()  # the job's own queue and priority when routing is on
         enqueue(messages, settings, app, limits=time_limits(spec, settings), spec=spec)

@@ -25,6 +25,10 @@ Every Redis key batchformers writes, by job (``<job>``) and shard (``<shard>``):
     batchformers:routes:<queue>          HASH  job queue -> its route: job, priority, model (jobs.routing)
     batchformers:routes:<queue>:version        bumped on every route change; workers poll it (jobs.routing)
     batchformers:serving:<queue>         HASH  worker -> the models it has loaded (worker.routing)
+    batchformers:since:<job>             HASH  shard -> when its current run started (jobs.speculation)
+    batchformers:copy:<job>:<shard>            SET NX lock: one speculative copy of a straggler (expires)
+    batchformers:copy-lease:<job>:<shard>      the lease of a running copy (worker.lease)
+    batchformers:copies:<job>            HASH  shard -> copies started of it (status shows their count)
 
 A job's cancel flag is not on the broker: it is the ``CANCELLED`` file in the output
 location (:mod:`jobs.io.layout`), so it survives a lost Redis.
@@ -65,6 +69,10 @@ UNSEEN_PREFIX = "batchformers:unseen:"
 HEAL_SCAN_KEY = "batchformers:heal-scan"
 ROUTES_PREFIX = "batchformers:routes:"
 SERVING_PREFIX = "batchformers:serving:"
+SINCE_PREFIX = "batchformers:since:"
+COPY_PREFIX = "batchformers:copy:"
+COPY_LEASE_PREFIX = "batchformers:copy-lease:"
+COPIES_PREFIX = "batchformers:copies:"
 
 # A shard whose worker vanished is redelivered after VISIBILITY_MARGIN leases; the lease in
 # worker.lease stops a slow-but-alive shard from running twice meanwhile (see its docstring).
@@ -96,6 +104,8 @@ class ShardMessage:
     stop: int
     enqueued_at: float | None = None
     """When it was sent (``time.time()``), for the queue wait a marker records; older messages lack it."""
+    copy: bool = False
+    """A speculative copy of a straggling shard (:mod:`jobs.speculation`): it runs beside the holder."""
 
     @property
     def rows(self) -> int:
@@ -106,7 +116,7 @@ class ShardMessage:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ShardMessage:
-        optional = {"enqueued_at"}  # messages sent before it existed have none
+        optional = {"enqueued_at", "copy"}  # messages sent before they existed have none
         return cls(**{name: raw[name] for name in cls.__dataclass_fields__ if name in raw or name not in optional})
 
 
@@ -128,6 +138,10 @@ def requeue_key(job_id: str, shard: int, starts: int | str) -> str:
 
 def lease_key(job_id: str, shard: int) -> str:
     return f"{LEASE_PREFIX}{job_id}:{shard}"
+
+
+def copy_lease_key(job_id: str, shard: int) -> str:
+    return f"{COPY_LEASE_PREFIX}{job_id}:{shard}"
 
 
 def deliveries_key(job_id: str, shard: int) -> str:

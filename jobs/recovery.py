@@ -111,6 +111,7 @@ class Recovery:
         self._jobs: dict[tuple[str, str], _Job] = {}
         self._finished: set[tuple[str, str]] = set()
         self._unreadable: dict[tuple[str, str], float] = {}  # output -> when to try reading it again
+        self.speculation: Any = None  # a jobs.speculation.Speculation: copies of stragglers (workers' scans)
 
     @property
     def interval(self) -> float:
@@ -125,6 +126,8 @@ class Recovery:
         for job in jobs:
             try:
                 self.take_over(job, report)
+                if self.speculation is not None:
+                    self.speculation.check(job.manifest, job.layout, job.queue, now)
             except (OSError, redis.RedisError) as exc:
                 log.warning("recovery: cannot check the running shards of job %s now: %s", job.manifest.job_id, exc)
         if jobs and self._heal_turn():

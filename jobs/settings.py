@@ -22,6 +22,9 @@ DEFAULT_FLOWER_PORT = 5555
 DEFAULT_METRICS_ADDRESS = "127.0.0.1"  # this machine only, unless the operator says otherwise
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
 DEFAULT_MODEL_SLOTS = 1
+DEFAULT_PIECE_ROWS = 1024  # rows per run of the runner inside a shard: batching sorts by length within one run
+DEFAULT_SPECULATE_AFTER = 60.0  # a shard shorter than this is never copied, however slow for its job
+DEFAULT_PIECE_SECONDS = 120.0  # a piece is committed about this often: the most work a lost worker costs
 """Models one worker process keeps loaded, on GPU and CPU alike (see ``model_slots``)."""
 CAPS = {  # what one submit may ask for (see `cap_*` below): generous, but finite
     "max_new_tokens": 4096, "num_beams": 16, "num_return_sequences": 16, "max_retries": 10,
@@ -82,6 +85,21 @@ class Settings(BaseModel):
     drain_seconds: float = Field(
         20.0, ge=0, description="Worker, on SIGTERM: how long the running shard may finish before it is given "
         "back (requeued at once, not counted as an attempt); keep it under the platform's stop grace period."
+    )
+    piece_rows: int = Field(
+        DEFAULT_PIECE_ROWS, ge=0, description="Worker: rows run at a time inside a shard; a long shard commits its "
+        "finished rows in pieces of whole such steps (see `piece_seconds`); 0 runs and commits each shard whole."
+    )
+    piece_seconds: float = Field(
+        DEFAULT_PIECE_SECONDS, gt=0, description="Worker: a shard still running after this long commits the rows "
+        "it has finished as a piece, so a takeover or a preemption redoes at most this much work."
+    )
+    speculate: bool = Field(
+        True, description="Worker: once a job's queue is empty, an idle worker starts a copy of a shard running "
+        "over twice the job's median shard time (and `speculate_after_seconds`); the first to commit wins."
+    )
+    speculate_after_seconds: float = Field(
+        DEFAULT_SPECULATE_AFTER, gt=0, description="Worker: the least time a shard runs before a copy of it starts."
     )
     keep_warm_seconds: float = Field(
         0, ge=0, description="`run` without a broker: keep its Redis and workers (models loaded) for the next "

@@ -6,10 +6,10 @@ holds the shard's lease (``worker.lease``):
 - the attempt is counted first (``worker.deliveries``), so a shard that kills its worker is
   marked failed after ``1 + max_retries`` starts instead of looping;
 - the input must be where it was at submit, unchanged (:func:`jobs.io.sources.check_source`);
-- the rows are run (:func:`run_shard`) and, if the lease is still ours (confirmed on the broker),
-  the output still holds the job and the shard is not committed yet, committed
-  (:meth:`jobs.io.layout.OutputLayout.commit`), then counted towards the job's completion
-  (:mod:`jobs.io.completion`);
+- the rows are run (:func:`run_shard`, a step at a time: :mod:`jobs.pieces`) and, if the lease is
+  still ours (confirmed on the broker), the output still holds the job and the shard is not
+  committed yet, committed in pieces (:mod:`jobs.io.pieces`; a short shard is one piece), then
+  its marker written and counted towards the job's completion (:mod:`jobs.io.completion`);
 - permanent errors (a bad spec, an input that is gone or changed, a model that cannot be
   loaded) fail the shard at once (:class:`~jobs.errors.ShardError`); transient ones raise
   :class:`RetryLater` with a backoff, which the worker turns into a Celery retry.
@@ -32,9 +32,11 @@ from jobs.engine.base import ERROR, ProgressCallback, Runner, TaskType, with_err
 from jobs.errors import BatchformersError, RetryableError, ShardError
 from jobs.io.completion import complete_if_last, count_committed
 from jobs.io.layout import OutputLayout
+from jobs.io.pieces import ShardPieces
 from jobs.io.sources import check_source, read_rows
 from jobs.ledger import Ledger
 from jobs.manifest import Manifest, ShardPlan
+from jobs.pieces import PieceHooks, run_in_pieces
 from jobs.pinning import pinned_spec
 from jobs.settings import Settings
 from jobs.spec import JobSpec
@@ -90,10 +92,13 @@ class Hooks:
     (``worker.metrics``). Each does nothing by default."""
 
     started: Callable[[int], None] = _nothing  # the attempt is counted and about to run
-    before_commit: Callable[[int], None] = _nothing  # the rows are done, nothing is written yet
+    before_commit: Callable[[int], None] = _nothing  # the last rows are done, the shard's last piece not written yet
     commit_point: Callable[[int, str], None] = _nothing  # inside the commit (jobs.io.layout.COMMIT_POINTS)
     committed: Callable[[str, dict[str, Any]], None] = _nothing  # (task name, summary) once committed
     model_load: Callable[[], float | None] = _nothing  # seconds the last load spent loading; None: it was loaded
+    step: Callable[[int, int, int], None] = _nothing  # (shard, start, stop): rows about to run (jobs.pieces)
+    before_piece: Callable[[int], None] = _nothing  # an earlier piece of the shard is about to be committed
+    after_piece: Callable[[int, int], None] = _nothing  # (shard, stop): that piece's commit is over (-1: not ours)
 
 
 Load = Callable[[JobSpec, Settings], tuple[TaskType, Runner]]  # worker.runners.runner_for
@@ -113,6 +118,7 @@ def run_and_commit(
     hooks: Hooks | None = None,
     time_limits: tuple[type[BaseException], ...] = (),
     enqueued_at: float | None = None,
+    copy: bool = False,
 ) -> dict[str, Any]:
     """One attempt of ``shard`` under ``lease``: what the task returns (a summary, or why it was skipped).
 
@@ -120,7 +126,8 @@ def run_and_commit(
     is written), :class:`RetryLater` when it should run again, and ``redis.RedisError`` when the
     broker went away (the worker gives the message back). ``time_limits`` are the exceptions
     that mean "the shard ran past its time limit" (Celery's ``SoftTimeLimitExceeded``). ``enqueued_at``:
-    when the message was sent (``ShardMessage.enqueued_at``), for the queue wait the marker records.
+    when the message was sent (``ShardMessage.enqueued_at``), for the queue wait the marker records. A ``copy``
+    (:mod:`jobs.speculation`) counts no attempt and never fails the shard: its errors only end the copy.
     """
     started_at = time.time()  # the lease is held: the shard starts now
     hooks = hooks or Hooks()
@@ -135,13 +142,14 @@ def run_and_commit(
     spec = manifest.job_spec()
     plan = manifest.shards[shard]
     allowed = spec.max_retries + 1
-    attempt = attempts.increment()
+    attempt = 0 if copy else attempts.increment()
     if attempt > allowed:  # the runs allowed all started and none finished: a crash each time
         if layout.read_failed([shard]):  # another copy of the message got here first
             return {"shard": shard, "skipped": "already failed"}
         error = attempts.last_error() or WORKER_LOST.format(holder="an unknown worker")
         fail(layout, manifest.job_id, shard, gave_up(allowed, error), allowed, ledger)
-    attempts.record_error(WORKER_LOST.format(holder=lease.holder))
+    if not copy:
+        attempts.record_error(WORKER_LOST.format(holder=lease.holder))
     if attempt > 1:
         log.warning("shard %s of job %s: attempt %s of %s", shard, manifest.job_id, attempt, allowed)
     hooks.started(shard)
@@ -150,20 +158,27 @@ def run_and_commit(
             check_source(manifest.sources[plan.source], plan.start, plan.stop, settings)
             task, runner = load(pinned_spec(spec, manifest), settings)  # the model pinned at submit
             loaded_in = hooks.model_load()
-            table, summary = run_shard(manifest, plan, task, runner, progress, overlap=settings.overlap, spec=spec)
+
+            def run(start: int, stop: int) -> tuple[pa.Table, dict[str, Any]]:
+                rows = ShardPlan(plan.index, plan.source, plan.start + start, plan.start + stop)
+                return run_shard(manifest, rows, task, runner, progress, overlap=settings.overlap, spec=spec)
+
+            done = run_in_pieces(ShardPieces(layout, shard), plan.rows, run,
+                                 lambda: _commit_refused(layout, manifest.job_id, shard, lease),
+                                 step=settings.piece_rows, seconds=settings.piece_seconds, holder=lease.holder,
+                                 hooks=_piece_hooks(hooks, shard))
+            if done.skipped or (done.followed and layout.is_committed(shard)):  # the winner wrote the marker
+                return {"shard": shard, "skipped": done.skipped or "already committed"}
+            summary = {**done.summary, **done.totals(), "attempt": attempt, **({"copy": True} if copy else {})}
             summary.update(timing(lease.holder, started_at, enqueued_at, loaded_in))
-            hooks.before_commit(shard)
-            if not lease.held():  # raises redis.RedisError when it cannot tell: the shard is given back
-                log.error("shard %s of job %s: lease lost to %s; not committing", shard, manifest.job_id,
-                          lease.current_holder())
-                return {"shard": shard, "skipped": "lease lost"}
-            skipped = _not_ours_to_commit(layout, manifest.job_id, shard)
-            if skipped:
-                return {"shard": shard, "skipped": skipped}
-            summary["attempt"] = attempt
-            layout.commit(shard, table, summary, fault=hooks.commit_point)
+            if len(done.pieces) > 1 or done.resumed_at:
+                summary.update(pieces=len(done.pieces), resumed_at=done.resumed_at or 0)
+            layout.write_marker(shard, summary, done.parts, done.write_seconds)
             hooks.commit_point(shard, "committed")
     except Exception as exc:
+        if copy and not isinstance(exc, redis.RedisError):
+            log.warning("copy of shard %s of job %s failed (%s); its holder goes on", shard, manifest.job_id, exc)
+            return {"shard": shard, "skipped": f"copy failed: {describe(exc)}"}
         _after_error(layout, manifest.job_id, shard, spec, attempts, attempt, exc, settings.lease_seconds, ledger,
                      time_limits)
     hooks.committed(spec.task, summary)
@@ -186,6 +201,21 @@ def timing(worker_name: str, started_at: float, enqueued_at: float | None,
     if model_load_seconds is not None:
         found["model_load_seconds"] = round(model_load_seconds, 3)
     return found
+
+
+def _piece_hooks(hooks: Hooks, shard: int) -> PieceHooks:
+    return PieceHooks(step=lambda start, stop: hooks.step(shard, start, stop),
+                      before_last=lambda: hooks.before_commit(shard),
+                      before_piece=lambda: hooks.before_piece(shard),
+                      after_piece=lambda stop: hooks.after_piece(shard, stop), commit_point=hooks.commit_point)
+
+
+def _commit_refused(layout: OutputLayout, job_id: str, shard: int, lease: Lease) -> str | None:
+    """Why this run must not commit (a piece, or the shard) now; None when it may."""
+    if not lease.held():  # raises redis.RedisError when it cannot tell: the shard is given back
+        log.error("shard %s of job %s: lease lost to %s; not committing", shard, job_id, lease.current_holder())
+        return "lease lost"
+    return _not_ours_to_commit(layout, job_id, shard)
 
 
 def _not_ours_to_commit(layout: OutputLayout, job_id: str, shard: int) -> str | None:

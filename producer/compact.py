@@ -110,7 +110,7 @@ def _compact(layout: OutputLayout, manifest: Manifest, target_bytes: int, log: A
             raise OutputError(f"{output} is not complete (no _batchformers/_SUCCESS or _FAILED); "
                               "compact a finished job")
         shards = len(manifest.shards)
-        current = journal["parts"] if journal else {part_name(i): [i] for i in range(shards)}
+        current = journal["parts"] if journal else _parts(layout, shards)
         sizes = {name: int(storage.fs.size(storage.path(name))) for name in current}
         # Parts already merged count with their size; group whole existing parts, in order.
         names = sorted(current, key=lambda name: current[name][0])
@@ -120,7 +120,7 @@ def _compact(layout: OutputLayout, manifest: Manifest, target_bytes: int, log: A
         storage.makedirs(COMPACT_DIR)
         new_parts: dict[str, list[int]] = {}
         for number, group in enumerate(groups):
-            shards_in = [shard for name in group for shard in current[name]]
+            shards_in = list(dict.fromkeys(shard for name in group for shard in current[name]))
             if len(group) > 1:
                 _merge(layout, group, f"{COMPACT_DIR}/{group[0]}")
                 storage.sync(COMPACT_DIR, group[0])  # whole on disk before the journal can name it
@@ -137,6 +137,12 @@ def _compact(layout: OutputLayout, manifest: Manifest, target_bytes: int, log: A
     _roll_forward(layout, journal)
     return Compaction(output, int(journal["parts_before"]), len(journal["parts"]), manifest.total_rows,
                       time.perf_counter() - started)
+
+
+def _parts(layout: OutputLayout, shards: int) -> dict[str, list[int]]:
+    """The parts before a first compaction: one per shard, or its pieces (``jobs.io.pieces``), in row order."""
+    found = {name: [shard] for name, shard in layout.parts().items() if shard < shards}
+    return found or {part_name(i): [i] for i in range(shards)}
 
 
 def _merge(layout: OutputLayout, names: list[str], target: str) -> int:

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.errors import SpecError
-from jobs.io.layout import OutputLayout, part_name
+from jobs.io.layout import OutputLayout
 from jobs.pinning import pinned_spec
 from jobs.shard import ROW_INDEX
 from jobs.spec import JobSpec
@@ -57,8 +57,9 @@ def search(output: str, query: str, top_k: int = DEFAULT_TOP_K, where: str | Non
     kept = list(dict.fromkeys([*spec.kept_columns(), ROW_INDEX]))
 
     def parts() -> Iterator[pa.Table]:
-        for shard in sorted(layout.marker_numbers()[0]):
-            with layout.storage.open(part_name(shard)) as handle:
+        committed = layout.marker_numbers()[0]
+        for name in [name for name, shard in layout.parts().items() if shard in committed]:  # pieces too
+            with layout.storage.open(name) as handle:
                 yield pq.read_table(handle, columns=[*kept, EMBEDDING, "error"])
 
     return nearest(parts(), vector, kept, top_k, where, scorer)

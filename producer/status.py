@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 
+from jobs import speculation
 from jobs.io.completion import ERROR_RATE_NOTE, outcome
 from jobs.io.layout import OutputLayout
 from jobs.ledger import Ledger, Tally
@@ -60,6 +61,7 @@ class JobStatus:
     source: str = ""  # where the counts came from: ledger | success | failed (_FAILED) | markers
     model: str = ""  # the model as pinned at submit (jobs.pinning), else as the spec names it
     priority: int = DEFAULT_PRIORITY  # the spec's priority, when it has one
+    copies: int = 0  # speculative copies of stragglers started (jobs.speculation)
 
     @property
     def finished(self) -> bool:
@@ -114,7 +116,12 @@ def job_status(output: str, settings: Settings | None = None, cache: MarkerCache
             broker = f"unreachable: {exc}"
     elif client is not None:
         running, broker = [], "not needed"
+    copies = 0
     if client is not None:
+        try:
+            copies = speculation.copies(client, manifest.job_id)
+        except redis.RedisError:
+            copies = 0
         client.close()
     pending = len(manifest.shards) - len(committed) - len(failed) - len(running or [])
     state, note = job_state(
@@ -153,6 +160,7 @@ def job_status(output: str, settings: Settings | None = None, cache: MarkerCache
         source=source,
         model=pinned_model(manifest),
         priority=priority_of(manifest),
+        copies=copies,
     )
 
 

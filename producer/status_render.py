@@ -47,6 +47,8 @@ def render(status: JobStatus) -> Any:
         parts.append(Text(truncated_note(status), style="yellow"))
     if status.running_shards:
         parts.append(Text(f"running shards: {ranges(status.running_shards)}"))
+    if status.copies:
+        parts.append(Text(f"speculative copies of slow shards started: {status.copies}", style="dim"))
     if status.broker.startswith("unreachable"):
         parts.append(Text(f"broker {status.broker} (running shards unknown; counted as pending)", style="yellow"))
     if status.failures:

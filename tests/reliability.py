@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import redis
 
 from jobs import routing
-from jobs.io.layout import OutputLayout
+from jobs.io.layout import OutputLayout, marker_parts
 from jobs.protocol import LEASE_PREFIX, lease_key
 from jobs.spec import JobSpec, load_spec
 from tests.models import tiny_model_path
@@ -44,7 +44,8 @@ def assert_exactly_once(output: Path | str, ids: list[str]) -> pa.Table:
     """Each input id once, row_index 0..n-1 once each, nothing else: no row lost, none twice;
     the only parts a reader can see are those of committed shards, and no temporary file is left."""
     visible = {path.name for path in Path(output).glob("*.parquet")}
-    assert visible == {marker["part"] for marker in committed_markers(output).values()}
+    assert visible == {name for shard, marker in committed_markers(output).items()
+                       for name in marker_parts(shard, marker)}  # a shard committed in pieces lists them
     assert temporaries(output) == []
     table = read_back(output)
     got = table.column("id").to_pylist()

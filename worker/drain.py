@@ -28,6 +28,7 @@ from jobs.settings import Settings
 log = logging.getLogger(__name__)
 GIVE_BACK_SIGNAL = signal.SIGUSR2  # free in pool processes (Celery's soft time limit is SIGUSR1)
 _giving_back_allowed = False
+_asked_meanwhile = False  # a give-back asked for while a piece was being committed (jobs.pieces)
 
 
 class ShardGivenBack(BaseException):  # noqa: N818 - not an error: no `except Exception` may turn it into a failure
@@ -37,8 +38,18 @@ class ShardGivenBack(BaseException):  # noqa: N818 - not an error: no `except Ex
 def allow(shard: int) -> None:
     """The shard's rows are running: the give-back signal may interrupt them from now on."""
     del shard
-    global _giving_back_allowed
+    global _giving_back_allowed, _asked_meanwhile
+    _giving_back_allowed, _asked_meanwhile = True, False
+
+
+def resume(shard: int) -> None:
+    """A piece of the shard is committed and its rows run on: a give-back asked for meanwhile happens now."""
+    global _giving_back_allowed, _asked_meanwhile
     _giving_back_allowed = True
+    if _asked_meanwhile:
+        _asked_meanwhile = False
+        forbid(shard)
+        raise ShardGivenBack("the worker is stopping: shard given back after its committed pieces")
 
 
 def forbid(shard: int | None = None) -> None:
@@ -52,6 +63,8 @@ def _give_back(signum: int, frame: FrameType | None) -> None:
     if _giving_back_allowed:
         forbid()
         raise ShardGivenBack("the worker is stopping: shard given back")
+    global _asked_meanwhile
+    _asked_meanwhile = True  # honoured by resume() if the shard's rows go on after a piece's commit
     log.info("batchformers: stop requested while committing or idle; finishing first")
 
 

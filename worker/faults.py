@@ -8,6 +8,12 @@ after its rows were processed and before its part is committed (:func:`before_co
     raise=SHARD     shard SHARD raises RuntimeError (a shard that always fails)
     hang=SHARD      shard SHARD blocks the soft time limit's signal and sleeps (only the hard limit ends it)
 
+Inside the rows of a shard run in pieces (:mod:`jobs.pieces`)::
+
+    step-sleep=SECONDS  every step of ``BATCHFORMERS_PIECE_ROWS`` rows sleeps that long first (a slow shard)
+    kill-piece=SHARD    the process running shard SHARD kills itself right after committing a piece
+    steps=PATH          every step appends ``SHARD START STOP PID TIME`` to PATH (:func:`step`): rows really run
+
 Kills inside the commit (:func:`commit_point`), at the points of :mod:`jobs.io.layout`::
 
     kill-part-written=SHARD     the part's bytes are in a hidden temporary file, not yet renamed
@@ -77,12 +83,7 @@ def started(shard: int) -> None:
     """Record one start of ``shard`` in the ``count=PATH`` file and simulate device time, if configured."""
     for name, value in _faults():
         if name == "count":
-            line = f"{shard} {os.getpid()} {time.time():.3f}\n".encode()
-            descriptor = os.open(value, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o644)
-            try:
-                os.write(descriptor, line)  # one write under O_APPEND: lines of racing writers never mix
-            finally:
-                os.close(descriptor)
+            _append(value, f"{shard} {os.getpid()} {time.time():.3f}\n")
         elif name == "device-seconds":
             simulate_device_time(float(value))
 
@@ -98,6 +99,30 @@ def simulate_device_time(per_token: float) -> None:
 def _device_time(items: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
     if _device_seconds_per_token:
         time.sleep(_device_seconds_per_token * padded_tokens)
+
+
+def _append(path: str, line: str) -> None:
+    descriptor = os.open(path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o644)
+    try:
+        os.write(descriptor, line.encode())  # one write under O_APPEND: lines of racing writers never mix
+    finally:
+        os.close(descriptor)
+
+
+def step(shard: int, start: int, stop: int) -> None:
+    """Record rows ``[start, stop)`` of ``shard`` about to run, and sleep, as configured."""
+    for name, value in _faults():
+        if name == "steps":
+            _append(value, f"{shard} {start} {stop} {os.getpid()} {time.time():.3f}\n")
+        elif name == "step-sleep":
+            time.sleep(float(value))
+
+
+def piece_committed(shard: int) -> None:
+    """Kill the process after a piece of ``shard`` is committed when ``kill-piece=SHARD`` asks for it."""
+    for name, value in _faults():
+        if name == "kill-piece" and int(value) == shard and _fires(name, shard):
+            _kill()
 
 
 def before_commit(shard: int) -> None:

@@ -91,9 +91,10 @@ def worker_identity(hostname: str | None = None) -> str:
 class ShardLease:
     """The lease on one shard, held by ``holder`` for ``seconds`` at a time."""
 
-    def __init__(self, client: redis.Redis, job_id: str, shard: int, holder: str, seconds: float) -> None:
+    def __init__(self, client: redis.Redis, job_id: str, shard: int, holder: str, seconds: float,
+                 key: str | None = None) -> None:
         self.client = client
-        self.key = lease_key(job_id, shard)
+        self.key = key or lease_key(job_id, shard)  # a speculative copy's lease has its own key
         self.holder = holder
         self.seconds = seconds
         self.lost = False

@@ -81,6 +81,9 @@ def _create_metrics() -> None:
                        ["task", "outcome"]),
         shard_seconds=Histogram("batchformers_shard_seconds", "Time to run one shard (read, model, build).",
                                 ["task"], buckets=SHARD_BUCKETS),
+        copies=Counter("batchformers_copies", "Speculative copies of stragglers run, by outcome (won, lost).",
+                       ["outcome"]),
+        pieces=Counter("batchformers_pieces", "Pieces of long shards committed before the shard's end."),
         batches=Counter("batchformers_batches", "Model batches run."),
         batch_rows=Counter("batchformers_batch_rows", "Sequences (rows or chunks) fed to the model."),
         batch_seconds=Histogram("batchformers_batch_seconds", "Latency of one model batch.",
@@ -106,6 +109,18 @@ def shard_committed(task: str, summary: dict[str, Any]) -> None:
     _metrics["shards"].labels(task, "committed").inc()
     _metrics["shard_seconds"].labels(task).observe(summary.get("seconds", 0.0))
     sample_gpu_memory()
+
+
+def piece_committed() -> None:
+    """A long shard committed a piece of its rows (jobs.pieces); its last piece counts as the shard."""
+    if _metrics:
+        _metrics["pieces"].inc()
+
+
+def copy_finished(won: bool) -> None:
+    """A speculative copy (jobs.speculation) ended: it committed the shard first, or the holder did."""
+    if _metrics:
+        _metrics["copies"].labels("won" if won else "lost").inc()
 
 
 def model_loaded(task: str, seconds: float) -> None:

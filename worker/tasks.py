@@ -21,13 +21,14 @@ import redis
 from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
+from jobs import speculation
 from jobs.broker import safe_url
 from jobs.errors import BatchformersError
 from jobs.io.completion import count_committed
 from jobs.io.layout import OutputLayout
 from jobs.ledger import Ledger
 from jobs.manifest import Manifest
-from jobs.protocol import TASK_NAME, ShardMessage
+from jobs.protocol import TASK_NAME, ShardMessage, copy_lease_key
 from jobs.settings import Settings
 from jobs.shard import Hooks, RetryLater, backoff, run_and_commit
 from worker import drain, faults, metrics, takeover  # noqa: F401 - takeover: each worker scans for dead holders' shards
@@ -53,8 +54,16 @@ def _before_commit(shard: int) -> None:
     drain.forbid(shard)
 
 
+def _after_piece(shard: int, stop: int) -> None:
+    if stop >= 0:
+        metrics.piece_committed()
+        faults.piece_committed(shard)
+    drain.resume(shard)  # a give-back asked for during the piece's commit takes effect now
+
+
 HOOKS = Hooks(started=_started, before_commit=_before_commit, commit_point=faults.commit_point,
-              committed=metrics.shard_committed, model_load=take_load_seconds)
+              committed=metrics.shard_committed, model_load=take_load_seconds, step=faults.step,
+              before_piece=drain.forbid, after_piece=_after_piece)
 
 _manifests: dict[tuple[str, str], Manifest] = {}
 
@@ -117,10 +126,12 @@ def run_shard_task(self: ShardTask, message: dict[str, Any]) -> dict[str, Any]:
         return {"shard": shard.shard, "skipped": "no such shard"}
     client = client_for(settings.broker_url)
     lease = ShardLease(client, shard.job_id, shard.shard, worker_identity(self.request.hostname),
-                       settings.lease_seconds)
+                       settings.lease_seconds, key=copy_lease_key(shard.job_id, shard.shard) if shard.copy else None)
     ledger = Ledger.for_manifest(client, manifest, settings.retention_seconds)
     try:
-        if not lease.acquire():
+        if shard.copy and not lease.acquire():
+            return {"shard": shard.shard, "skipped": "a copy of it runs already"}
+        if not shard.copy and not lease.acquire():
             delay = lease.wait_hint()
             log.warning("shard %s of job %s is running on %s; looking again in %.0fs", shard.shard,
                         shard.job_id, lease.current_holder(), delay)
@@ -128,22 +139,28 @@ def run_shard_task(self: ShardTask, message: dict[str, Any]) -> dict[str, Any]:
         counted = False
         attempts = DeliveryCount(client, shard.job_id, shard.shard)
         try:
-            ledger.started(shard.shard)
+            if not shard.copy:  # a copy runs beside the holder: the running entry and its start are the holder's
+                ledger.started(shard.shard)
+                speculation.started(client, shard.job_id, shard.shard)
             result = run_and_commit(
                 manifest, shard.shard, layout, lease, attempts, ledger,
                 settings, runner_for, progress=_progress_reporter(self, manifest.shards[shard.shard].rows), hooks=HOOKS,
-                time_limits=(SoftTimeLimitExceeded,), enqueued_at=shard.enqueued_at)
+                time_limits=(SoftTimeLimitExceeded,), enqueued_at=shard.enqueued_at, copy=shard.copy)
             counted = "skipped" not in result  # counting the commit took the shard off the running set
+            if shard.copy:
+                metrics.copy_finished(won="skipped" not in result)
         except RetryLater as retry:
             raise self.retry(exc=retry.__cause__, countdown=retry.delay, max_retries=None) from retry
         except drain.ShardGivenBack as given_back:
+            if shard.copy:  # the holder still runs the shard: a preempted copy is simply dropped
+                raise Reject(str(given_back), requeue=False) from None
             attempts.give_back()
             log.warning("shard %s of job %s: given back, the worker is stopping; requeued", shard.shard,
                         shard.job_id)
             raise Reject(str(given_back), requeue=True) from None  # the lease is released below
         finally:
             drain.forbid()
-            if not counted:
+            if not counted and not shard.copy:  # a copy leaves the holder's running entry alone
                 _stopped(ledger, shard.shard)
             lease.release()
     except redis.RedisError as exc:

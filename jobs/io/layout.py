@@ -3,10 +3,12 @@
     OUTPUT/
       part-00000.parquet           one per shard, visible only when complete
       part-00001.parquet
+      part-00001.r000001024.parquet  a later piece of a shard committed in pieces (jobs.io.pieces)
       _batchformers/
         manifest.json              spec, shard plan, input fingerprint, versions
         shards/00000.json          commit marker: rows, errors, seconds, worker, stage seconds, timing
         shards/00001.failed.json   why a shard failed for good
+        pieces/00001/000001024.json  a piece's claim: rows [1024, stop) of shard 1 (jobs.io.pieces)
         _SUCCESS                   written exactly once, when every shard committed and the job succeeded
         _FAILED                    instead of _SUCCESS when every shard committed but too many rows
                                    have an error (max_error_rate): the totals and the reason
@@ -58,6 +60,11 @@ CommitFault = Callable[[int, str], None]
 
 def part_name(shard: int) -> str:
     return f"part-{shard:05d}.parquet"
+
+
+def marker_parts(shard: int, marker: dict[str, Any]) -> list[str]:
+    """The part names a commit marker stands for: its pieces' (in row order), else the shard's one part."""
+    return list(marker.get("parts") or [marker.get("part") or part_name(shard)])
 
 
 def marker_name(shard: int) -> str:
@@ -112,27 +119,46 @@ class OutputLayout:
         return self.storage.exists(SHARDS_DIR, marker_name(shard))
 
     def commit(self, shard: int, table: pa.Table, summary: dict[str, Any], fault: CommitFault | None = None) -> None:
-        """Publish the part, then its marker: the marker means the part is whole.
-
-        Only the holder of the shard's lease commits it, so temporaries left by an earlier,
-        killed run of the same shard are deleted first.
-        """
-        self.storage.remove_temporaries(part_name(shard))
-        self.storage.remove_temporaries(SHARDS_DIR, marker_name(shard))
+        """Publish the part, then its marker: the marker means the part is whole."""
         started = time.perf_counter()
+        self.publish_part(shard, table, part_name(shard), fault)
+        self.write_marker(shard, summary, [part_name(shard)], time.perf_counter() - started)
+
+    def publish_part(self, shard: int, table: pa.Table, name: str, fault: CommitFault | None = None) -> None:
+        """Write one part of ``shard`` (the whole shard's, or a piece's: :mod:`jobs.io.pieces`) atomically.
+
+        Only the holder of the shard's lease writes it, so temporaries left by an earlier,
+        killed run of the same part are deleted first.
+        """
+        self.storage.remove_temporaries(name)
         buffer = io.BytesIO()
         import pyarrow.parquet as pq  # here, not at import: status and jobs read layouts without pyarrow
 
         pq.write_table(table, buffer, compression=PARQUET_COMPRESSION)
         written = None if fault is None else (lambda: fault(shard, PART_WRITTEN))
-        self.storage.write_atomic(buffer.getvalue(), part_name(shard), before_publish=written)
+        self.storage.write_atomic(buffer.getvalue(), name, before_publish=written)
         if fault is not None:
             fault(shard, PART_PUBLISHED)
-        marker = {**summary, "shard": shard, "part": part_name(shard), "committed_at": time.time(),
+
+    def write_marker(self, shard: int, summary: dict[str, Any], parts: list[str], write_seconds: float) -> None:
+        """The shard's commit marker, once all its ``parts`` are published (``parts`` listed when more than one)."""
+        self.storage.remove_temporaries(SHARDS_DIR, marker_name(shard))
+        marker = {**summary, "shard": shard, "part": parts[0], "committed_at": time.time(),
                   "worker": socket.gethostname()}
-        marker["stages"] = {**summary.get("stages", {}), "write": round(time.perf_counter() - started, 4)}
+        if len(parts) > 1:
+            marker["parts"] = parts
+        marker["stages"] = {**summary.get("stages", {}), "write": round(write_seconds, 4)}
         self.storage.write_atomic(json.dumps(marker).encode(), SHARDS_DIR, marker_name(shard))
         self.storage.remove(SHARDS_DIR, f"{shard:05d}.failed.json")
+
+    def parts(self) -> dict[str, int]:
+        """Every part in the output (pieces included) -> its shard, in row order, from one listing."""
+        found: dict[str, int] = {}
+        for name in self.storage.list():
+            number = name[len("part-"):].split(".")[0]
+            if is_data_file(name) and name.startswith("part-") and number.isdigit():
+                found[name] = int(number)
+        return found
 
     def mark_failed(self, shard: int, error: str, attempts: int) -> None:
         record = {"shard": shard, "error": error, "attempts": attempts, "failed_at": time.time(),
@@ -164,8 +190,11 @@ class OutputLayout:
         pandas, which ``status`` and ``report`` must not pay for. FileNotFoundError once compacted away."""
         import pyarrow.parquet as pq
 
-        with self.storage.open(part_name(shard)) as handle:
-            errors: list[str | None] = pq.ParquetFile(handle).read(columns=["error"]).column("error").to_pylist()
+        marker = self.read_committed([shard]).get(shard, {})
+        errors: list[str | None] = []
+        for name in marker_parts(shard, marker):  # a shard committed in pieces: each of its parts, in order
+            with self.storage.open(name) as handle:
+                errors += pq.ParquetFile(handle).read(columns=["error"]).column("error").to_pylist()
         return errors
 
     def read_committed(self, shards: Iterable[int], threads: int = MARKER_READERS) -> dict[int, dict[str, Any]]:
