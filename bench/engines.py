@@ -66,8 +66,7 @@ def _rows(count: int) -> list[str]:
 
 def _measure(task: str, params: dict[str, Any], model: str, engine: str, dtype: str, texts: list[str],
              batch_size: int) -> tuple[float, float]:
-    from jobs.engine.base import LoadOptions
-    from jobs.engine.staged import RunOptions
+    from jobs.engine.base import LoadOptions, RunOptions
     from jobs.tasks.registry import get_task_class
 
     options = LoadOptions(model=model, device="cpu", engine=engine, dtype=dtype)
