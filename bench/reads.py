@@ -110,7 +110,7 @@ def _sampled(shards: list[Any]) -> list[Any]:
 def measure_reads(rows: int = ROWS, shard_rows: int = SHARD_ROWS, before: bool = True) -> dict[str, Any]:
     """Plan each layout's job and read a few of its shards from moto S3; bytes per shard vs share."""
     from bench.scale import MotoS3
-    from jobs.io.sources import describe, forget_indexes, forget_layouts, read_rows, read_units
+    from jobs.io.sources import forget_indexes, forget_layouts, probe, read_rows, read_units
     from jobs.io.storage import Storage
     from producer.plan import plan_shards, read_factor
 
@@ -125,7 +125,7 @@ def measure_reads(rows: int = ROWS, shard_rows: int = SHARD_ROWS, before: bool =
             counter = GetCounter(storage.fs)
             try:
                 with counter.measure() as planned:
-                    source = describe(storage, storage.root)
+                    source = probe(storage, storage.root)
                 units = read_units(source)
                 forget_layouts([source])
                 shards = plan_shards([source], shard_rows, [units])

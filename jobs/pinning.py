@@ -64,7 +64,7 @@ class ModelPin:
     fingerprint: str | None = None  # local: SHA-256 over ``files``
     files: dict[str, FileStamp] = field(default_factory=dict)
 
-    def describe(self) -> str:
+    def label(self) -> str:
         """One line for ``status``, ``inspect`` and ``jobs``."""
         if self.kind == HUB:
             asked = f"{self.requested} = " if self.requested and self.requested != self.revision else ""

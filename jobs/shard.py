@@ -178,7 +178,7 @@ def run_and_commit(
     except Exception as exc:
         if copy and not isinstance(exc, redis.RedisError):
             log.warning("copy of shard %s of job %s failed (%s); its holder goes on", shard, manifest.job_id, exc)
-            return {"shard": shard, "skipped": f"copy failed: {describe(exc)}"}
+            return {"shard": shard, "skipped": f"copy failed: {error_text(exc)}"}
         _after_error(layout, manifest.job_id, shard, spec, attempts, attempt, exc, settings.lease_seconds, ledger,
                      time_limits)
     hooks.committed(spec.task, summary)
@@ -237,7 +237,7 @@ def _after_error(layout: OutputLayout, job_id: str, shard: int, spec: JobSpec, a
     """Fail the shard now (permanent error, or no attempts left) or ask for a retry after a backoff."""
     if isinstance(exc, redis.RedisError):
         raise exc
-    error = TIME_LIMIT_MESSAGE if isinstance(exc, time_limits) else describe(exc)
+    error = TIME_LIMIT_MESSAGE if isinstance(exc, time_limits) else error_text(exc)
     if is_permanent(exc):
         fail(layout, job_id, shard, error, attempt, ledger)
     if attempt >= spec.max_retries + 1:
@@ -278,7 +278,7 @@ def gave_up(attempts: int, error: str) -> str:
     return f"gave up after {attempts} attempt{'s' if attempts > 1 else ''}; last: {error}"
 
 
-def describe(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
     if isinstance(exc, BatchformersError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"

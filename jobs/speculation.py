@@ -2,7 +2,7 @@
 
 A job's wall time is set by its slowest shard; a slow machine, a noisy neighbour or a throttled GPU
 makes one shard run many times longer than the rest. Once the job's queue is empty, every idle
-worker's scan (:mod:`worker.takeover`, beside the takeover check) looks at the job's running shards:
+worker's scan (:mod:`worker.recovery_scans`, beside the takeover check) looks at the job's running shards:
 one running more than ``FACTOR`` times the median seconds of its committed shards, and more than
 ``BATCHFORMERS_SPECULATE_AFTER_SECONDS``, gets one copy (a ``SET NX`` lock per shard lets one scanner
 send it, once), a message marked ``copy`` on the job's queue.

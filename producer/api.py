@@ -115,9 +115,9 @@ def jobs(settings: Settings | None = None, limit: int | None = None) -> list[Job
 
 def inspect_output(job: str, settings: Settings | None = None, rows: int = 5) -> OutputDescription:
     """A job output's schema, counts and first ``rows`` rows."""
-    from producer.inspect import describe
+    from producer.inspect import inspect_output
 
-    return describe(_location(job, settings), rows=rows)
+    return inspect_output(_location(job, settings), rows=rows)
 
 
 def search(job: str, query: str, settings: Settings | None = None, *, top_k: int = 10, where: str | None = None,

@@ -52,7 +52,7 @@ class OutputDescription:
         return asdict(self)
 
 
-def describe(output: str, rows: int = 5) -> OutputDescription:
+def inspect_output(output: str, rows: int = 5) -> OutputDescription:
     """Describe the job output at ``output``; OutputError when it holds no batchformers job."""
     layout = OutputLayout(output)
     manifest = layout.read_manifest()
@@ -99,7 +99,7 @@ def describe(output: str, rows: int = 5) -> OutputDescription:
         truncated=sum(int(m.get("truncated") or 0) for m in committed.values()),
         max_error_rate=float(manifest.spec_value("max_error_rate")),
         model_pin=manifest.model_pin,
-        pinned=pin.describe() if pin else "",
+        pinned=pin.label() if pin else "",
         reason=reason,
     )
 

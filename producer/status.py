@@ -174,7 +174,7 @@ def pinned_model(manifest: Manifest) -> str:
     """The pin in one line; the spec's model (and revision) for a job submitted before pins."""
     pin = pin_of(manifest)
     if pin is not None:
-        return pin.describe()
+        return pin.label()
     model = str(manifest.spec.get("model") or "")
     revision = manifest.spec.get("revision")
     return f"{model} @ {revision} (not pinned)" if revision else f"{model} (not pinned)"

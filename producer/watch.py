@@ -1,4 +1,4 @@
-"""Watching a job: poll its status until it finishes, healing it meanwhile (:mod:`producer.heal`)."""
+"""Watching a job: poll its status until it finishes, healing it meanwhile (:mod:`producer.recovery_watch`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def wait(output: str, poll: float = 0.5, timeout: float | None = None, on_update
     """Poll until every shard is committed or failed, or the job is cancelled.
 
     With ``settings`` each poll reads the broker's ledger, and the wait takes over dead
-    workers' shards and re-enqueues lost ones (:mod:`producer.heal`); without, the markers
+    workers' shards and re-enqueues lost ones (:mod:`producer.recovery_watch`); without, the markers
     are read (each one once).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -38,7 +38,7 @@ def wait(output: str, poll: float = 0.5, timeout: float | None = None, on_update
 
 
 def _watcher(settings: Settings | None, output: str) -> Any:
-    from producer.heal import Watcher
+    from producer.recovery_watch import Watcher
 
     return None if settings is None else Watcher(settings, output)
 
@@ -50,7 +50,7 @@ def follow(job: str, settings: Settings, interval: float = DEFAULT_WATCH_INTERVA
     current = status(job, settings)
     yield current
     cache: MarkerCache = {}
-    watcher = _watcher(settings, current.output)  # a watch heals the job too (producer.heal)
+    watcher = _watcher(settings, current.output)  # a watch heals the job too (producer.recovery_watch)
     while not current.finished:
         watcher.tick()
         time.sleep(interval)

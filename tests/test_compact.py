@@ -18,7 +18,7 @@ from jobs.settings import Settings
 from producer import compact as compaction
 from producer.cli import main
 from producer.compact import JOURNAL_FILE, compact, plan_groups
-from producer.inspect import describe
+from producer.inspect import inspect_output
 from producer.submit import prepare
 from tests import test_s3
 from tests.reliability import tokenize_spec, write_rows
@@ -70,7 +70,7 @@ def test_compact_merges_parts_in_row_order(tmp_path: Path) -> None:
     # The markers stay: a resubmit skips every shard; inspect still shows the job and its first rows.
     manifest = layout.read_manifest()
     assert messages_for(manifest, layout) == []
-    described = describe(str(output), rows=2)
+    described = inspect_output(str(output), rows=2)
     assert described.rows == SHARDS and [row["row_index"] for row in described.head] == [0, 1]
     # Compacting again with a larger target merges the merged parts; a no-op leaves them.
     assert compact(str(output), target_bytes=part_size * 1000).parts_after == 1

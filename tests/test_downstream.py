@@ -14,7 +14,7 @@ import pytest
 from jobs.io.layout import MANIFEST_FILE, SUCCESS_FILE
 from jobs.settings import Settings
 from jobs.spec import load_spec
-from producer.inspect import describe
+from producer.inspect import inspect_output
 from producer.submit import submit
 from producer.watch import wait
 
@@ -104,7 +104,7 @@ def test_datasets(ner_output: Path, tmp_path: Path) -> None:
 
 
 def test_inspect(ner_output: Path) -> None:
-    described = describe(str(ner_output), rows=3)
+    described = inspect_output(str(ner_output), rows=3)
     assert described.state == "complete" and described.rows == ROWS == described.rows_expected
     assert described.parts == 3 and described.schema_matches_manifest and described.failed_shards == 0
     assert [row["doc_id"] for row in described.head] == ["doc-0", "doc-1", "doc-2"]

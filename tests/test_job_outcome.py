@@ -17,7 +17,7 @@ from jobs.io.layout import FAILED_FILE, SUCCESS_FILE, OutputLayout
 from jobs.ledger import Ledger
 from jobs.settings import Settings
 from jobs.spec import load_spec
-from producer.inspect import describe
+from producer.inspect import inspect_output
 from producer.jobs_view import job_lines
 from producer.report_data import gather
 from producer.status import job_status
@@ -55,12 +55,12 @@ def test_a_job_with_too_many_row_errors_is_failed_everywhere(tmp_path: Path, sha
     Ledger.for_manifest(redis.Redis.from_url(shared_workers.broker_url), OutputLayout(bad.output).read_manifest()).drop()
     from_marker = job_status(bad.output)
     assert (from_marker.state, from_marker.source, from_marker.row_errors) == ("failed", "failed", ROWS)
-    described = describe(bad.output)
+    described = inspect_output(bad.output)
     assert (described.state, described.reason) == ("failed", marker["reason"])
     assert described.completed_at == marker["completed_at"]
     lines = {line.job_id: line for line in job_lines(shared_workers, limit=50)}
     assert lines[bad.job_id].state == "failed" and lines[good.job_id].state == "complete"
-    assert describe(good.output).state == "complete" and job_status(good.output).state == "complete"
+    assert inspect_output(good.output).state == "complete" and job_status(good.output).state == "complete"
     reported = gather(bad.output)  # the report's page says the same (producer/report.py)
     assert (reported.complete, reported.failure) == (False, marker["reason"]) and gather(good.output).complete
 
@@ -77,5 +77,5 @@ def test_outputs_written_before_failed_existed_read_as_before(tmp_path: Path) ->
         assert layout.mark_complete(totals(layout, manifest, None) or {})  # as the old code wrote it
     for name, state in (("good", "complete"), ("bad", "failed")):
         output = str(tmp_path / name)
-        assert (job_status(output).state, describe(output).state) == (state, state)
+        assert (job_status(output).state, inspect_output(output).state) == (state, state)
         assert job_status(output).source == "success"

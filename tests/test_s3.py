@@ -169,7 +169,7 @@ def test_a_shard_of_an_arrow_file_fetches_only_its_record_batches(bucket: str) -
     import pyarrow as pa
     import pyarrow.feather as feather
 
-    from jobs.io.sources import describe, read_rows
+    from jobs.io.sources import probe, read_rows
 
     rows, batch = 20_000, 1_000
     table = pa.table({"id": list(range(rows)), "text": [f"row {i} " * 10 for i in range(rows)]})
@@ -179,7 +179,7 @@ def test_a_shard_of_an_arrow_file_fetches_only_its_record_batches(bucket: str) -
     storage.fs.pipe_file(storage.root, buffer.getvalue())
     counted = _GetBytes(storage.fs)
     try:
-        source = describe(storage, storage.root)
+        source = probe(storage, storage.root)
         described = counted.bytes
         assert source.format == "arrow_file" and source.num_rows == rows
         assert described < source.size / 20  # footer and batch headers, not the batches
@@ -205,13 +205,13 @@ def _parquet_bytes(ids: range, row_group_size: int) -> bytes:
 def test_later_shards_of_a_parquet_file_skip_its_footer(bucket: str) -> None:
     """A worker reads a file's footer with its first shard and remembers it: a later shard of the same
     size fetches its row groups' column chunks alone, and the footer's bytes fewer."""
-    from jobs.io.sources import describe, forget_indexes, read_rows
+    from jobs.io.sources import forget_indexes, probe, read_rows
 
     rows, group = 20_000, 1_000
     data = _parquet_bytes(range(rows), group)
     storage = Storage.at(f"s3://{bucket}/in/rows.parquet")
     storage.fs.pipe_file(storage.root, data)
-    source = describe(storage, storage.root)
+    source = probe(storage, storage.root)
     metadata = pq.read_metadata(io.BytesIO(data))
     footer = int.from_bytes(data[-8:-4], "little") + 8
 
@@ -237,16 +237,16 @@ def test_a_parquet_file_rewritten_under_its_url_is_read_as_it_is_now(bucket: str
     """The remembered footer belongs to the file's version (size, time, rows: what the worker checks the
     file against), not to its url: the job resubmitted over the new file reads the new rows."""
     from jobs.errors import InputError
-    from jobs.io.sources import check_source, describe, read_rows
+    from jobs.io.sources import check_source, probe, read_rows
 
     storage = Storage.at(f"s3://{bucket}/in/changing.parquet")
     storage.fs.pipe_file(storage.root, _parquet_bytes(range(3_000), 500))
-    old = describe(storage, storage.root)
+    old = probe(storage, storage.root)
     assert read_rows(old, 1_000, 1_500, ["id"]).column("id").to_pylist() == list(range(1_000, 1_500))
     storage.fs.pipe_file(storage.root, _parquet_bytes(range(50_000, 54_000), 700))
     with pytest.raises(InputError, match="changed since the job was submitted"):
         check_source(old, 1_000, 1_500, Settings())
-    new = describe(storage, storage.root)
+    new = probe(storage, storage.root)
     assert new != old
     assert read_rows(new, 1_000, 1_500, ["id"]).column("id").to_pylist() == list(range(51_000, 51_500))
 

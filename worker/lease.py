@@ -8,7 +8,7 @@ and a shard time limit T (the spec's ``shard_time_limit``, else ``BATCHFORMERS_S
   every L/3. A process that dies (SIGKILL, OOM killer, machine gone) stops refreshing, so its
   lease is gone at most L later.
 - **Takeover (L/4).** Every worker's main process, a waiting ``run --broker`` and ``status
-  --watch`` scan the jobs' running entries every L/4 (:mod:`jobs.recovery`, :mod:`worker.takeover`):
+  --watch`` scan the jobs' running entries every L/4 (:mod:`jobs.recovery`, :mod:`worker.recovery_scans`):
   a running shard whose lease has expired and that is not committed lost its holder, and gets one
   new message (a ``SET NX`` lock per shard and start count lets one scanner send it). The same
   scans re-enqueue shards whose message the broker lost (no message, lease or marker for a lease).

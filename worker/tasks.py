@@ -31,7 +31,7 @@ from jobs.manifest import Manifest
 from jobs.protocol import TASK_NAME, ShardMessage, copy_lease_key
 from jobs.settings import Settings
 from jobs.shard import Hooks, RetryLater, backoff, run_and_commit
-from worker import drain, faults, metrics, takeover  # noqa: F401 - takeover: each worker scans for dead holders' shards
+from worker import drain, faults, metrics, recovery_scans  # noqa: F401 - recovery_scans: each worker scans for lost shards
 from worker.app import app
 from worker.deliveries import DeliveryCount
 from worker.lease import ShardLease, client_for, worker_identity

@@ -38,7 +38,7 @@ class CacheKey(Protocol):
     def directory(self, root: Path) -> Path:
         """The entry's directory under the cache root (``entry_directory``)."""
 
-    def describe(self) -> str:
+    def label(self) -> str:
         """How the log names the conversion ("CTranslate2 int8")."""
 
 
@@ -121,7 +121,7 @@ def converted(key: CacheKey, root: Path, convert: Callable[[str], Any]) -> Path:
             convert(str(output))
             _write_manifest(output, key)
             output.rename(final)
-            log.warning("batchformers: converted %s to %s in %.1f s (%s)", key.model, key.describe(),
+            log.warning("batchformers: converted %s to %s in %.1f s (%s)", key.model, key.label(),
                         time.perf_counter() - started, final)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

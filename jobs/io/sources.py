@@ -39,7 +39,7 @@ from jobs.io.storage import Storage
 if TYPE_CHECKING:
     from jobs.settings import Settings
 
-__all__ = ["SourceFile", "check_source", "datasets_loader", "describe", "describe_all", "discover", "file_stamp",
+__all__ = ["SourceFile", "check_source", "datasets_loader", "probe", "probe_all", "discover", "file_stamp",
            "fingerprint", "forget_indexes", "forget_layouts", "read_rows", "read_units", "schema_of"]
 PLAN_READERS = 32  # input files whose metadata (size, time, Parquet footer) is read at once
 INDEX_CACHE_FILES = 64  # input files whose footer or batch rows a worker process remembers (a wide file's
@@ -61,7 +61,7 @@ def discover(location: str, input_format: str = "auto", dataset: DatasetChoice |
     """
     loader = datasets_loader(location, input_format)
     if loader is not None:
-        return discover_loaded(*loader, dataset, describe=_describe_file, rows=lambda source: source.num_rows)
+        return discover_loaded(*loader, dataset, probe=_probe_file, rows=lambda source: source.num_rows)
     storage = Storage.at(location)
     fs, root = storage.fs, storage.root
     if any(ch in root for ch in "*?["):
@@ -72,7 +72,7 @@ def discover(location: str, input_format: str = "auto", dataset: DatasetChoice |
         paths = [root]
     else:
         raise InputError(f"input {location!r} does not exist")
-    files = describe_all(storage, paths, input_format, progress)
+    files = probe_all(storage, paths, input_format, progress)
     if not files:
         raise InputError(f"input {location!r} holds no Parquet or Arrow files")
     return files
@@ -85,7 +85,7 @@ def file_stamp(storage: Storage, path: str) -> tuple[int, str]:
     return int(info.get("size") or 0), modified
 
 
-def describe(storage: Storage, path: str, input_format: str = "auto") -> SourceFile:
+def probe(storage: Storage, path: str, input_format: str = "auto") -> SourceFile:
     """Read the metadata of one file (row count, size, modification time, read units; a Parquet
     file's schema too), keeping its layout for :func:`schema_of` and :func:`read_units`."""
     fmt = format_of(storage, path, input_format)
@@ -101,21 +101,21 @@ def describe(storage: Storage, path: str, input_format: str = "auto") -> SourceF
     return source
 
 
-def _describe_file(name: str, input_format: str) -> SourceFile:
+def _probe_file(name: str, input_format: str) -> SourceFile:
     storage = Storage.at(name)
-    return describe(storage, storage.root, input_format)
+    return probe(storage, storage.root, input_format)
 
 
-def describe_all(storage: Storage, paths: list[str], input_format: str = "auto", progress: Progress | None = None,
+def probe_all(storage: Storage, paths: list[str], input_format: str = "auto", progress: Progress | None = None,
                  threads: int = PLAN_READERS) -> list[SourceFile]:
-    """:func:`describe` every path, ``threads`` at a time; in the order given."""
+    """:func:`probe` every path, ``threads`` at a time; in the order given."""
     total = len(paths)
     done = 0
     lock = threading.Lock()
 
     def one(path: str) -> SourceFile:
         nonlocal done
-        source = describe(storage, path, input_format)
+        source = probe(storage, path, input_format)
         if progress is not None:
             with lock:
                 done += 1

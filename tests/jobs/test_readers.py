@@ -35,7 +35,7 @@ def test_every_reader_counts_describes_and_reads_a_range(tmp_path: Path, fmt: st
     storage = Storage.at(str(path))
     assert format_of(storage, storage.root) == fmt
     reader = reader_for(fmt)
-    rows, schema = reader.describe(storage, storage.root)
+    rows, schema = reader.probe(storage, storage.root)
     assert rows == 50 and schema in (None, TABLE.schema)
     assert reader.schema(storage, storage.root) == TABLE.schema
     assert reader.read_range(storage, storage.root, 12, 31, ["text"]).equals(TABLE.select(["text"]).slice(12, 19))

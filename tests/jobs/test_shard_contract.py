@@ -30,7 +30,7 @@ from jobs.shard import (
     Hooks,
     RetryLater,
     backoff,
-    describe,
+    error_text,
     first_row,
     gave_up,
     is_permanent,
@@ -352,7 +352,7 @@ def test_the_small_rules() -> None:
     assert isinstance(backoff(1, 100), float)
     assert gave_up(1, "x") == "gave up after 1 attempt; last: x"
     assert gave_up(2, "x") == "gave up after 2 attempts; last: x"
-    assert describe(ModelLoadError("m")) == "m" and describe(ValueError("v")) == "ValueError: v"
+    assert error_text(ModelLoadError("m")) == "m" and error_text(ValueError("v")) == "ValueError: v"
     assert timing("w", 10.12345, None, None) == {"worker_name": "w", "started_at": 10.123}
     assert timing("w", 10.0, 12.0, 0.0) == {"worker_name": "w", "started_at": 10.0, "queue_wait_seconds": 0.0,
                                             "model_load_seconds": 0.0}

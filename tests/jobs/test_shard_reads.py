@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.io.readers.ipc_index import batch_rows
-from jobs.io.sources import describe, read_rows
+from jobs.io.sources import probe, read_rows
 from jobs.io.storage import Storage
 from jobs.spec import load_spec
 from producer.plan import build_manifest
@@ -60,7 +60,7 @@ def test_any_range_reads_exactly_its_rows_in_order(tmp_path: Path, kind: str) ->
         with pa.OSFile(str(path), "wb") as sink, ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table, max_chunksize=37)
     storage = Storage.at(str(path))
-    source = describe(storage, storage.root, "parquet" if kind == "parquet" else "arrow")
+    source = probe(storage, storage.root, "parquet" if kind == "parquet" else "arrow")
     assert source.format == kind
     for start, stop in ((0, 1), (0, 37), (36, 38), (37, 74), (100, 333), (499, 500), (0, 500)):
         got = read_rows(source, start, stop, ["text", "id"])

@@ -25,7 +25,7 @@ from jobs.settings import Settings
 from jobs.spec import load_spec
 from producer.cli import _parser, main
 from producer.embedded import EmbeddedRedis
-from producer.inspect import describe, render
+from producer.inspect import inspect_output, render
 from producer.submit import prepare, submit
 from producer.watch import wait
 from tests.models import tiny_model_path
@@ -101,7 +101,7 @@ def test_inspect_fits_80_columns_and_spells_null_one_way(tmp_path: Path, news_pa
                       "error": pa.array([None, None], pa.string())})
     layout.commit(0, table, {"rows": 2, "errors": 0, "seconds": 0.1})
     console = Console(record=True, width=80)
-    console.print(render(describe(layout.location, rows=2)))
+    console.print(render(inspect_output(layout.location, rows=2)))
     text = console.export_text()
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "30 items" in text and "null" in text and "None" not in text, text

@@ -17,7 +17,7 @@ import redis
 from jobs.protocol import JOB_QUEUES_KEY, LEASE_PREFIX, running_key
 from jobs.recovery import shard_of
 from jobs.settings import Settings
-from producer.heal import Watcher, recovery_for
+from producer.recovery_watch import Watcher, recovery_for
 from producer.submit import submit
 from producer.watch import wait
 from tests.reliability import (

@@ -45,7 +45,7 @@ def test_jobs_lists_every_job_and_its_ids_work_elsewhere(tmp_path: Path, setting
     assert (a["state"], a["shards"], a["committed"], a["failed"], a["priority"]) == ("running", 2, 0, 1, 5)
     assert (b["state"], b["shards"], b["rows"], b["output"]) == ("queued", 3, 15, second.output)
     pin = pin_of(OutputLayout(second.output).read_manifest())
-    assert pin is not None and b["model"] == pin.describe()
+    assert pin is not None and b["model"] == pin.label()
     assert listed[gone.job_id]["state"] == "unreadable" and "no batchformers job" in listed[gone.job_id]["note"]
     order = [job for job in listed if job in {first.job_id, second.job_id, gone.job_id}]
     assert order == [gone.job_id, second.job_id, first.job_id]  # newest first

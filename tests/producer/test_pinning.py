@@ -19,7 +19,7 @@ from jobs.io.layout import OutputLayout
 from jobs.pinning import HUB, LOCAL, ModelChanged, differences, pin_of, pinned_spec, verify_local
 from jobs.settings import Settings
 from jobs.spec import load_spec
-from producer.inspect import describe
+from producer.inspect import inspect_output
 from producer.pin import resolve_pin
 from producer.status import job_status
 from producer.submit import prepare, submit
@@ -138,8 +138,8 @@ def test_status_and_inspect_show_the_pin_and_a_resume_keeps_it(tmp_path: Path, s
     manifest = OutputLayout(first.output).read_manifest()
     pin = pin_of(manifest)
     assert pin is not None
-    assert pin.describe() in job_status(first.output, settings).model
-    assert describe(first.output).pinned == pin.describe() and describe(first.output).model_pin == manifest.model_pin
+    assert pin.label() in job_status(first.output, settings).model
+    assert inspect_output(first.output).pinned == pin.label() and inspect_output(first.output).model_pin == manifest.model_pin
     submit(spec, settings)  # a resume: same manifest, same pin
     assert OutputLayout(first.output).read_manifest().model_pin == manifest.model_pin
     (model / "config.json").write_text((model / "config.json").read_text() + " ")

@@ -49,7 +49,7 @@ class OnnxKey:
     def directory(self, root: Path) -> Path:
         return entry_directory(root, CACHE_SUBDIR, self, f"{self.head.removeprefix('AutoModel') or 'Base'}-{self.dtype}")
 
-    def describe(self) -> str:
+    def label(self) -> str:
         return f"ONNX {self.dtype} ({self.head})"
 
 

@@ -47,7 +47,7 @@ class Reader(ABC):
     rewrite_hint: ClassVar[str] = ""
     """How to rewrite a file with read units of at most N rows, for submit's warning."""
 
-    def describe(self, storage: Storage, path: str) -> tuple[int, pa.Schema | None]:
+    def probe(self, storage: Storage, path: str) -> tuple[int, pa.Schema | None]:
         """(row count, the schema when reading the count gave it for free) from the file's metadata."""
         layout = self.layout(storage, path)
         return layout.rows, layout.schema

@@ -32,8 +32,8 @@ class DatasetChoice(Protocol):
 
 
 def discover_loaded(path: str, arguments: dict[str, Any], options: DatasetChoice | None,
-                    describe: Callable[[str, str], Described], rows: Callable[[Described], int]) -> list[Described]:
-    """Load with ``datasets.load_dataset``; ``describe(file, input_format)`` each file holding its rows."""
+                    probe: Callable[[str, str], Described], rows: Callable[[Described], int]) -> list[Described]:
+    """Load with ``datasets.load_dataset``; ``probe(file, input_format)`` each file holding its rows."""
     try:
         import datasets
     except ImportError:  # pragma: no cover - a dependency of batchformers
@@ -52,10 +52,10 @@ def discover_loaded(path: str, arguments: dict[str, Any], options: DatasetChoice
     if not isinstance(loaded, datasets.Dataset):
         raise InputError(f"datasets.load_dataset({call}) gave a {type(loaded).__name__}, not one split; "
                          "set dataset.split")
-    sources = [describe(entry["filename"], "datasets") for entry in loaded.cache_files]
+    sources = [probe(entry["filename"], "datasets") for entry in loaded.cache_files]
     if loaded._indices is None and sources and sum(rows(s) for s in sources) == loaded.num_rows:
         return sources
-    return [describe(materialized(loaded, datasets.config.HF_DATASETS_CACHE), "parquet")]
+    return [probe(materialized(loaded, datasets.config.HF_DATASETS_CACHE), "parquet")]
 
 
 def materialized(loaded: Any, cache: str | os.PathLike[str]) -> str:

@@ -31,7 +31,7 @@ class ConversionKey:
     def directory(self, root: Path) -> Path:
         return entry_directory(root, CACHE_SUBDIR, self, self.compute_type)
 
-    def describe(self) -> str:
+    def label(self) -> str:
         return f"CTranslate2 {self.compute_type}"
 
 
