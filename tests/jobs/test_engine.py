@@ -168,6 +168,12 @@ def test_a_task_without_a_device_stage_decodes_its_items_data() -> None:
                 item.data = 10 * item.part + len(item.ids)
             return encoded
 
+        def decode(self, inputs: dict[str, list[Any]], finished: Finished) -> pa.Table:
+            assert all(item.row == row for row, items in zip(finished.rows, finished.items, strict=True)
+                       for item in items), "each row's own items"
+            return pa.table({"total": [sum(outputs) for outputs in finished.outputs],
+                             "parts": [len(items) for items in finished.items]}, schema=COLUMNS)
+
     texts = ["a b c d e f", "x", "p q r s t u v w x"]  # chunks of four words: parts 2, 1, 3
     table = HostOnly(options=RunOptions(overlap=False)).run_table({"text": texts}).table
     assert table.column("total").to_pylist() == [4 + 12, 1, 4 + 14 + 21]
@@ -239,6 +245,11 @@ def test_a_failing_forward_fails_the_run_unless_the_task_isolates_failures(overl
 
     table = Isolating(options=RunOptions(overlap=overlap), fail_on="7").run_table({"text": texts}).table
     assert table.column("error").to_pylist() == [None, "ValueError: bad item", None]
+    progress: list[int] = []
+    twice = Isolating(options=RunOptions(overlap=overlap), fail_on="7").run_table(
+        {"text": [*texts, "yyyyyyy", "d"]}, progress.append).table
+    assert twice.column("error").null_count == 3
+    assert sum(progress) == len(texts) + 2, "each row that failed alone counts as done once"
     assert table.column("total").to_pylist() == [3, None, 3]
 
 
@@ -258,8 +269,10 @@ def test_an_error_in_a_host_stage_stops_every_thread() -> None:
 
 def test_overlap_runs_the_device_stage_beside_the_host_stages() -> None:
     runner = Toy(options=RunOptions(batch_size=2, overlap=True, encode_rows=2))
-    runner.run_table({"text": ["a b"] * 20})
+    progress: list[int] = []
+    runner.run_table({"text": ["a b"] * 20}, progress.append)
     assert runner.threads == {threading.current_thread().name}  # forward on the caller's thread
+    assert sum(progress) == 20 and len(progress) > 1, "progress is reported as batches finish, not once at the end"
 
 
 def test_overlap_hides_device_time_behind_host_work(monkeypatch: pytest.MonkeyPatch) -> None:
