@@ -299,18 +299,45 @@ def test_overlap_hides_device_time_behind_host_work(monkeypatch: pytest.MonkeyPa
 
 def test_the_batch_observer_sees_each_model_batch() -> None:
     seen: list[tuple[int, int, int]] = []
+    forward_seconds: list[float] = []
 
     def observer(items: int, tokens: int, padded: int, seconds: float) -> None:
         assert seconds >= 0
         seen.append((items, tokens, padded))
+        forward_seconds.append(seconds)
 
     batching.observe_batches(observer)
     try:
-        Toy(chunk=10, options=RunOptions(batch_size=2, overlap=False)).run_table(
-            {"text": ["a b c d e", "a", "a b c", "a b"]})
+        stats = Toy(chunk=10, options=RunOptions(batch_size=2, overlap=False)).run_table(
+            {"text": ["a b c d e", "a", "a b c", "a b"]}).stats
     finally:
         batching._observers.remove(observer)
     assert seen == [(2, 8, 10), (2, 3, 4)]
+    assert (stats.batches, stats.items, stats.tokens, stats.padded_tokens) == (2, 4, 11, 14), "the run's totals"
+    assert stats.forward_seconds == pytest.approx(sum(forward_seconds))
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_each_stage_adds_up_its_seconds_over_the_run(overlap: bool) -> None:
+    """Every call of a stage adds to its total (a pause in each shows as a lower bound per stage)."""
+    pause = 0.004
+
+    class Paused(Toy):
+        def collate(self, items: list[Item]) -> Batch:
+            time.sleep(pause)
+            return super().collate(items)
+
+        def decode(self, inputs: dict[str, list[Any]], finished: Finished) -> pa.Table:
+            time.sleep(pause)
+            return super().decode(inputs, finished)
+
+    runner = Paused(options=RunOptions(batch_size=1, overlap=overlap, encode_rows=1))
+    stats = runner.run_table({"text": ["a b", "c", "d e f", "g h"]}).stats
+    assert stats.batches == 4
+    assert stats.pad_seconds >= 4 * pause and stats.decode_seconds >= 4 * pause
+    assert 0 <= stats.forward_seconds and 0 < stats.encode_seconds
+    stages = stats.stage_seconds()
+    assert stages["encode"] >= 4 * pause and stages["decode"] >= 4 * pause
 
 
 # -- every task type on the engine --------------------------------------------------
