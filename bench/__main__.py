@@ -12,7 +12,7 @@
     python -m bench --startup                     # run, submit, status, jobs, --help, demo: fixed costs
     python -m bench --startup --quick             # one process each, no demo (CI: checks the bench works)
     python -m bench --engines --rows 64           # encoder tasks: transformers vs onnxruntime fp32 / int8
-    python -m bench --tail                        # SIGTERM of a worker mid-shard: pieces on vs off
+    python -m bench --tail                        # stragglers, SIGTERM mid-shard, cold-start spread
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--routing", action="store_true",
                         help="two concurrent jobs on two models, routing off (FIFO) then on (bench/routing.py)")
     parser.add_argument("--tail", action="store_true",
-                        help="a worker stopped mid-shard: time until the shard runs again, rows redone (pieces on/off)")
+                        help="issue 24: stragglers, SIGTERM mid-shard (pieces on/off), cold-start spread")
     parser.add_argument("--startup", action="store_true",
                         help="start-up and fixed costs of run, submit, status, jobs, --help, demo (bench/startup.py)")
     parser.add_argument("--startup-runs", type=int,
@@ -168,7 +168,7 @@ def _routing(args: argparse.Namespace) -> int:
 def _tail(args: argparse.Namespace) -> int:
     from bench import tail
 
-    results = tail.run_tail(args.workdir, workers=args.workers or 3)
+    results = tail.run_tail(args.workdir, workers=args.workers or 4)
     json_path = args.json or ROOT / "bench" / "results" / "tail.json"
     write_json(json_path, results)
     generated = tail.markdown(results)

@@ -7,7 +7,6 @@ sets) restricted to the classifier.
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +22,8 @@ from jobs.io.layout import OutputLayout
 from jobs.ledger import marker_times
 from jobs.settings import Settings
 from jobs.spec import load_spec
+from jobs.testing.worker_logs import histories
+from jobs.testing.worker_logs import runs as job_runs
 from producer.embedded import LocalWorkers
 from producer.submit import submit
 from producer.watch import wait
@@ -33,8 +34,6 @@ from worker.routing import CLEANUP_EVERY, FAST_POLL_SECONDS, POLL_SECONDS
 pytestmark = pytest.mark.slow
 LEASE_SECONDS = 60  # a first model load on a busy machine must not look like a dead worker
 GENERAL_WORKERS = 2
-SUCCEEDED = re.compile(r"succeeded in [0-9.]+s: \{'shard': \d+, 'job': '([^']+)'")
-LOADED = re.compile(r"batchformers: loaded (\w+) model (\S+) in process")
 
 
 @dataclass
@@ -57,20 +56,6 @@ def cluster(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield Cluster(settings, general, restricted)
 
 
-def _history(workers: LocalWorkers) -> list[tuple[list[str], list[str]]]:
-    """Per worker: the models it loaded and the jobs of the shards it ran, in order, from its log."""
-    found = []
-    for log in sorted(workers.log_dir.glob("*.log")):
-        text = log.read_text(errors="replace")
-        found.append(([m.group(2) for m in LOADED.finditer(text)], [m.group(1) for m in SUCCEEDED.finditer(text)]))
-    return found
-
-
-def _runs(jobs: list[str]) -> list[str]:
-    """The jobs in order, each run of consecutive shards of one job once."""
-    return [job for i, job in enumerate(jobs) if i == 0 or jobs[i - 1] != job]
-
-
 def _starts(output: str) -> list[float]:
     return sorted(marker_times(marker)[0] for marker in committed_markers(output).values())
 
@@ -86,10 +71,10 @@ def test_two_jobs_on_two_models_load_each_model_once_per_worker(cluster: Cluster
         assert wait(submission.output, timeout=240).state == "complete"
         assert_exactly_once(submission.output, ids)
 
-    general, restricted = _history(cluster.general), _history(cluster.restricted)
+    general, restricted = histories(cluster.general.log_dir), histories(cluster.restricted.log_dir)
     ner_job, classify_job = (s.job_id for s in submissions)
     for loads, jobs in general + restricted:
-        runs = _runs(jobs)
+        runs = job_runs(jobs)
         assert len(runs) == len(set(runs)), f"a worker went back to a job it had left: {runs}"
         assert len(loads) <= len(runs), (loads, runs)  # at most one load per job switch, not one per shard
     [(restricted_loads, restricted_jobs)] = restricted

@@ -3,7 +3,6 @@ models split across the jobs at once (one model load each), instead of both taki
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import pytest
 
 from jobs.settings import Settings
 from jobs.spec import load_spec
+from jobs.testing.worker_logs import histories, runs
 from producer.submit import submit
 from producer.watch import wait
 from tests.models import tiny_model_path
@@ -18,8 +18,6 @@ from tests.reliability import assert_exactly_once, committed_markers, write_rows
 from worker.faults import FAULTS_ENV
 
 pytestmark = pytest.mark.slow
-SUCCEEDED = re.compile(r"succeeded in [0-9.]+s: \{'shard': \d+, 'job': '([^']+)'")
-LOADED = re.compile(r"batchformers: loaded (\w+) model (\S+) in process")
 
 
 def test_workers_started_together_split_across_two_jobs_with_one_load_each(tmp_path: Path, settings: Settings,
@@ -35,16 +33,13 @@ def test_workers_started_together_split_across_two_jobs_with_one_load_each(tmp_p
         assert wait(submission.output, timeout=240).state == "complete"
         assert_exactly_once(submission.output, ids)
 
-    histories = []
-    for log in sorted(workers.log_dir.glob("*.log")):
-        text = log.read_text(errors="replace")
-        histories.append(([m.group(2) for m in LOADED.finditer(text)], [m.group(1) for m in SUCCEEDED.finditer(text)]))
-    firsts = [jobs[0] for _, jobs in histories if jobs]
-    assert sorted(firsts) == sorted(s.job_id for s in submissions), f"both workers started on one job: {histories}"
-    first_loads = [models[0] for models, _ in histories if models]
-    assert sorted(first_loads) == sorted([str(ner.model), str(classify.model)]), f"one model each: {histories}"
-    for models, jobs in histories:  # a worker whose job ran out may help with the other: one more load, no more
-        assert len(models) <= 2 and len(models) == len([j for i, j in enumerate(jobs) if i == 0 or jobs[i - 1] != j])
+    found = histories(workers.log_dir)
+    firsts = [jobs[0] for _, jobs in found if jobs]
+    assert sorted(firsts) == sorted(s.job_id for s in submissions), f"both workers started on one job: {found}"
+    first_loads = [models[0] for models, _ in found if models]
+    assert sorted(first_loads) == sorted([str(ner.model), str(classify.model)]), f"one model each: {found}"
+    for models, jobs in found:  # a worker whose job ran out may help with the other: one more load, no more
+        assert len(models) <= 2 and len(models) == len(runs(jobs))
 
     # Each job had a worker from its first shards: neither waited for the other to finish.
     first_starts = {s.job_id: min(m["started_at"] for m in committed_markers(s.output).values()) for s in submissions}
