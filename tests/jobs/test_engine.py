@@ -180,6 +180,39 @@ def test_a_task_without_a_device_stage_decodes_its_items_data() -> None:
     assert table.column("parts").to_pylist() == [2, 1, 3]
 
 
+@pytest.mark.parametrize("overlap", [False, True])
+def test_no_rows_give_an_empty_table_of_the_declared_schema(overlap: bool) -> None:
+    table = Toy(options=RunOptions(overlap=overlap)).run_table({"text": []}).table
+    assert table.num_rows == 0 and table.schema == SCHEMA
+
+
+def test_a_decode_in_other_types_is_cast_to_the_declared_schema() -> None:
+    class Narrow(Toy):
+        def decode(self, inputs: dict[str, list[Any]], finished: Finished) -> pa.Table:
+            return super().decode(inputs, finished).cast(pa.schema([("total", pa.int32()), ("parts", pa.int16())]))
+
+    table = Narrow(options=RunOptions(overlap=False)).run_table({"text": ["a bb", "ccc"]}).table
+    assert table.schema == SCHEMA and table.column("total").to_pylist() == [3, 3]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_collate_pads_ids_mask_and_type_ids_on_the_runner_side(side: str) -> None:
+    runner = StagedRunner(COLUMNS, pad_id=9, with_type_ids=True, padding_side=side)
+    single = runner.collate([Item(0, [1, 2, 3]), Item(1, [4])])
+    ids, mask = single.tensors["input_ids"].tolist(), single.tensors["attention_mask"].tolist()
+    assert ids == ([[1, 2, 3], [4, 9, 9]] if side == "right" else [[1, 2, 3], [9, 9, 4]])
+    assert mask == ([[1, 1, 1], [1, 0, 0]] if side == "right" else [[1, 1, 1], [0, 0, 1]])
+    assert single.tensors["token_type_ids"].tolist() == [[0, 0, 0], [0, 0, 0]]
+    assert (single.real_tokens, single.padded_tokens) == (4, 6)
+    pairs = runner.collate([Item(0, [1, 2, 3], type_ids=[0, 1, 1]), Item(1, [4, 5])])
+    assert pairs.tensors["token_type_ids"].tolist() == ([[0, 1, 1], [0, 0, 0]] if side == "right"
+                                                        else [[0, 1, 1], [0, 0, 0]])
+    odd = runner.collate([Item(0, [1], type_ids=[1]), Item(1, [4, 5, 6], type_ids=[0, 1, 1])])
+    assert odd.tensors["token_type_ids"].tolist() == ([[1, 0, 0], [0, 1, 1]] if side == "right"
+                                                      else [[0, 0, 1], [0, 1, 1]])
+    assert "token_type_ids" not in StagedRunner(COLUMNS).collate([Item(0, [1])]).tensors
+
+
 def test_rows_are_checked_column_by_column_as_row_by_row() -> None:
     """The column-wise check and lengths give what the per-row hooks give, for one role and for two."""
 
@@ -217,6 +250,18 @@ def test_one_padding_helper_pads_either_side(side: str) -> None:
     else:
         assert array.tolist() == [[1, 2, 3], [0, 0, 4], [0, 5, 6]]
     assert (mask.astype(bool) == (array != 0)).all()
+    assert array.dtype == np.int64 and mask.dtype == np.int64  # what the models' embeddings take
+    assert pad(rows, 7, side, dtype=np.int32).dtype == np.int32
+
+
+def test_padding_no_rows_gives_empty_arrays() -> None:
+    assert pad([], 0).shape == (0, 0) and attention_mask(np.array([], dtype=np.int64)).shape == (0, 0)
+    assert pad([[], []], 3).shape == (2, 0)
+
+
+def test_a_runner_pads_with_zero_by_default() -> None:
+    assert StagedRunner(COLUMNS).collate([Item(0, [5, 6]), Item(1, [7])]).tensors["input_ids"].tolist() == [
+        [5, 6], [7, 0]]
 
 
 @pytest.mark.parametrize("overlap", [False, True])
