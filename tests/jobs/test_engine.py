@@ -264,6 +264,14 @@ def test_a_runner_pads_with_zero_by_default() -> None:
         [5, 6], [7, 0]]
 
 
+def test_batches_go_to_the_runners_device() -> None:
+    import torch
+
+    batch = StagedRunner(COLUMNS, device=torch.device("meta")).collate([Item(0, [5, 6]), Item(1, [7])])
+    assert {tensor.device.type for tensor in batch.tensors.values()} == {"meta"}
+    assert {t.device.type for t in StagedRunner(COLUMNS).collate([Item(0, [1])]).tensors.values()} == {"cpu"}
+
+
 @pytest.mark.parametrize("overlap", [False, True])
 def test_out_of_memory_halves_batches_down_to_a_row_error(monkeypatch: pytest.MonkeyPatch, overlap: bool) -> None:
     texts = [f"w{i} " * (i % 3 + 1) for i in range(12)]
