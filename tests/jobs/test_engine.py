@@ -103,6 +103,21 @@ def test_batches_hold_the_budgets_and_every_item_runs_once() -> None:
     assert runner.encode_calls == 14  # 40 rows, 3 per encode call
 
 
+def test_one_row_blocks_and_one_item_batches_are_honoured() -> None:
+    sizes: list[int] = []
+
+    class Sizes(Toy):
+        def encode(self, inputs: dict[str, list[Any]], rows: list[int]) -> Encoded:
+            sizes.append(len(rows))
+            return super().encode(inputs, rows)
+
+    Sizes(options=RunOptions(batch_size=4, overlap=False, encode_rows=1)).run_table({"text": ["a"] * 5})
+    assert sizes == [1] * 5, "encode_rows 1: one row per encode call, and no empty call at the end"
+    sizes.clear()
+    Sizes(options=RunOptions(batch_size=1, overlap=False, encode_rows=8)).run_table({"text": ["a"] * 8})
+    assert sizes == [1, 2, 4, 1], "the first block is one batch of one row"
+
+
 def test_longest_rows_are_encoded_first() -> None:
     runner = Toy(options=RunOptions(batch_size=1, overlap=False, encode_rows=1))
     runner.run_table({"text": ["a", "a b c d e f g h", "a b c"]})
@@ -376,6 +391,10 @@ def test_each_stage_adds_up_its_seconds_over_the_run(overlap: bool) -> None:
     pause = 0.004
 
     class Paused(Toy):
+        def encode(self, inputs: dict[str, list[Any]], rows: list[int]) -> Encoded:
+            time.sleep(pause)
+            return super().encode(inputs, rows)
+
         def collate(self, items: list[Item]) -> Batch:
             time.sleep(pause)
             return super().collate(items)
@@ -385,10 +404,13 @@ def test_each_stage_adds_up_its_seconds_over_the_run(overlap: bool) -> None:
             return super().decode(inputs, finished)
 
     runner = Paused(options=RunOptions(batch_size=1, overlap=overlap, encode_rows=1))
+    started = time.perf_counter()
     stats = runner.run_table({"text": ["a b", "c", "d e f", "g h"]}).stats
-    assert stats.batches == 4
-    assert stats.pad_seconds >= 4 * pause and stats.decode_seconds >= 4 * pause
-    assert stats.forward_seconds >= 0 and stats.encode_seconds > 0
+    wall = time.perf_counter() - started
+    assert stats.batches == 4 and runner.encode_calls == 4
+    assert stats.pad_seconds >= 4 * pause and stats.decode_seconds >= 4 * pause and stats.encode_seconds >= 4 * pause
+    assert all(0 <= seconds <= wall for seconds in (stats.pad_seconds, stats.decode_seconds, stats.encode_seconds,
+                                                    stats.forward_seconds)), "durations, not clock readings"
     stages = stats.stage_seconds()
     assert stages["encode"] >= 4 * pause and stages["decode"] >= 4 * pause
 
