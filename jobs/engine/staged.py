@@ -124,21 +124,22 @@ class StagedRunner(Runner):
             else:
                 arrays["token_type_ids"] = pad([item.type_ids if item.type_ids is not None else [0] * len(item.ids)
                                                 for item in items], 0, self.padding_side, lengths)
-        cuda = self.device is not None and getattr(self.device, "type", "cpu") == "cuda"
-        tensors = {}
-        for name, array in arrays.items():
-            tensor = torch.from_numpy(array)
-            if cuda:
-                tensor = tensor.pin_memory().to(self.device, non_blocking=True)
-            elif self.device is not None:
-                tensor = tensor.to(self.device)
-            tensors[name] = tensor
-        real = int(lengths.sum())
-        return Batch(items, tensors, real, int(lengths.max()) * len(items) if len(items) else 0)
+        tensors = {name: _on_device(torch.from_numpy(array), self.device) for name, array in arrays.items()}
+        return Batch(items, tensors, int(lengths.sum()), int(lengths.max(initial=0)) * len(items))
 
     def empty_table(self, count: int) -> pa.Table:
         """``count`` rows of nulls in the task's columns."""
         return pa.Table.from_arrays([pa.nulls(count, type=f.type) for f in self.schema], schema=self.schema)
+
+
+def _on_device(tensor: Any, device: Any) -> Any:
+    """``tensor`` on ``device`` (None: where it is); to a GPU from pinned memory without blocking, so the copy
+    overlaps the host's work on the next batch."""
+    if device is None:
+        return tensor
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def _non_strings(column: Sequence[Any]) -> list[int]:
