@@ -56,11 +56,11 @@ def messages_for(manifest: Manifest, layout: OutputLayout, only: set[int] | None
 
 
 def enqueue(messages: list[ShardMessage], settings: Settings, app: Any,
-            limits: tuple[float, float] | None = None, spec: JobSpec | None = None) -> None:
+            limits: tuple[float, float] | None = None, spec: JobSpec | None = None) -> str:
     """Send one task per message through ``app``; ``limits`` are the (soft, hard) time limits of each.
 
     With the job's ``spec`` (and routing on) the messages go to the job's own queue, with its
-    priority (:mod:`jobs.routing`); without, to ``settings.queue``.
+    priority (:mod:`jobs.routing`); without, to ``settings.queue``. Returns the Redis list they went to.
     """
     options: dict[str, Any] = {}
     if limits:
@@ -81,6 +81,7 @@ def enqueue(messages: list[ShardMessage], settings: Settings, app: Any,
                     argsrepr=f"job={message.job_id} shard={message.shard} rows={message.rows}",
                     **options,
                 )
+    return routing.queue_keys(queue)[options.get("priority", 0)]
 
 
 def announce_route(settings: Settings, job_id: str, spec: JobSpec) -> tuple[str, int]:
@@ -103,6 +104,30 @@ def resend(manifest: Manifest, layout: OutputLayout, shards: set[int], settings:
         spec = manifest.job_spec()  # the job's own queue and priority when routing is on
         enqueue(messages, settings, app, limits=time_limits(spec, settings), spec=spec)
     return len(messages)
+
+
+def send_first(manifest: Manifest, layout: OutputLayout, shard: int, settings: Settings, app: Any) -> None:
+    """Enqueue ``shard`` again at the head of its queue, to run before the shards queued after it first: a
+    shard a stopping worker gives back (:mod:`worker.drain`). kombu's own requeue puts a message back on
+    the end that is served last, behind the job's whole backlog."""
+    messages = messages_for(manifest, layout, only={shard})
+    if not messages:
+        return
+    spec = manifest.job_spec()
+    key = enqueue(messages, settings, app, limits=time_limits(spec, settings), spec=spec)
+    connection = client(settings.broker_url)
+    try:
+        with broker_errors(settings.broker_url):
+            # New messages go on the left, workers pop from the right. Our message is the leftmost unless
+            # another was sent in between; moving that one instead only reorders two waiting shards.
+            connection.eval(_TO_HEAD, 1, key)
+    finally:
+        connection.close()
+
+
+_TO_HEAD = """local message = redis.call('LPOP', KEYS[1])
+if message then redis.call('RPUSH', KEYS[1], message) end
+return message and 1 or 0"""
 
 
 def recovery_for(settings: Settings, app_for: AppFor, outputs: tuple[str, ...] = (),

@@ -30,6 +30,9 @@ JOBS: dict[str, tuple[str, dict[str, Any]]] = {
     "feature-extraction": ("bert-embeddings", {"pooling": "mean", "normalize": True}),
     "text-generation": ("gpt2", {"max_new_tokens": 6, "seed": 7}),
 }
+ONNX = "@onnxruntime"  # the same job on engine: onnxruntime (an alias with this suffix)
+JOBS.update({f"{alias}{ONNX}": JOBS[alias] for alias in ("sentiment-analysis", "zero-shot-classification",
+                                                          "fill-mask", "feature-extraction")})
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +43,16 @@ def outputs(shared_workers: Settings, news_texts: list[str],
     texts = news_texts[:20] + [None]
     submitted = {}
     for alias, (kind, params) in JOBS.items():
-        column = [t.replace(" ", " [MASK] ", 1) if t and alias == "fill-mask" else t for t in texts]
+        task, _, engine = alias.partition("@")
+        column = [t.replace(" ", " [MASK] ", 1) if t and task == "fill-mask" else t for t in texts]
         table = pa.table({"doc_id": [f"d{i}" for i in range(len(texts))], "text": column,
                           "lang": ["en" if i % 2 else "fr" for i in range(len(texts))]})
-        source = root / f"{kind}.parquet"
+        source = root / f"{kind}{engine}.parquet"
         pq.write_table(table, source)
-        spec = load_spec({"task": alias, "model": str(tiny_model_path(kind)), "input": str(source),
-                          "output": str(root / kind), "columns": {"id": "doc_id"}, "passthrough": ["lang"],
-                          "params": params, "shard_rows": 6, "batch_size": 4})
+        spec = load_spec({"task": task, "model": str(tiny_model_path(kind)), "input": str(source),
+                          "output": str(root / f"{kind}{engine}"), "columns": {"id": "doc_id"},
+                          "passthrough": ["lang"], "params": params, "shard_rows": 6, "batch_size": 4,
+                          "engine": engine or "transformers"})
         submitted[alias] = (spec, table, submit(spec, shared_workers))
     results = {}
     for alias, (spec, table, submission) in submitted.items():
@@ -72,7 +77,7 @@ def test_pipeline_task_end_to_end(alias: str, outputs: dict[str, tuple[Any, pa.T
             assert _close(got, want), name
         else:  # generation: sampled with per-row seeds, so sharding and batching change nothing
             assert got == want, name
-    if alias == "feature-extraction":
+    if alias.startswith("feature-extraction"):
         assert output.schema.field("embedding").type == pa.list_(pa.float32(), 32)
 
 

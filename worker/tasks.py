@@ -21,7 +21,7 @@ import redis
 from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
-from jobs import speculation
+from jobs import dispatch, speculation
 from jobs.broker import safe_url
 from jobs.errors import BatchformersError
 from jobs.io.completion import count_committed
@@ -155,9 +155,15 @@ def run_shard_task(self: ShardTask, message: dict[str, Any]) -> dict[str, Any]:
             if shard.copy:  # the holder still runs the shard: a preempted copy is simply dropped
                 raise Reject(str(given_back), requeue=False) from None
             attempts.give_back()
-            log.warning("shard %s of job %s: given back, the worker is stopping; requeued", shard.shard,
+            lease.release()  # before the copy is sent: a worker that takes it at once must find the shard free
+            try:  # at the head of its queue, so the next free worker takes it before the shards behind it
+                dispatch.send_first(manifest, layout, shard.shard, settings, self.app)
+            except Exception as exc:  # noqa: BLE001 - the broker going away ...: kombu's requeue, or redelivery
+                log.warning("shard %s of job %s: given back, requeued at the end (%s)", shard.shard, shard.job_id, exc)
+                raise Reject(str(given_back), requeue=True) from None
+            log.warning("shard %s of job %s: given back, the worker is stopping; requeued first", shard.shard,
                         shard.job_id)
-            raise Reject(str(given_back), requeue=True) from None  # the lease is released below
+            raise Reject(str(given_back), requeue=False) from None  # acked: the copy sent first replaces it
         finally:
             drain.forbid()
             if not counted and not shard.copy:  # a copy leaves the holder's running entry alone
