@@ -101,9 +101,14 @@ def resend(manifest: Manifest, layout: OutputLayout, shards: set[int], settings:
     (:mod:`jobs.speculation`); returns how many were sent."""
     messages = [replace(message, copy=copy) for message in messages_for(manifest, layout, only=shards)]
     if messages:
-        spec = manifest.job_spec()  # the job's own queue and priority when routing is on
-        enqueue(messages, settings, app, limits=time_limits(spec, settings), spec=spec)
+        _enqueue_job(manifest, messages, settings, app)
     return len(messages)
+
+
+def _enqueue_job(manifest: Manifest, messages: list[ShardMessage], settings: Settings, app: Any) -> str:
+    """``messages`` of the job on its own queue, with its priority and time limits; the Redis list they went to."""
+    spec = manifest.job_spec()  # the job's own queue and priority when routing is on
+    return enqueue(messages, settings, app, limits=time_limits(spec, settings), spec=spec)
 
 
 def send_first(manifest: Manifest, layout: OutputLayout, shard: int, settings: Settings, app: Any) -> None:
@@ -113,8 +118,7 @@ def send_first(manifest: Manifest, layout: OutputLayout, shard: int, settings: S
     messages = messages_for(manifest, layout, only={shard})
     if not messages:
         return
-    spec = manifest.job_spec()
-    key = enqueue(messages, settings, app, limits=time_limits(spec, settings), spec=spec)
+    key = _enqueue_job(manifest, messages, settings, app)
     connection = client(settings.broker_url)
     try:
         with broker_errors(settings.broker_url):

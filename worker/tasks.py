@@ -129,9 +129,9 @@ def run_shard_task(self: ShardTask, message: dict[str, Any]) -> dict[str, Any]:
                        settings.lease_seconds, key=copy_lease_key(shard.job_id, shard.shard) if shard.copy else None)
     ledger = Ledger.for_manifest(client, manifest, settings.retention_seconds)
     try:
-        if shard.copy and not lease.acquire():
-            return {"shard": shard.shard, "skipped": "a copy of it runs already"}
-        if not shard.copy and not lease.acquire():
+        if not lease.acquire():
+            if shard.copy:
+                return {"shard": shard.shard, "skipped": "a copy of it runs already"}
             delay = lease.wait_hint()
             log.warning("shard %s of job %s is running on %s; looking again in %.0fs", shard.shard,
                         shard.job_id, lease.current_holder(), delay)
