@@ -1,8 +1,9 @@
 """Run a shard in steps and commit its finished rows in pieces, so a lost worker costs at most one piece.
 
-The runner gets ``piece_rows`` rows at a time (``BATCHFORMERS_PIECE_ROWS``; 0: the whole shard);
+The shard's rows go in steps of ``piece_rows`` (``BATCHFORMERS_PIECE_ROWS``; 0: the whole shard);
 the rows finished are committed as a piece once ``piece_seconds`` have passed since the piece
-began (``BATCHFORMERS_PIECE_SECONDS``), and at the shard's end. A shard that takes less than
+began (``BATCHFORMERS_PIECE_SECONDS``), and at the shard's end. The runner gets as many whole
+steps at once as the piece's rate says fit in its time (its length sorting works within one run). A shard that takes less than
 ``piece_seconds`` is therefore one piece, one part, as it always was; a long one leaves a part
 every ``piece_seconds``, and the holder that takes it over (after a kill, a preemption, a
 give-back) follows the chain of committed pieces and starts after the last one.
@@ -111,7 +112,7 @@ def run_in_pieces(store: ShardPieces, rows: int, run: Run, guard: Guard, *, step
                 raise OutputError(f"piece claim {start} of shard {store.shard} is not a row range of the shard "
                                   f"(stop {stop}); delete {store.folder} in the output to run the shard afresh")
             if not store.published(start):  # its writer died between claim and part: redo exactly its rows
-                table, done = _run(run, start, stop, hooks)
+                table, done = _run(run, start, stop, hooks, step)
                 outcome.ran(start, done)
                 if not _guarded(guard, stop >= rows, hooks, outcome):
                     return outcome
@@ -122,8 +123,8 @@ def run_in_pieces(store: ShardPieces, rows: int, run: Run, guard: Guard, *, step
         piece: dict[str, Any] = {}
         stop, began = start, time.monotonic()
         while not tables or (stop < rows and time.monotonic() - began < seconds):
-            end = min(rows, stop + step)
-            table, done = _run(run, stop, end, hooks)
+            end = min(rows, stop + step * _steps_that_fit(stop - start, time.monotonic() - began, seconds, step))
+            table, done = _run(run, stop, end, hooks, step)
             tables.append(table)
             piece = merge(piece, done)
             stop = end
@@ -145,8 +146,22 @@ def run_in_pieces(store: ShardPieces, rows: int, run: Run, guard: Guard, *, step
     return outcome
 
 
-def _run(run: Run, start: int, stop: int, hooks: PieceHooks) -> tuple[pa.Table, dict[str, Any]]:
-    hooks.step(start, stop)
+def _steps_that_fit(done: int, elapsed: float, seconds: float, step: int) -> int:
+    """How many steps of ``step`` rows to run at once: as many as the piece's rate so far says will end
+    before its ``seconds`` are up (at least one). The runner sorts rows by length within one run, so a
+    1,024-row run pads far more than a whole shard's (half as many padded tokens again, on mixed-length
+    text); a piece still ends at most one run after its time, and at a multiple of ``step``."""
+    if not done:
+        return 1
+    if elapsed <= 0:
+        return max(1, done // step)  # too fast to time: as many again as ran
+    return max(1, int(done / elapsed * (seconds - elapsed)) // step)
+
+
+def _run(run: Run, start: int, stop: int, hooks: PieceHooks, step: int) -> tuple[pa.Table, dict[str, Any]]:
+    """Rows ``[start, stop)`` in one run of the runner; ``hooks.step`` hears of each step in them first."""
+    for begin in range(start, stop, step):
+        hooks.step(begin, min(stop, begin + step))
     return run(start, stop)
 
 

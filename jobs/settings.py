@@ -87,8 +87,9 @@ class Settings(BaseModel):
         "back (requeued at once, not counted as an attempt); keep it under the platform's stop grace period."
     )
     piece_rows: int = Field(
-        DEFAULT_PIECE_ROWS, ge=0, description="Worker: rows run at a time inside a shard; a long shard commits its "
-        "finished rows in pieces of whole such steps (see `piece_seconds`); 0 runs and commits each shard whole."
+        DEFAULT_PIECE_ROWS, ge=0, description="Worker: the step inside a shard: a long shard commits its finished "
+        "rows in pieces of whole such steps (see `piece_seconds`), and the runner gets as many steps at once as "
+        "fit in a piece's time; 0 runs and commits each shard whole."
     )
     piece_seconds: float = Field(
         DEFAULT_PIECE_SECONDS, gt=0, description="Worker: a shard still running after this long commits the rows "

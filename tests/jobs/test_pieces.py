@@ -123,6 +123,28 @@ def test_a_short_shard_is_one_part_as_before(job: Any, client: redis.Redis, sett
     assert_exactly_once(layout.location, ids)
 
 
+def test_steps_that_fit_in_the_piece_time_go_to_the_runner_at_once(job: Any, client: redis.Redis,
+                                                                    settings: Settings) -> None:
+    """The runner length-sorts within one run: after the first step it gets every whole step the rate says
+    will end within the piece's time, while the step hook still hears each step."""
+    manifest, layout, ids = job
+    runs, heard = Steps(), []
+    hooks = Hooks(step=lambda shard, start, stop: heard.append((start, stop)))
+    result = _attempt(job, client, settings, "a/1", rows=3, seconds=3600, load=runs, hooks=hooks)
+    assert runs.rows == [3, 7] and heard == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert "pieces" not in result and result["rows"] == ROWS
+    assert_exactly_once(layout.location, ids)
+
+
+def test_a_piece_that_is_out_of_time_runs_one_step_at_a_time(job: Any, client: redis.Redis,
+                                                             settings: Settings) -> None:
+    manifest, layout, ids = job
+    runs = Steps()
+    result = _attempt(job, client, settings, "a/1", rows=3, seconds=1e-6, load=runs)
+    assert runs.rows == [3, 3, 3, 1] and result["pieces"] == 4
+    assert_exactly_once(layout.location, ids)
+
+
 def test_a_killed_holder_is_resumed_after_its_last_piece(job: Any, client: redis.Redis, settings: Settings) -> None:
     manifest, layout, ids = job
     first = Steps()
