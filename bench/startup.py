@@ -13,7 +13,8 @@ people's work too:
   whose worker log (Celery's ``ready``, ``loaded ... (N s)``, task received / succeeded) and
   commit markers (``seconds``) give worker start, model load, first shard and commit;
 - ``submit`` against a private Redis (so the queue goes away with it), ``status`` and ``jobs`` of
-  a job with 5,000 commit markers on a moto S3 server (built by :func:`bench.scale.status_at_scale`),
+  a job with 5,000 commit markers on a moto S3 server (built by :func:`bench.scale.status_at_scale`,
+  then finished and given its status record as the last commit and ``submit`` would),
   ``--help``, ``--version``, and ``batchformers demo`` in a fresh work directory;
 - the other helpers' measurements, through :data:`HOOKS` (see :func:`hook_figures`).
 
@@ -164,8 +165,39 @@ def status_output(s3: Any, broker_url: str, shards: int) -> tuple[str, dict[str,
     bucket = next(b["Name"] for b in boto3.client("s3").list_buckets()["Buckets"] if b["Name"] not in before)
     listing = boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix="runs/", Delimiter="/")
     output = f"s3://{bucket}/{listing['CommonPrefixes'][0]['Prefix'].rstrip('/')}"
-    remember(Settings(broker_url=broker_url), OutputLayout(output).read_manifest().job_id, output)
+    manifest = OutputLayout(output).read_manifest()
+    _finish(broker_url, manifest, OutputLayout(output))
+    remember(Settings(broker_url=broker_url), manifest.job_id, output)
+    _write_record(broker_url, manifest, output)
     return output, in_process
+
+
+def _finish(broker_url: str, manifest: Any, layout: Any) -> None:
+    """What the last commit does after its count: _SUCCESS, and the ledger's end. Without it the job would
+    stay "every shard counted, _SUCCESS on its way" (a moment in a real job), which status asks the output."""
+    from jobs.broker import client
+    from jobs.io.completion import complete_if_last
+    from jobs.ledger import Ledger
+
+    last = len(manifest.shards) - 1
+    connection = client(broker_url)
+    try:
+        complete_if_last(layout, manifest, last, layout.read_committed([last])[last],
+                         Ledger.for_manifest(connection, manifest))
+    finally:
+        connection.close()
+
+
+def _write_record(broker_url: str, manifest: Any, output: str) -> None:
+    """The job's status record, as ``submit`` writes it (``status`` and ``jobs`` then read only Redis)."""
+    from jobs.broker import client
+    from jobs.status_record import record_of, write
+
+    connection = client(broker_url)
+    try:
+        write(connection, record_of(manifest, output))
+    finally:
+        connection.close()
 
 
 @contextlib.contextmanager
@@ -218,7 +250,9 @@ def local_copy(output: str, directory: Path, broker_url: str) -> str:
 
     shutil.rmtree(directory, ignore_errors=True)
     fsspec.filesystem("s3").get(output.rstrip("/") + "/", str(directory) + "/", recursive=True)
-    remember(Settings(broker_url=broker_url), OutputLayout(str(directory)).read_manifest().job_id, str(directory))
+    manifest = OutputLayout(str(directory)).read_manifest()
+    remember(Settings(broker_url=broker_url), manifest.job_id, str(directory))
+    _write_record(broker_url, manifest, str(directory))
     return str(directory)
 
 

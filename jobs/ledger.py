@@ -37,6 +37,7 @@ from typing import Any
 import redis
 
 from jobs.protocol import ledger_keys as job_keys
+from jobs.protocol import status_record_key
 
 ACTIVE_SECONDS = 14 * 24 * 3600  # an unfinished job's ledger lives this long after its last change
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600  # a finished job's broker state lives this long
@@ -237,7 +238,7 @@ class Ledger:
         """
         pipe = self.client.pipeline()
         pipe.hset(self.keys[0], "finished_at", repr(finished_at))
-        for key in self.keys:
+        for key in [*self.keys, status_record_key(self.job_id)]:  # the status record lives as long
             pipe.expire(key, self.retention)
         pipe.execute()
 

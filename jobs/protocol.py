@@ -15,6 +15,7 @@ Every Redis key batchformers writes, by job (``<job>``) and shard (``<shard>``):
     batchformers:deliveries:<job>:<shard>      starts of a shard (worker.deliveries)
     batchformers:last-error:<job>:<shard>      its last error (worker.deliveries)
     batchformers:job:<job>                     job id -> output location (producer.job_index; kept)
+    batchformers:output-job:<output>           output location -> the job id last submitted there (kept)
     batchformers:jobs                    ZSET  job ids by latest submit time (producer.job_index; kept)
     batchformers:job-queues              HASH  job id -> the queue its shards were sent to (kept)
     batchformers:requeue:<job>:<shard>:<n>     SET NX lock: one scanner re-enqueues the shard after its
@@ -29,9 +30,12 @@ Every Redis key batchformers writes, by job (``<job>``) and shard (``<shard>``):
     batchformers:copy:<job>:<shard>            SET NX lock: one speculative copy of a straggler (expires)
     batchformers:copy-lease:<job>:<shard>      the lease of a running copy (worker.lease)
     batchformers:copies:<job>            HASH  shard -> copies started of it (status shows their count)
+    batchformers:status:<job>            HASH  what status reads of the manifest, and the output's cancel
+                                               and interruption flags, mirrored (jobs.status_record;
+                                               lives as the ledger does)
 
-A job's cancel flag is not on the broker: it is the ``CANCELLED`` file in the output
-location (:mod:`jobs.io.layout`), so it survives a lost Redis.
+A job's cancel flag is the ``CANCELLED`` file in the output location (:mod:`jobs.io.layout`), so it
+survives a lost Redis; the status record only mirrors it.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ LEASE_PREFIX = "batchformers:lease:"
 DELIVERIES_PREFIX = "batchformers:deliveries:"
 LAST_ERROR_PREFIX = "batchformers:last-error:"
 JOB_INDEX_PREFIX = "batchformers:job:"
+OUTPUT_JOB_PREFIX = "batchformers:output-job:"
 JOBS_KEY = "batchformers:jobs"
 JOB_QUEUES_KEY = "batchformers:job-queues"
 REQUEUE_PREFIX = "batchformers:requeue:"
@@ -73,6 +78,7 @@ SINCE_PREFIX = "batchformers:since:"
 COPY_PREFIX = "batchformers:copy:"
 COPY_LEASE_PREFIX = "batchformers:copy-lease:"
 COPIES_PREFIX = "batchformers:copies:"
+STATUS_RECORD_PREFIX = "batchformers:status:"
 
 # A shard whose worker vanished is redelivered after VISIBILITY_MARGIN leases; the lease in
 # worker.lease stops a slow-but-alive shard from running twice meanwhile (see its docstring).
@@ -159,6 +165,16 @@ def attempt_keys(job_id: str, shards: Iterable[int]) -> list[str]:
 
 def job_index_key(job_id: str) -> str:
     return f"{JOB_INDEX_PREFIX}{job_id}"
+
+
+def output_job_key(output: str) -> str:
+    """The id of the job last submitted to ``output``, so that ``status OUTPUT`` finds its status record."""
+    return f"{OUTPUT_JOB_PREFIX}{output}"
+
+
+def status_record_key(job_id: str) -> str:
+    """The job's status record (:mod:`jobs.status_record`)."""
+    return f"{STATUS_RECORD_PREFIX}{job_id}"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -21,19 +21,22 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import redis
 
 from jobs import routing
-from jobs.io.layout import OutputLayout
 from jobs.ledger import ACTIVE_SECONDS
-from jobs.manifest import Manifest
 from jobs.protocol import COPIES_PREFIX, COPY_PREFIX, SINCE_PREFIX, copy_lease_key, running_key
+
+if TYPE_CHECKING:  # ``status`` counts copies without importing the output's storage
+    from jobs.io.layout import OutputLayout
+    from jobs.manifest import Manifest
 
 log = logging.getLogger(__name__)
 FACTOR = 2.0  # a shard is a straggler past this many times its job's median shard
 MIN_COMMITTED = 2  # committed shards a median needs
-SendCopies = Callable[[Manifest, OutputLayout, set[int], str], int]
+SendCopies = Callable[["Manifest", "OutputLayout", set[int], str], int]
 
 
 def started(client: redis.Redis, job_id: str, shard: int, now: float | None = None) -> None:

@@ -86,10 +86,20 @@ def follow(job: str, settings: Settings | None = None, *, interval: float = 2.0)
 
 def cancel(job: str, settings: Settings | None = None) -> str:
     """Start no new shard of the job (running ones finish); submitting it again resumes it. Returns its output."""
+    from jobs.errors import BatchformersError
     from jobs.io.layout import OutputLayout
+    from jobs.settings import Settings
+    from jobs.status_record import mirror
 
+    settings = settings or Settings()
     output = _output(job, settings)
-    OutputLayout(output).cancel()
+    layout = OutputLayout(output)
+    layout.cancel()  # the truth; then its copy in the job's status record, which status reads
+    try:
+        job_id = job if output != job else layout.read_manifest().job_id
+    except (BatchformersError, OSError):  # no job there to mirror the flag of
+        return output
+    mirror(settings.broker_url, job_id, "cancelled", True)
     return output
 
 

@@ -11,6 +11,9 @@ process id and host): if that process is gone without finishing the job (killed
 with SIGKILL, out of memory, the machine rebooted), its workers went with it
 (:func:`producer.embedded.die_with_parent`), and ``status`` on that host says
 interrupted too.
+
+Both markers are mirrored in the job's status record on the broker (:mod:`jobs.status_record`)
+by the commands that write them, and judged by the one rule :func:`interruption_of`.
 """
 
 from __future__ import annotations
@@ -19,17 +22,20 @@ import json
 import os
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jobs.io.layout import META_DIR, OutputLayout
+if TYPE_CHECKING:  # ``status`` judges the status record's copies of the markers without the storage
+    from jobs.io.layout import OutputLayout
 
-INTERRUPTED_FILE = f"{META_DIR}/INTERRUPTED"
-RUN_FILE = f"{META_DIR}/RUN"
+INTERRUPTED_FILE = "_batchformers/INTERRUPTED"  # in jobs.io.layout's META_DIR (a test checks)
+RUN_FILE = "_batchformers/RUN"
 
 
-def mark_interrupted(layout: OutputLayout, reason: str) -> None:
+def mark_interrupted(layout: OutputLayout, reason: str) -> dict[str, Any]:
+    """Write the marker; returns it, for the status record."""
     record = {"reason": reason, "interrupted_at": time.time()}
     layout.storage.write_atomic(json.dumps(record).encode(), INTERRUPTED_FILE)
+    return record
 
 
 def interruption(layout: OutputLayout) -> dict[str, Any] | None:
@@ -37,7 +43,13 @@ def interruption(layout: OutputLayout) -> dict[str, Any] | None:
     marker = _read(layout, INTERRUPTED_FILE)
     if marker is not None:
         return marker
-    running = _read(layout, RUN_FILE)
+    return interruption_of(None, _read(layout, RUN_FILE))
+
+
+def interruption_of(marker: dict[str, Any] | None, running: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The rule, from the INTERRUPTED and RUN markers' contents (None where there is none)."""
+    if marker is not None:
+        return marker
     if running and running.get("host") == socket.gethostname() and not _alive(int(running.get("pid", 0))):
         return {"reason": f"the batchformers run that ran it (process {running.get('pid')}) ended without "
                           "finishing it (killed?)"}
@@ -49,10 +61,11 @@ def clear_interrupted(layout: OutputLayout) -> None:
     layout.storage.remove(RUN_FILE)
 
 
-def mark_run_here(layout: OutputLayout) -> None:
-    """This process runs the job on its own broker and workers (see the module docstring)."""
+def mark_run_here(layout: OutputLayout) -> dict[str, Any]:
+    """This process runs the job on its own broker and workers (see the module docstring); returns the marker."""
     record = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time()}
     layout.storage.write_atomic(json.dumps(record).encode(), RUN_FILE)
+    return record
 
 
 def clear_run_here(layout: OutputLayout) -> None:

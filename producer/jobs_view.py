@@ -1,7 +1,7 @@
 """``batchformers jobs``: every job the broker knows, one line each, with what ``status`` would say.
 
 The ids come from the broker's job index (:mod:`producer.job_index`), the numbers from each
-job's ledger or output (:func:`producer.status.job_status`); the job id a line shows is what
+job's status record and ledger, else its output (:func:`producer.status.job_status`); the job id a line shows is what
 ``status``, ``cancel`` and ``retry`` take.
 """
 
@@ -47,7 +47,7 @@ def job_lines(settings: Settings, limit: int | None = None) -> list[JobLine]:
 
 def _line(job: KnownJob, settings: Settings) -> JobLine:
     try:
-        current = job_status(job.output, settings)
+        current = job_status(job.output, settings, job_id=job.job_id)
     except Exception as exc:  # noqa: BLE001 - any store's error (credentials, a gone bucket) hides only this job
         return JobLine(job.job_id, UNREADABLE, DEFAULT_PRIORITY, "", 0, 0, 0, 0, 0, None, None,
                        job.submitted_at, job.output, note=str(exc))

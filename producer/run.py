@@ -27,6 +27,7 @@ from jobs.errors import BatchformersError
 from jobs.io.layout import OutputLayout
 from jobs.settings import Settings
 from jobs.spec import JobSpec
+from jobs.status_record import mirror
 from producer.embedded import EmbeddedRedis, LocalWorkers
 from producer.interruption import clear_run_here, mark_interrupted, mark_run_here
 
@@ -145,7 +146,7 @@ def run(
             submission = _submit(spec, broker_url, local)
             output = submission.output
             if embedded and submission.enqueued:
-                run_marker.mark(OutputLayout(output))
+                run_marker.mark(OutputLayout(output), broker_url, submission.job_id)
                 if local is None and pool is None:  # the output said complete, yet a shard is not committed
                     local = start_workers(broker_url)
             elif local is not None:
@@ -172,8 +173,10 @@ def run(
             stack.close()
             status = job_status(output) if output else None
             if output and embedded and status is not None and not status.finished:
-                mark_interrupted(OutputLayout(output), f"batchformers run was stopped by "
-                                                       f"{signal.Signals(signalled.signum).name}")
+                marker = mark_interrupted(OutputLayout(output), f"batchformers run was stopped by "
+                                                                f"{signal.Signals(signalled.signum).name}")
+                if broker_url is not None:  # its Redis is down by now, unless a warm pool outlives it
+                    mirror(broker_url, status.job_id, "interrupted", marker)
                 status = job_status(output)
             raise RunInterrupted(signalled.signum, status, embedded) from None
 
@@ -221,14 +224,17 @@ class _RunMarker:
 
     def __init__(self) -> None:
         self.layout: OutputLayout | None = None
+        self.mirrored: tuple[str, str] | None = None  # (broker URL, job id) of its status record's copy
 
-    def mark(self, layout: OutputLayout) -> None:
-        mark_run_here(layout)
-        self.layout = layout
+    def mark(self, layout: OutputLayout, broker_url: str, job_id: str) -> None:
+        mirror(broker_url, job_id, "run", mark_run_here(layout))
+        self.layout, self.mirrored = layout, (broker_url, job_id)
 
     def clear(self) -> None:
         if self.layout is not None:
             clear_run_here(self.layout)
+        if self.mirrored is not None:
+            mirror(*self.mirrored, "run", None)
 
 
 class _Stopping:

@@ -7,30 +7,24 @@ Watching a job over time is :mod:`producer.watch`; showing it, :mod:`producer.st
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import redis
 
-from jobs import speculation
+from jobs import speculation, status_record
 from jobs.io.completion import ERROR_RATE_NOTE, outcome
-from jobs.io.layout import OutputLayout
 from jobs.ledger import Ledger, Tally
-from jobs.manifest import Manifest
-from jobs.pinning import pin_of
-from jobs.protocol import DEFAULT_PRIORITY
+from jobs.protocol import DEFAULT_PRIORITY, output_job_key
 from jobs.settings import Settings
-from producer.interruption import interruption
-from producer.status_counts import (
-    MarkerCache,
-    broker_client,
-    from_completion,
-    from_ledger,
-    from_listing,
-    running_shards,
-)
+from jobs.status_record import StatusRecord
+from producer.interruption import interruption_of
+from producer.status_counts import MarkerCache, broker_client, leased, running_shards
 
 FIRST_ERRORS = 3
+LOOK_UP = ""
+"""``job_status``'s ``job_id`` for "the job last submitted to this output, as the broker knows it"."""
 
 
 @dataclass(frozen=True)
@@ -81,11 +75,60 @@ def status(job: str, settings: Settings | None = None) -> JobStatus:
     from producer.job_index import resolve
 
     settings = settings or Settings()
-    return job_status(resolve(settings, job), settings)
+    output = resolve(settings, job)
+    return job_status(output, settings, job_id=job if output != job else LOOK_UP)
 
 
-def job_status(output: str, settings: Settings | None = None, cache: MarkerCache | None = None) -> JobStatus:
-    """Read the job at ``output``; with ``settings``, from the broker's ledger and leases when it answers."""
+def job_status(output: str, settings: Settings | None = None, cache: MarkerCache | None = None,
+               job_id: str | None = None) -> JobStatus:
+    """Read the job at ``output``; with ``settings``, from the broker's ledger and leases when it answers.
+
+    With ``job_id`` too (or :data:`LOOK_UP`: the broker's id of the job last submitted to ``output``),
+    from the job's status record (:mod:`jobs.status_record`) when the broker holds one for that
+    output: then nothing of the output is read, nor its storage imported."""
+    unreachable: redis.RedisError | None = None
+    if settings is not None and job_id is not None:
+        client = broker_client(settings)
+        try:
+            found = _from_record(client, output, job_id)
+            if found is not None:
+                return found
+        except (redis.ConnectionError, redis.TimeoutError) as exc:  # the output's path says so, asking no more
+            unreachable = exc
+        except redis.RedisError:  # a key of another type where the record is (WRONGTYPE): read the output
+            pass
+        finally:
+            client.close()
+    return _from_output(output, settings, cache, unreachable)
+
+
+def _from_record(client: redis.Redis, output: str, job_id: str) -> JobStatus | None:
+    """The status from the record and the ledger alone; None when they cannot tell it as the output would."""
+    if job_id == LOOK_UP:
+        found = client.get(output_job_key(output))
+        if found is None:
+            return None
+        job_id = found.decode() if isinstance(found, bytes) else str(found)
+    record = status_record.read(client, job_id)
+    if record is None or record.output != output:  # none, unreadable, or of a job that was elsewhere
+        return None
+    ledger = Ledger(client, job_id, record.shards, record.created_at)
+    tally = ledger.read()
+    if tally is None or tally.unread:  # no commit yet, expired, lost, or rebuilt with markers to read
+        return None
+    if len(tally.committed) >= record.shards and tally.finished_at is None:
+        return None  # the last commit is writing _SUCCESS (or _FAILED): whether it is there, the output says
+    tally = leased(ledger, tally, dict(tally.failed))
+    return _assemble(output, record, tally, "ledger", client, "reachable",
+                     interrupted=interruption_of(record.interrupted, record.run), finished=lambda: True)
+
+
+def _from_output(output: str, settings: Settings | None, cache: MarkerCache | None,
+                 unreachable: redis.RedisError | None = None) -> JobStatus:
+    from jobs.io.layout import OutputLayout
+    from producer.interruption import interruption
+    from producer.status_counts import from_completion, from_ledger, from_listing
+
     layout = OutputLayout(output)
     manifest = layout.read_manifest()
     tally: Tally | None = None
@@ -94,6 +137,8 @@ def job_status(output: str, settings: Settings | None = None, cache: MarkerCache
     if settings is not None:
         client = broker_client(settings)
         try:
+            if unreachable is not None:
+                raise unreachable
             tally = from_ledger(Ledger.for_manifest(client, manifest), layout)
             broker = "reachable"
         except redis.RedisError as exc:
@@ -102,16 +147,29 @@ def job_status(output: str, settings: Settings | None = None, cache: MarkerCache
     source = "ledger"
     if tally is None:
         tally, source = from_completion(layout, manifest) or (from_listing(layout, manifest, cache), "markers")
+    record = replace(status_record.record_of(manifest, output), cancelled=layout.is_cancelled())
+    try:
+        return _assemble(output, record, tally, source, client, broker, interrupted=interruption(layout),
+                         finished=layout.is_finished, settings=settings)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _assemble(output: str, job: StatusRecord, tally: Tally, source: str, client: redis.Redis | None, broker: str,
+              *, interrupted: dict[str, Any] | None, finished: Callable[[], bool],
+              settings: Settings | None = None) -> JobStatus:
+    """The one rule both paths judge a job by: the job's facts and flags, with its counts."""
     committed, failed = tally.committed, {k: v for k, v in tally.failed.items() if k not in tally.committed}
     rows_done = tally.rows
-    rate = _rate(tally, manifest.created_at)
-    remaining = manifest.total_rows - rows_done - sum(manifest.shards[i].rows for i in failed)
+    rate = _rate(tally, job.created_at)
+    remaining = job.total_rows - rows_done - sum(job.shard_rows[i] for i in failed)
     running: list[int] | None = None
-    unfinished = len(committed) + len(failed) < len(manifest.shards)
-    if client is not None and (unfinished or layout.is_cancelled()):
+    unfinished = len(committed) + len(failed) < job.shards
+    if client is not None and (unfinished or job.cancelled):
         try:
-            leased = tally.running if source == "ledger" else running_shards(settings, manifest.job_id, client)
-            running = sorted(leased - committed - set(failed))
+            leased_now = tally.running if source == "ledger" else running_shards(settings, job.job_id, client)
+            running = sorted(leased_now - committed - set(failed))
         except OSError as exc:
             broker = f"unreachable: {exc}"
     elif client is not None:
@@ -119,31 +177,28 @@ def job_status(output: str, settings: Settings | None = None, cache: MarkerCache
     copies = 0
     if client is not None:
         try:
-            copies = speculation.copies(client, manifest.job_id)
+            copies = speculation.copies(client, job.job_id)
         except redis.RedisError:
             copies = 0
-        client.close()
-    pending = len(manifest.shards) - len(committed) - len(failed) - len(running or [])
+    pending = job.shards - len(committed) - len(failed) - len(running or [])
     state, note = job_state(
-        shards=len(manifest.shards), committed=len(committed), failed=len(failed),
-        cancelled=layout.is_cancelled(), interrupted=interruption(layout), running=running, broker=broker,
-        rows_done=rows_done, row_errors=tally.errors,
-        max_error_rate=float(manifest.spec_value("max_error_rate")),  # no spec validation: status imports no task
+        shards=job.shards, committed=len(committed), failed=len(failed), cancelled=job.cancelled,
+        interrupted=interrupted, running=running, broker=broker, rows_done=rows_done, row_errors=tally.errors,
+        max_error_rate=job.max_error_rate,
     )
-    if state in ("complete", "failed") and len(committed) == len(manifest.shards) and source == "ledger" \
-            and not layout.is_finished():
+    if state in ("complete", "failed") and len(committed) == job.shards and source == "ledger" and not finished():
         state = "running"  # every shard is counted; the last commit is still writing _SUCCESS or _FAILED
-    first_errors = _first_errors(layout, sorted(committed)) if note.startswith(ERROR_RATE_NOTE) else []
+    first_errors = _first_errors(output, sorted(committed)) if note.startswith(ERROR_RATE_NOTE) else []
     finished_at = tally.last_commit if tally.last_commit is not None else time.time()
     return JobStatus(
-        job_id=manifest.job_id,
+        job_id=job.job_id,
         output=output,
         state=state,
-        shards=len(manifest.shards),
+        shards=job.shards,
         committed=len(committed),
         failed=len(failed),
         pending=pending,
-        rows=manifest.total_rows,
+        rows=job.total_rows,
         rows_done=rows_done,
         row_errors=tally.errors,
         rows_per_second=rate,
@@ -152,32 +207,16 @@ def job_status(output: str, settings: Settings | None = None, cache: MarkerCache
         running=None if running is None else len(running),
         running_shards=running or [],
         broker=broker,
-        elapsed_seconds=round((finished_at if state == "complete" else time.time()) - manifest.created_at, 3),
-        task=str(manifest.spec.get("task", "")),
+        elapsed_seconds=round((finished_at if state == "complete" else time.time()) - job.created_at, 3),
+        task=job.task,
         note=note,
         truncated=tally.truncated,
         first_errors=first_errors,
         source=source,
-        model=pinned_model(manifest),
-        priority=priority_of(manifest),
+        model=job.model,
+        priority=job.priority,
         copies=copies,
     )
-
-
-def priority_of(manifest: Manifest) -> int:
-    """The spec's ``priority`` (0-9, higher first) when it has one, else the default."""
-    priority = manifest.spec.get("priority")
-    return DEFAULT_PRIORITY if priority is None else int(priority)
-
-
-def pinned_model(manifest: Manifest) -> str:
-    """The pin in one line; the spec's model (and revision) for a job submitted before pins."""
-    pin = pin_of(manifest)
-    if pin is not None:
-        return pin.label()
-    model = str(manifest.spec.get("model") or "")
-    revision = manifest.spec.get("revision")
-    return f"{model} @ {revision} (not pinned)" if revision else f"{model} (not pinned)"
 
 
 def job_state(*, shards: int, committed: int, failed: int, cancelled: bool, interrupted: dict[str, Any] | None,
@@ -207,8 +246,11 @@ def job_state(*, shards: int, committed: int, failed: int, cancelled: bool, inte
     return "running", ""
 
 
-def _first_errors(layout: OutputLayout, committed: list[int], count: int = FIRST_ERRORS) -> list[str]:
+def _first_errors(output: str, committed: list[int], count: int = FIRST_ERRORS) -> list[str]:
     """The first few distinct row errors, read from the parts (in shard order) until found."""
+    from jobs.io.layout import OutputLayout
+
+    layout = OutputLayout(output)
     found: list[str] = []
     for shard in committed:
         try:

@@ -3,9 +3,11 @@
 1. **The ledger** (:mod:`jobs.ledger`): the broker's Redis counts committed shards, rows,
    errors and the commits' time span as workers commit, and knows which shards are
    running (a set of started shards, each checked against its lease
-   ``batchformers:lease:<job_id>:<shard>``). A refresh costs a few Redis calls and two
-   small reads of the output (manifest, cancel flag), whatever the job's size; failed
-   shards are checked against their failure markers (a retry removes them).
+   ``batchformers:lease:<job_id>:<shard>``). A refresh costs a few Redis calls and a few
+   small reads of the output (manifest, cancel and interruption flags), whatever the job's
+   size, or no read at all with the job's status record (:mod:`jobs.status_record`); failed
+   shards are checked against their failure markers (a retry removes them, and their
+   ledger entries with them).
 2. **``_SUCCESS``** (or **``_FAILED``**) of a finished job whose ledger has expired: one read.
 3. **The markers**: their names are listed and the markers read (only new ones, when a
    :class:`MarkerCache` is carried from one refresh to the next, as ``follow`` and
@@ -16,16 +18,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from jobs import broker
-from jobs.io.layout import OutputLayout
 from jobs.ledger import Ledger, Tally, marker_times
-from jobs.manifest import Manifest
 from jobs.protocol import LEASE_PREFIX, lease_key
 from jobs.settings import Settings
+
+if TYPE_CHECKING:  # the status record's path reads no output: no storage import
+    from jobs.io.layout import OutputLayout
+    from jobs.manifest import Manifest
 
 MarkerCache = dict[int, dict[str, Any]]
 """Commit markers already read, by shard: markers never change once written."""
@@ -50,8 +54,14 @@ def from_ledger(ledger: Ledger, layout: OutputLayout) -> Tally | None:
         gone = set(failed) - set(layout.read_failed(sorted(failed)))
         ledger.forget_failure(gone)
         failed = {k: v for k, v in failed.items() if k not in gone}
+    return leased(ledger, tally, failed)
+
+
+def leased(ledger: Ledger, tally: Tally, failed: dict[int, str]) -> Tally:
+    """``tally`` with ``failed``, and its running shards those whose lease is still held: a worker that
+    died leaves its entry, and its lease expires within a lease."""
     running = set(tally.running)
-    if running:  # a worker that died leaves its entry; its lease expires within a lease
+    if running:
         ordered = sorted(running)
         pipe = ledger.client.pipeline()
         for shard in ordered:

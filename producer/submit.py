@@ -16,22 +16,32 @@ it. The manifest is written with the storage's create-once: of two submits to on
 output at the same moment, one writes its job and the other is refused. An output whose job never got anywhere (no shard committed;
 every shard failed, or the job was interrupted or never enqueued) can be reused by a
 different job.
+
+The job's status record on the broker (:mod:`jobs.status_record`) is deleted before a
+submit touches the broker's state of the job, and written again once its shards are enqueued.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from typing import NoReturn
+
+import redis
 
 from jobs.broker import QUICK_TIMEOUT, TIMEOUT, broker_errors, client
 from jobs.dispatch import enqueue, messages_for, time_limits
 from jobs.errors import BrokerUnavailable, OutputError, SpecError
 from jobs.io.layout import META_DIR, OutputLayout
+from jobs.ledger import Ledger
 from jobs.manifest import Manifest
 from jobs.protocol import ShardMessage
 from jobs.settings import Settings
 from jobs.spec import JobSpec
+from jobs.status_record import forget as forget_record
+from jobs.status_record import mirror, record_of
+from jobs.status_record import write as write_record
 from jobs.trust import check_model as allowed_model
 from jobs.trust import check_no_userinfo
 from producer.broker import forget_attempts, sending_app
@@ -119,6 +129,9 @@ def prepare_with_warnings(spec: JobSpec, settings: Settings | None = None) -> tu
         written = _write_manifest(layout, manifest, replaced)
     except OSError as exc:
         raise OutputError(f"cannot write to {spec.output}: {exc}") from exc
+    if written and replaced is not None:  # `status` of the job it replaced reads this output's new manifest
+        with contextlib.suppress(BrokerUnavailable):  # prepare needs no broker; submit checked it answers
+            _forget_record(settings, replaced.job_id)
     if not written:  # another submit to this output got there first
         existing = layout.read_manifest()
         if not _same_job(existing, manifest):
@@ -177,6 +190,26 @@ def _forget_job(layout: OutputLayout) -> None:
     clear_interrupted(layout)
 
 
+def _forget_record(settings: Settings, job_id: str) -> None:
+    connection = client(settings.broker_url, TIMEOUT)
+    try:
+        with broker_errors(settings.broker_url, f"forget the status record of job {job_id}"):
+            forget_record(connection, job_id)
+    finally:
+        connection.close()
+
+
+def _write_record(settings: Settings, manifest: Manifest, output: str) -> None:
+    """Best effort: the job is enqueued already, and without its record ``status`` reads the output."""
+    connection = client(settings.broker_url, TIMEOUT)
+    try:
+        write_record(connection, record_of(manifest, output))
+    except (BrokerUnavailable, OSError, redis.RedisError):
+        pass
+    finally:
+        connection.close()
+
+
 def check_broker(settings: Settings) -> None:
     """BrokerUnavailable unless the broker answers a ping."""
     connection = client(settings.broker_url, QUICK_TIMEOUT)
@@ -196,6 +229,8 @@ def give_fresh_attempts(manifest: Manifest, layout: OutputLayout, settings: Sett
     try:
         with broker_errors(settings.broker_url):
             forget_attempts(connection, manifest.job_id, shards)
+            # the ledger's failures too: the status record's path trusts them without the failure markers
+            Ledger.for_manifest(connection, manifest).forget_failure(shards)
     finally:
         connection.close()
 
@@ -208,6 +243,11 @@ def submit(spec: JobSpec, settings: Settings | None = None) -> Submission:
     warnings = check_model(spec, settings)
     manifest, layout, read_amplification = prepare_with_warnings(spec, settings)
     warnings = warnings + read_amplification
+    try:  # before the output's flags change: the record never says what the output no longer does
+        _forget_record(settings, manifest.job_id)
+    except BrokerUnavailable as exc:
+        mark_interrupted(layout, f"not enqueued: {exc}")
+        raise
     layout.uncancel()
     clear_interrupted(layout)
     messages = messages_for(manifest, layout)
@@ -219,6 +259,7 @@ def submit(spec: JobSpec, settings: Settings | None = None) -> Submission:
     except BrokerUnavailable as exc:  # the broker went away after the check: say so in the output
         mark_interrupted(layout, f"not enqueued: {exc}")
         raise
+    _write_record(settings, manifest, layout.location)
     return Submission(
         job_id=manifest.job_id,
         output=layout.location,
@@ -236,6 +277,7 @@ def retry_failed(layout: OutputLayout, settings: Settings) -> list[ShardMessage]
     committed, failed = layout.marker_numbers()
     failed -= committed
     layout.uncancel()
+    mirror(settings.broker_url, manifest.job_id, "cancelled", False)
     messages = messages_for(manifest, layout, only=failed)
     give_fresh_attempts(manifest, layout, settings, failed)
     if messages:

@@ -12,6 +12,7 @@ module only adds what needs Celery or the worker process:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -21,7 +22,7 @@ import redis
 from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
-from jobs import dispatch, speculation
+from jobs import dispatch, speculation, status_record
 from jobs.broker import safe_url
 from jobs.errors import BatchformersError
 from jobs.io.completion import count_committed
@@ -112,6 +113,7 @@ def run_shard_task(self: ShardTask, message: dict[str, Any]) -> dict[str, Any]:
             _settle_committed(shard, layout, settings)
             return {"shard": shard.shard, "skipped": "already committed"}
         if layout.is_cancelled():
+            _mirror_cancel(shard.job_id, settings)
             return {"shard": shard.shard, "skipped": "job cancelled"}
         manifest = manifest_for(shard, layout)
     except BatchformersError as exc:
@@ -188,6 +190,12 @@ def _settle_committed(shard: ShardMessage, layout: OutputLayout, settings: Setti
     except (BatchformersError, OSError, redis.RedisError) as exc:
         log.warning("shard %s of job %s is committed; cannot count it on the broker now: %s", shard.shard,
                     shard.job_id, exc)
+
+
+def _mirror_cancel(job_id: str, settings: Settings) -> None:
+    """A cancel written while the broker was down reaches the job's status record here (best effort)."""
+    with contextlib.suppress(redis.RedisError):
+        status_record.set_flag(client_for(settings.broker_url), job_id, "cancelled", True)
 
 
 def _stopped(ledger: Ledger, shard: int) -> None:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jobs.io.layout import OutputLayout
 from jobs.ledger import Ledger, marker_times
-from jobs.manifest import Manifest
+
+if TYPE_CHECKING:  # ``status`` reads the outcome rule from the broker's counts alone: no storage import
+    from jobs.io.layout import OutputLayout
+    from jobs.manifest import Manifest
 
 log = logging.getLogger(__name__)
 ERROR_RATE_NOTE = "too many row errors"
