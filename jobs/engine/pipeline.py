@@ -14,7 +14,8 @@ SWITCH_INTERVAL = 0.0005
 thread gives the GIL up in every torch call and must get it back quickly, or it waits behind the
 host threads' Python work once per kernel launch."""
 
-_STOP: Any = object()
+# None ends a queue's stream, and is also what a stage waiting for input gets once the line stops (no stage
+# outputs None): an ended stream and a stop end a stage's loop the same way.
 
 
 class Line:
@@ -43,10 +44,8 @@ class Line:
                  each: Callable[[], None] | None = None) -> None:
             try:
                 with torch.inference_mode():
-                    inputs: Any = [None] if source is None else iter(lambda: _get(source, self.stop), _STOP)
+                    inputs: Any = [None] if source is None else iter(lambda: _get(source, self.stop), None)
                     for value in inputs:
-                        if value is None and source is not None:  # stopped
-                            return
                         for output in fn(value):
                             if target is not None and not _put(target, output, self.stop):
                                 return
@@ -57,7 +56,7 @@ class Line:
                 self.stop.set()
             finally:
                 if target is not None:
-                    _put(target, _STOP, self.stop)
+                    _put(target, None, self.stop)
 
         threads = [threading.Thread(target=work, args=(fn, source, target), name=f"batchformers-{name}",
                                     daemon=True) for name, fn, source, target in self.stages if name is not None]
@@ -78,17 +77,19 @@ class Line:
 
 
 def _put(target: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
-    """Put unless stopped (the sentinel always gets through once there is room or nothing waits)."""
+    """Put unless stopped; False once stopped (the end of a stream, None, always gets through once there is
+    room or nothing waits: its result is not looked at)."""
     while True:
         try:
             target.put(item, timeout=0.05)
-            return not stop.is_set() or item is _STOP
+            return not stop.is_set()
         except queue.Full:
             if stop.is_set():
                 return False
 
 
 def _get(source: queue.Queue[Any], stop: threading.Event) -> Any:
+    """The next item, or None once stopped."""
     while True:
         try:
             return source.get(timeout=0.05)

@@ -25,7 +25,7 @@ from jobs.engine.base import ProgressCallback, Runner, RunOptions, RunResult
 from jobs.engine.batching import text_error
 from jobs.engine.contract import Batch, Encoded, Finished, Item
 from jobs.engine.execution import Execution
-from jobs.engine.padding import attention_mask, pad
+from jobs.engine.padding import attention_mask, lengths_of, pad
 
 ENCODE_ROWS = 1024
 """Rows per ``encode`` call (one batched tokenizer call); their items are then length-sorted together."""
@@ -76,8 +76,8 @@ class StagedRunner(Runner):
         found: dict[int, str] = {}
         for role in reversed(self.input_roles):  # the first role's error wins, as in ``row_error``
             column = inputs[role]
-            for row in _non_strings(column):
-                found[row] = text_error(column[row], role) or ""  # never empty: not a string
+            errors = ((row, text_error(column[row], role)) for row in _non_strings(column))
+            found.update((row, error) for row, error in errors if error)  # every non-string has one
         return dict(sorted(found.items()))
 
     def row_lengths(self, inputs: dict[str, list[Any]], rows: Sequence[int]) -> Sequence[int]:
@@ -86,12 +86,7 @@ class StagedRunner(Runner):
         roles = self.input_roles
         if type(self).row_length is not StagedRunner.row_length:
             return [self.row_length({role: inputs[role][row] for role in roles}) for row in rows]
-        every = len(rows) == len(inputs[roles[0]])
-        total = np.zeros(len(rows), dtype=np.int64)
-        for role in roles:
-            column = inputs[role] if every else [inputs[role][row] for row in rows]
-            total += np.fromiter(map(len, column), dtype=np.int64, count=len(rows))
-        return total.tolist()
+        return np.sum([lengths_of(inputs[role][row] for row in rows) for role in roles], axis=0).tolist()
 
     def encode(self, inputs: dict[str, list[Any]], rows: list[int]) -> Encoded:
         """Host: turn ``rows`` (positions in ``inputs``) into model items."""
@@ -115,21 +110,19 @@ class StagedRunner(Runner):
         """Pad ``items`` into tensors on the device (pinned, non-blocking copies on CUDA)."""
         import torch
 
-        lengths = np.fromiter((len(item.ids) for item in items), dtype=np.int64, count=len(items))
-        arrays = {"input_ids": pad([item.ids for item in items], self.pad_id, self.padding_side, lengths)}
-        arrays["attention_mask"] = attention_mask(lengths, self.padding_side)
-        if self.with_type_ids:
-            if all(item.type_ids is None for item in items):  # one sequence per item: all zeros
-                arrays["token_type_ids"] = np.zeros_like(arrays["input_ids"])
-            else:
-                arrays["token_type_ids"] = pad([item.type_ids if item.type_ids is not None else [0] * len(item.ids)
-                                                for item in items], 0, self.padding_side, lengths)
+        ids = [item.ids for item in items]
+        lengths = lengths_of(ids)
+        arrays = {"input_ids": pad(ids, self.pad_id, self.padding_side),
+                  "attention_mask": attention_mask(lengths, self.padding_side)}
+        if self.with_type_ids:  # an item of one sequence has none: all zeros
+            arrays["token_type_ids"] = pad([item.type_ids if item.type_ids is not None else [0] * len(item.ids)
+                                            for item in items], 0, self.padding_side)
         tensors = {name: _on_device(torch.from_numpy(array), self.device) for name, array in arrays.items()}
-        return Batch(items, tensors, int(lengths.sum()), int(lengths.max(initial=0)) * len(items))
+        return Batch(items, tensors, int(lengths.sum()), arrays["input_ids"].size)
 
     def empty_table(self, count: int) -> pa.Table:
         """``count`` rows of nulls in the task's columns."""
-        return pa.Table.from_arrays([pa.nulls(count, type=f.type) for f in self.schema], schema=self.schema)
+        return pa.Table.from_arrays([pa.nulls(count)] * len(self.schema), schema=self.schema)  # typed by the schema
 
 
 def _on_device(tensor: Any, device: Any) -> Any:
