@@ -210,12 +210,13 @@ class RouteWatcher(bootsteps.StartStopStep):  # type: ignore[misc]
     def claim(self, routes: dict[str, Route]) -> None:
         """Before its first shard: claim the model of the top-priority waiting jobs that the fewest others hold."""
         assert self.client is not None
+        keys = {queue: queue_keys(queue) for queue in routes}
         pipe = self.client.pipeline(transaction=False)  # one round trip for every queue's priority lists
-        for queue in routes:
-            for key in queue_keys(queue):
+        for queue_lists in keys.values():
+            for key in queue_lists:
                 pipe.llen(key)
         lengths = iter(pipe.execute())
-        waiting = [route for queue, route in routes.items() if sum(next(lengths) for _ in queue_keys(queue))]
+        waiting = [route for queue, route in routes.items() if sum(next(lengths) for _ in keys[queue])]
         if not waiting:
             state.claim = None
             return
@@ -225,7 +226,7 @@ class RouteWatcher(bootsteps.StartStopStep):  # type: ignore[misc]
             return
         chosen = self.client.eval(_CLAIM, 1, self.serving_key, self.name, time.time(), SERVING_STALE_SECONDS,
                                   *candidates)
-        state.claim = chosen.decode() if isinstance(chosen, bytes) else chosen
+        state.claim = chosen.decode()  # the broker client's replies are bytes (jobs.broker.client)
         log.info("batchformers: claimed model %s before the first shard (%s candidates)", state.claim,
                  len(candidates))
 

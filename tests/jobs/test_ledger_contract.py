@@ -14,6 +14,7 @@ import redis
 
 from jobs.ledger import Ledger, Tally, generation_of, job_keys, marker_times
 from jobs.manifest import Manifest, ShardPlan
+from jobs.protocol import status_record_key
 
 TWO_WEEKS = 14 * 24 * 3600  # an unfinished job's ledger outlives any real job
 ONE_WEEK = 7 * 24 * 3600  # a finished job's broker state, unless the settings say otherwise
@@ -220,6 +221,19 @@ def test_finish_records_the_time_and_every_key_expires_after_the_retention(ledge
     ledger.finish(3000.25)
     assert _tally(ledger).finished_at == 3000.25
     assert all(60 - SLACK < ttl <= 60 for ttl in _ttls(ledger))
+
+
+def test_finish_gives_the_jobs_status_record_the_same_retention(ledger: Ledger, client: redis.Redis) -> None:
+    record, other = status_record_key(ledger.job_id), status_record_key(f"{ledger.job_id}-other")
+    client.hset(record, "job_id", ledger.job_id)  # written at submit, read by ``status``
+    client.hset(other, "job_id", "another job")
+    try:
+        ledger.rebuild([0])
+        ledger.finish(3000.0)
+        assert 60 - SLACK < client.ttl(record) <= 60  # it goes with the ledger, not a week later or never
+        assert client.ttl(other) == -1  # another job's record is not touched
+    finally:
+        client.delete(record, other)
 
 
 @pytest.mark.parametrize(("retention", "expected"), [(None, ONE_WEEK), (90.9, 90), (0.4, 1)])

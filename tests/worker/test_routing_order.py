@@ -222,6 +222,19 @@ def test_the_models_kept_are_the_slots_times_the_processes(
     assert fresh_state.capacity == capacity
 
 
+@pytest.mark.parametrize("pool", ["none", "unsized"])
+def test_a_pool_that_does_not_tell_its_size_counts_as_one_process(
+    make_worker: Callable[..., Worker], fresh_state: RoutingState, pool: str
+) -> None:
+    worker = make_worker(concurrency=4, model_slots=3)
+    if pool == "none":
+        worker.consumer.pool = None  # a consumer run without a worker's pool
+    else:
+        worker.consumer.pool.limit = None
+    worker.watcher.start(worker.consumer)
+    assert fresh_state.capacity == 3  # the slots of one process: neither more models kept nor a failed start
+
+
 def test_a_worker_without_models_serves_every_job(
     make_worker: Callable[..., Worker], client: redis.Redis, settings: Settings
 ) -> None:
@@ -254,6 +267,21 @@ def test_stop_cancels_the_poll_and_withdraws_the_worker(
     assert _due(worker.consumer) == 0
     assert worker.consuming() == [base]
     worker.watcher.stop(worker.consumer)  # twice: still nothing to do
+
+
+def test_a_restarted_consumer_subscribes_again_at_once(
+    make_worker: Callable[..., Worker], client: redis.Redis, settings: Settings
+) -> None:
+    base = settings.queue
+    route = _route(base, "j1", "model-a")
+    register(client, base, route)
+    worker = make_worker()
+    worker.watcher.start(worker.consumer)
+    assert worker.consuming() == [base, route.queue]
+    worker.watcher.stop(worker.consumer)
+    worker.consumer.cancel_task_queue(route.queue)  # a reconnect rebuilds the consumer on the base queue alone
+    worker.watcher.start(worker.consumer)  # within a second, no new announcement: read all the same
+    assert worker.consuming() == [base, route.queue]
 
 
 def test_a_broker_that_refuses_connections_is_polled_again_without_raising(
