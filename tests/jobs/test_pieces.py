@@ -123,6 +123,48 @@ def test_a_short_shard_is_one_part_as_before(job: Any, client: redis.Redis, sett
     assert_exactly_once(layout.location, ids)
 
 
+def test_a_shard_in_two_pieces_says_so_in_its_marker(job: Any, client: redis.Redis, settings: Settings) -> None:
+    """Two pieces (the fewest that are pieces) are recorded in the task's summary and the marker, with
+    ``resumed_at`` 0 for a run that resumed nothing."""
+    manifest, layout, ids = job
+    result = _attempt(job, client, settings, "a/1", rows=5)
+    assert result["pieces"] == 2 and result["resumed_at"] == 0
+    marker = layout.read_committed([0])[0]
+    assert marker["pieces"] == 2 and marker["resumed_at"] == 0
+    assert "copy" not in result and "copy" not in marker  # only a straggler's copy is marked one
+    assert_exactly_once(layout.location, ids)
+
+
+def test_the_worker_hooks_hear_which_shard_each_piece_is_of(tmp_path: Path, client: redis.Redis,
+                                                            settings: Settings) -> None:
+    """The metrics and fault hooks are told the shard number with every step and piece, here shard 1 of a
+    two-shard job (a hook that heard another number would count or kill the wrong shard)."""
+    ids = write_rows(tmp_path / "in.parquet", 2 * ROWS)
+    spec = tokenize_spec(tmp_path / "in.parquet", tmp_path / "out", shard_rows=ROWS, max_retries=3)
+    manifest, layout = prepare(spec, settings)
+    ledger = Ledger.for_manifest(client, manifest, retention=60)
+    ledger.rebuild([])
+    heard: list[tuple[Any, ...]] = []
+    hooks = Hooks(step=lambda *args: heard.append(("step", *args)),
+                  before_piece=lambda *args: heard.append(("before_piece", *args)),
+                  after_piece=lambda *args: heard.append(("after_piece", *args)),
+                  before_commit=lambda *args: heard.append(("before_commit", *args)))
+    lease = ShardLease(client, manifest.job_id, 1, "a/1", LEASE)
+    counts = DeliveryCount(client, manifest.job_id, 1)
+    assert lease.acquire()
+    try:
+        tuned = settings.model_copy(update={"piece_rows": 4, "piece_seconds": 1e-6})
+        result = run_and_commit(manifest, 1, layout, lease, counts, ledger, tuned, runner_for, hooks=hooks)
+    finally:
+        lease.release()
+        client.delete(*job_keys(manifest.job_id), counts.key, counts.error_key)
+    assert result["rows"] == ROWS and result["pieces"] == 3
+    assert heard == [("step", 1, 0, 4), ("before_piece", 1), ("after_piece", 1, 4),
+                     ("step", 1, 4, 8), ("before_piece", 1), ("after_piece", 1, 8),
+                     ("step", 1, 8, 10), ("before_commit", 1)]  # the last piece is the shard's own commit
+    assert read_back(layout.location).column("id").to_pylist() == ids[ROWS:]
+
+
 def test_steps_that_fit_in_the_piece_time_go_to_the_runner_at_once(job: Any, client: redis.Redis,
                                                                     settings: Settings) -> None:
     """The runner length-sorts within one run: after the first step it gets every whole step the rate says

@@ -25,11 +25,15 @@ from jobs.io.layout import MANIFEST_FILE, OutputLayout
 from jobs.ledger import ACTIVE_SECONDS
 from jobs.manifest import Manifest
 from jobs.protocol import (
+    COPIES_PREFIX,
+    COPY_PREFIX,
     HEAL_SCAN_KEY,
     JOB_QUEUES_KEY,
     JOBS_KEY,
+    SINCE_PREFIX,
     TASK_NAME,
     UNSEEN_PREFIX,
+    copy_lease_key,
     deliveries_key,
     job_index_key,
     lease_key,
@@ -47,6 +51,7 @@ from jobs.recovery import (
     shard_of,
 )
 from jobs.settings import Settings
+from jobs.speculation import Speculation, started
 from producer.submit import prepare
 from tests.reliability import tokenize_spec, write_rows
 
@@ -221,6 +226,31 @@ def test_a_claim_never_takes_a_leased_shard(job: tuple[Manifest, OutputLayout], 
     client.set(lease_key(manifest.job_id, 1), "alive/1", px=60_000)
     recovery = _recovery(client, settings.queue, Sent())
     assert recovery._claim(manifest.job_id, [0, 1]) == {0}
+
+
+def test_a_scan_looks_for_stragglers_at_its_own_time(job: tuple[Manifest, OutputLayout], client: redis.Redis,
+                                                    settings: Settings) -> None:
+    """A worker's scan also sends copies of the job's stragglers, judged at the scan's ``now`` (the time a
+    caller gives, not the clock), to the job's own queue and output."""
+    manifest, layout = job
+    job_id = manifest.job_id
+    for shard in (0, 1):  # two committed shards of a second each: a median to judge the third by
+        layout.commit(shard, pa.table({"row_index": [shard]}), {"rows": 1, "errors": 0, "seconds": 1.0})
+    client.sadd(running_key(job_id), 2)
+    client.set(lease_key(job_id, 2), "alive/1", px=60_000)  # its holder lives: a copy, never a takeover
+    begun = time.time()
+    started(client, job_id, 2, now=begun)
+    sent, copied = Sent(), Sent()
+    recovery = _recovery(client, settings.queue, sent)
+    recovery.speculation = Speculation(client, copied, min_seconds=60.0, idle=lambda: True)
+    try:
+        assert recovery.scan(begun + 30).taken_over == {} and copied.calls == []  # under the minimum: not late
+        recovery.scan(begun + 61)
+        assert copied.calls == [(job_id, [2], settings.queue)] and copied.locations == [layout.location]
+        assert sent.calls == []
+    finally:
+        client.delete(SINCE_PREFIX + job_id, COPIES_PREFIX + job_id, f"{COPY_PREFIX}{job_id}:2",
+                      copy_lease_key(job_id, 2))
 
 
 def test_one_scanner_a_heal_period_looks_for_lost_messages(job: tuple[Manifest, OutputLayout], client: redis.Redis,
