@@ -16,20 +16,20 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[test,lint]"
 	touch $@
 
-# The fast tier (no worker process, no embedded server: under a minute) runs first, then the slow tier.
+# The fast tier (no worker process, no embedded server) runs first, then the slow tier; each prints its slowest tests.
 test: test-fast test-slow
 
 # The fast tier is CPU-bound (tiny models, hypothesis): one pytest process per core, whole files per process
 # (module fixtures load their models once). TEST_PROCESSES=auto on a bigger machine.
 TEST_PROCESSES ?= 2
 test-fast: install
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" -n $(TEST_PROCESSES) --dist loadfile
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" -n $(TEST_PROCESSES) --dist loadfile --durations=10
 
 # The slow tier mostly waits on worker subprocesses (sleep faults, leases, boots): two pytest processes
 # halve its wall time on two cores. Each file keeps its order and its module fixtures (--dist loadfile).
 SLOW_PROCESSES ?= 2
 test-slow: install
-	$(PY) -m pytest -q -p no:cacheprovider -m slow -n $(SLOW_PROCESSES) --dist loadfile
+	$(PY) -m pytest -q -p no:cacheprovider -m slow -n $(SLOW_PROCESSES) --dist loadfile --durations=15
 
 # Mutation testing of the core modules ([tool.mutmut] in pyproject.toml); slow, not in CI.
 mutate: install
