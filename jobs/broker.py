@@ -31,6 +31,11 @@ def client(url: str, timeout: float = TIMEOUT, *, health_check_interval: int = 0
                                 health_check_interval=health_check_interval)
 
 
+def text(reply: object) -> str:
+    """A reply of :func:`client` (bytes) as text; a str passes as it is."""
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
 def safe_url(url: str) -> str:
     """The URL with any password replaced, for messages and logs: in its user info and in a query
     parameter (``?password=``) alike; the host as written (IPv6 brackets kept)."""

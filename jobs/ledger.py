@@ -36,6 +36,7 @@ from typing import Any
 
 import redis
 
+from jobs.broker import text
 from jobs.protocol import ledger_keys as job_keys
 from jobs.protocol import status_record_key
 
@@ -213,14 +214,14 @@ class Ledger:
         pipe.hgetall(self.keys[3])
         pipe.smembers(self.keys[4])
         values, committed, unread, failed, running = pipe.execute()
-        fields = {_text(k): _text(v) for k, v in values.items()}
+        fields = {text(k): text(v) for k, v in values.items()}
         if fields.get("generation") != self.generation:
             return None
         return Tally(
             shards=int(fields.get("shards", self.shards)),
             committed={int(s) for s in committed},
             unread={int(s) for s in unread},
-            failed={int(k): _text(v) for k, v in failed.items()},
+            failed={int(k): text(v) for k, v in failed.items()},
             running={int(s) for s in running},
             rows=int(fields.get("rows", 0)),
             errors=int(fields.get("errors", 0)),
@@ -245,9 +246,6 @@ class Ledger:
     def drop(self) -> None:
         self.client.delete(*self.keys)
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _number(value: str | None) -> float | None:

@@ -36,6 +36,7 @@ from typing import Any
 import redis
 
 from jobs import routing
+from jobs.broker import text
 from jobs.errors import BatchformersError
 from jobs.io.layout import OutputLayout
 from jobs.ledger import ACTIVE_SECONDS
@@ -144,13 +145,13 @@ class Recovery:
 
     def active_jobs(self, now: float) -> list[_Job]:
         """Unfinished, uncancelled jobs of our queue submitted in the last ACTIVE_SECONDS, and ``outputs``."""
-        ids = [_text(job) for job in self.client.zrangebyscore(JOBS_KEY, now - ACTIVE_SECONDS, "+inf")]
+        ids = [text(job) for job in self.client.zrangebyscore(JOBS_KEY, now - ACTIVE_SECONDS, "+inf")]
         pipe = self.client.pipeline()
         pipe.mget([job_index_key(job) for job in ids] or ["-"])
         pipe.hmget(JOB_QUEUES_KEY, ids or ["-"])
         outputs, queues = pipe.execute()
-        wanted: list[tuple[str | None, str]] = [(job, _text(output)) for job, output, queue in zip(ids, outputs, queues, strict=False)
-                  if output is not None and queue is not None and _text(queue) == self.queue]
+        wanted: list[tuple[str | None, str]] = [(job, text(output)) for job, output, queue in zip(ids, outputs, queues, strict=False)
+                  if output is not None and queue is not None and text(queue) == self.queue]
         wanted += [(None, output) for output in self.outputs]
         found: dict[str, _Job] = {}
         for job_id, output in wanted:
@@ -172,7 +173,7 @@ class Recovery:
                     self._finished.add(key)
                     return None
                 queue = self.client.hget(JOB_QUEUES_KEY, manifest.job_id)
-                job = self._jobs[key] = _Job(manifest, layout, self.queue if queue is None else _text(queue))
+                job = self._jobs[key] = _Job(manifest, layout, self.queue if queue is None else text(queue))
             if job.layout.is_finished():
                 self._finished.add(key)
                 self._jobs.pop(key, None)
@@ -273,7 +274,7 @@ class Recovery:
         names = {self.queue, *job_queues}
         for key in self.client.scan_iter(match=KOMBU_BINDINGS + "*", count=1000):
             for member in self.client.smembers(key):
-                names.add(_text(member).split(routing.KOMBU_SEPARATOR)[-1])
+                names.add(text(member).split(routing.KOMBU_SEPARATOR)[-1])
         lists = [key for name in sorted(names) for key in routing.queue_keys(name)]
         pipe = self.client.pipeline()
         for name in lists:
@@ -294,7 +295,7 @@ class Recovery:
         ttl = int(self.lease_seconds * LOCK_LEASES * 1000)
         claimed = set()
         for shard, count in zip(shards, starts, strict=True):
-            keys = [lease_key(job_id, shard), requeue_key(job_id, shard, _text(count or 0)), running_key(job_id)]
+            keys = [lease_key(job_id, shard), requeue_key(job_id, shard, text(count or 0)), running_key(job_id)]
             if self.client.eval(_CLAIM, 3, *keys, self.identity, ttl, shard):
                 claimed.add(shard)
         return claimed
@@ -336,9 +337,6 @@ def _add(found: dict[str, set[int]], item: tuple[str, int] | None) -> None:
     if item is not None:
         found.setdefault(item[0], set()).add(item[1])
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _ranges(shards: Iterable[int]) -> str:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from jobs.broker import QUICK_TIMEOUT, client
+from jobs.broker import QUICK_TIMEOUT, client, text
 from jobs.ledger import ACTIVE_SECONDS
 from jobs.protocol import DEFAULT_PRIORITY, status_record_key
 
@@ -112,17 +112,17 @@ def encode(record: StatusRecord) -> dict[str, str]:
 
 def decode(fields: dict[Any, Any]) -> StatusRecord | None:
     """The record, or None when it is missing, of another version, or cannot be read."""
-    text = {_text(k): _text(v) for k, v in fields.items()}
+    values = {text(k): text(v) for k, v in fields.items()}
     try:
-        facts = json.loads(text["facts"])
+        facts = json.loads(values["facts"])
         if facts.get("v") != RECORD_VERSION:
             return None
         return StatusRecord(
             job_id=str(facts["job_id"]), output=str(facts["output"]), spec_fingerprint=str(facts["spec_fingerprint"]),
             created_at=float(facts["created_at"]), shard_rows=_unruns(facts["rows"]), task=str(facts["task"]),
             model=str(facts["model"]), priority=int(facts["priority"]), max_error_rate=float(facts["max_error_rate"]),
-            cancelled=text.get("cancelled") == "1", interrupted=_dict_or_none(text.get("interrupted", "")),
-            run=_dict_or_none(text.get("run", "")))
+            cancelled=values.get("cancelled") == "1", interrupted=_dict_or_none(values.get("interrupted", "")),
+            run=_dict_or_none(values.get("run", "")))
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
 
@@ -199,6 +199,3 @@ def _dict_or_none(text: str) -> dict[str, Any] | None:
         raise ValueError("a flag that is not an object")
     return loaded
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

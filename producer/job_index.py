@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import redis
 
-from jobs.broker import QUICK_TIMEOUT, TIMEOUT, broker_errors, client, safe_url
+from jobs.broker import QUICK_TIMEOUT, TIMEOUT, broker_errors, client, safe_url, text
 from jobs.errors import OutputError
+from jobs.io.storage import is_remote  # a name check: jobs.io.storage imports fsspec only to open one
 from jobs.protocol import JOB_QUEUES_KEY, JOBS_KEY, job_index_key, output_job_key
 from jobs.settings import Settings
 
@@ -49,11 +50,11 @@ def known_jobs(settings: Settings, limit: int | None = None) -> list[KnownJob]:
     try:
         with broker_errors(settings.broker_url):
             entries = connection.zrevrange(JOBS_KEY, 0, -1 if limit is None else limit - 1, withscores=True)
-            ids = [_text(job) for job, _ in entries]
+            ids = [text(job) for job, _ in entries]
             outputs = connection.mget([job_index_key(job) for job in ids]) if ids else []
     finally:
         connection.close()
-    return [KnownJob(job, _text(output), float(score))
+    return [KnownJob(job, text(output), float(score))
             for (job, (_, score), output) in zip(ids, entries, outputs, strict=True) if output is not None]
 
 
@@ -73,20 +74,17 @@ def resolve(settings: Settings, job_or_output: str) -> str:
             f"{job_or_output!r} is neither an output directory with a batchformers manifest nor a job id "
             f"known to the broker at {safe_url(settings.broker_url)}"
         )
-    return _text(found)
+    return text(found)
 
 
 def _is_location(job_or_output: str) -> bool:
-    """A remote location, or a local output with a manifest; a local one is looked at without fsspec, so
-    that ``status JOB_ID`` imports no storage library (see :mod:`jobs.status_record`)."""
+    """A remote location, or a local output with a manifest; a local one is looked at with ``os.path``, not
+    fsspec, so that ``status JOB_ID`` imports no storage library (see :mod:`jobs.status_record`)."""
+    if is_remote(job_or_output):
+        return True
     if "://" not in job_or_output:
         return os.path.exists(os.path.join(job_or_output, LOCAL_MANIFEST))
-    if not job_or_output.startswith("file://"):
-        return True  # remote (jobs.io.storage.is_remote)
     from jobs.io.layout import OutputLayout
 
     return OutputLayout(job_or_output).has_manifest()
 
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

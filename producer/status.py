@@ -14,6 +14,7 @@ from typing import Any
 import redis
 
 from jobs import speculation, status_record
+from jobs.broker import text
 from jobs.io.completion import ERROR_RATE_NOTE, outcome
 from jobs.ledger import Ledger, Tally
 from jobs.protocol import DEFAULT_PRIORITY, output_job_key
@@ -108,7 +109,7 @@ def _from_record(client: redis.Redis, output: str, job_id: str) -> JobStatus | N
         found = client.get(output_job_key(output))
         if found is None:
             return None
-        job_id = found.decode() if isinstance(found, bytes) else str(found)
+        job_id = text(found)
     record = status_record.read(client, job_id)
     if record is None or record.output != output:  # none, unreadable, or of a job that was elsewhere
         return None
