@@ -16,7 +16,6 @@ import redis
 
 from jobs.broker import QUICK_TIMEOUT, TIMEOUT, broker_errors, client, safe_url, text
 from jobs.errors import OutputError
-from jobs.io.storage import is_remote  # a name check: jobs.io.storage imports fsspec only to open one
 from jobs.protocol import JOB_QUEUES_KEY, JOBS_KEY, job_index_key, output_job_key
 from jobs.settings import Settings
 
@@ -78,13 +77,12 @@ def resolve(settings: Settings, job_or_output: str) -> str:
 
 
 def _is_location(job_or_output: str) -> bool:
-    """A remote location, or a local output with a manifest; a local one is looked at with ``os.path``, not
-    fsspec, so that ``status JOB_ID`` imports no storage library (see :mod:`jobs.status_record`)."""
-    if is_remote(job_or_output):
-        return True
+    """A remote location, or a local output with a manifest; a local one is looked at without fsspec, so
+    that ``status JOB_ID`` imports no storage library (see :mod:`jobs.status_record`)."""
     if "://" not in job_or_output:
         return os.path.exists(os.path.join(job_or_output, LOCAL_MANIFEST))
+    if not job_or_output.startswith("file://"):
+        return True  # remote (jobs.io.storage.is_remote)
     from jobs.io.layout import OutputLayout
 
     return OutputLayout(job_or_output).has_manifest()
-

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
+import fsspec
+
 
 def is_remote(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
@@ -42,8 +44,6 @@ class Storage:
 
     @classmethod
     def at(cls, location: str) -> Storage:
-        import fsspec  # here: what only names a location (``is_remote``, the layout's file names) needs none
-
         if is_remote(location):
             fs, root = fsspec.core.url_to_fs(location)
             return cls(root=root.rstrip("/"), fs=fs)
