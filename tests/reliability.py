@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -110,6 +111,12 @@ def worker_number(holder: str) -> int:
 
 def worker_logs(log_dir: Path) -> str:
     return "".join(path.read_text(errors="replace") for path in sorted(Path(log_dir).glob("*.log")))
+
+
+def pools_warm(log_dir: Path, count: int) -> bool:
+    """Whether ``count`` pool processes logged their preload import (:mod:`worker.preload`): a shard
+    delivered from now on starts at once, not after seconds of imports that its lease does not cover."""
+    return len(re.findall(r"batchformers: imported [^\n]*transformers[^\n]* in process", worker_logs(log_dir))) >= count
 
 
 def completions_logged(log_dir: Path, job_id: str) -> int:

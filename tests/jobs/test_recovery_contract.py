@@ -95,8 +95,8 @@ def job(tmp_path: Path, settings: Settings, client: redis.Redis) -> Iterator[tup
     client.delete(*keys)
 
 
-def _recovery(client: redis.Redis, queue: str, sent: Sent, **options: Any) -> Recovery:
-    return Recovery(client, sent, LEASE, queue, identity=f"test-{uuid.uuid4().hex[:6]}", **options)
+def _recovery(client: redis.Redis, queue: str, sent: Sent, lease: float = LEASE, **options: Any) -> Recovery:
+    return Recovery(client, sent, lease, queue, identity=f"test-{uuid.uuid4().hex[:6]}", **options)
 
 
 def _message(job_id: str, shard: int, task: str = TASK_NAME, encoded: bool = True) -> dict[str, Any]:
@@ -196,11 +196,15 @@ def test_running_shards_without_a_lease_are_taken_over_once(job: tuple[Manifest,
     client.sadd(running_key(job_id), 0, 1, 2)
     client.set(lease_key(job_id, 1), "alive/1", px=60_000)
     sent = Sent()
-    first, second = _recovery(client, settings.queue, sent), _recovery(client, settings.queue, sent)
+    # Nothing here waits on the lease, but the claim must outlive the scan that took it (its first look reads
+    # the manifest and lists the output, then heals) and the next scans: LEASE's 750 ms lock left a loaded
+    # machine too little of it, so these scanners have a longer lease (the heal turn: 1 s, released below).
+    lease = LEASE * 8
+    first, second = _recovery(client, settings.queue, sent, lease), _recovery(client, settings.queue, sent, lease)
     report = first.scan()
     assert report.taken_over == {job_id: [0]} and sent.calls == [(job_id, [0], settings.queue)]
     assert sent.locations == [layout.location]
-    assert (LOCK_LEASES - 1) * LEASE * 1000 < client.pttl(requeue_key(job_id, 0, 0)) <= LEASE * LOCK_LEASES * 1000
+    assert (LOCK_LEASES - 1) * lease * 1000 < client.pttl(requeue_key(job_id, 0, 0)) <= lease * LOCK_LEASES * 1000
     assert {int(s) for s in client.smembers(running_key(job_id))} == {1}  # 2 was committed: just removed
     client.sadd(running_key(job_id), 0)  # seen again before the new message starts: claimed already
     assert second.scan(time.time()).taken_over == {} and len(sent.calls) == 1
@@ -209,6 +213,7 @@ def test_running_shards_without_a_lease_are_taken_over_once(job: tuple[Manifest,
     client.sadd(running_key(job_id), 0)
     client.incr(deliveries_key(job_id, 0))  # and once more
     assert second.scan(time.time()).taken_over == {job_id: [0]} and len(sent.calls) == 3
+    client.delete(HEAL_SCAN_KEY)  # the other tests' scanners wait for their heal turn, a 0.125 s one
 
 
 def test_every_dead_holder_is_taken_over_at_once(job: tuple[Manifest, OutputLayout], client: redis.Redis,

@@ -91,9 +91,12 @@ def bad_input_workers(redis_url: str, tmp_path_factory: pytest.TempPathFactory) 
     """One worker shared by the cases below (starting one per case would cost more than the cases)."""
     settings = Settings(broker_url=redis_url, queue=f"bf-test-{uuid.uuid4().hex[:8]}", lease_seconds=5)
     env = {"BATCHFORMERS_LEASE_SECONDS": "5", "BATCHFORMERS_TORCH_THREADS": "1"}
-    with LocalWorkers(redis_url, count=1, queue=settings.queue, log_dir=str(tmp_path_factory.mktemp("logs")),
-                      extra_env=env):
+    workers = LocalWorkers(redis_url, count=1, queue=settings.queue, log_dir=str(tmp_path_factory.mktemp("logs")),
+                           extra_env=env).start()
+    try:
         yield settings
+    finally:  # killed, not stopped warm (~1.7 s joining its pool): its cases are over
+        workers.kill()
 
 
 def _removed(source: Path) -> str:

@@ -52,8 +52,13 @@ def cluster(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                            extra_env=env)
     restricted = LocalWorkers(redis_url, count=1, queue=settings.queue, log_dir=str(logs / "restricted"),
                               extra_env={**env, "BATCHFORMERS_MODELS": str(tiny_model_path("bert-classifier"))})
-    with general, restricted:
+    try:
+        general.start()
+        restricted.start()
         yield Cluster(settings, general, restricted)
+    finally:  # killed, not stopped warm: a warm stop of four workers cost ~4 s joining their pools
+        general.kill()
+        restricted.kill()
 
 
 def _starts(output: str) -> list[float]:

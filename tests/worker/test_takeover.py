@@ -24,9 +24,11 @@ from tests.reliability import (
     assert_exactly_once,
     committed_markers,
     first_held_shard,
+    pools_warm,
     starts,
     tokenize_spec,
     wait_drained,
+    wait_until,
     worker_logs,
     worker_number,
     write_rows,
@@ -42,6 +44,10 @@ def test_killed_worker_is_taken_over_at_its_lease_end(tmp_path: Path, settings: 
     count = tmp_path / "starts.txt"
     ids = write_rows(tmp_path / "in.parquet", 10)
     workers = start_workers(2, BATCHFORMERS_LEASE_SECONDS=str(lease), **{FAULTS_ENV: f"sleep=3,count={count}"})
+    # The broker's visibility timeout counts from the delivery, the lease from the shard's start: a message
+    # delivered to a pool process still importing torch (seconds on a loaded machine) comes back by the
+    # restore sweep as early as the takeover would, and the shard's second run is then no takeover's.
+    wait_until(lambda: pools_warm(workers.log_dir, 2), 60, "both pool processes' imports")
     submission = submit(tokenize_spec(tmp_path / "in.parquet", tmp_path / "out"), settings)
 
     shard, holder, remaining = first_held_shard(settings.broker_url, submission.job_id, started=count)
