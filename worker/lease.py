@@ -112,7 +112,8 @@ class ShardLease:
         if self.lost:
             return False
         try:
-            return self._take_or_refresh()
+            self.lost = not self._take_or_refresh()
+            return not self.lost
         except redis.RedisError as exc:
             log.warning("cannot confirm lease %s (%s); not committing, the shard runs again later", self.key, exc)
             raise

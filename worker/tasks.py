@@ -168,7 +168,9 @@ def run_shard_task(self: ShardTask, message: dict[str, Any]) -> dict[str, Any]:
             raise Reject(str(given_back), requeue=False) from None  # acked: the copy sent first replaces it
         finally:
             drain.forbid()
-            if not counted and not shard.copy:  # a copy leaves the holder's running entry alone
+            # A copy leaves the holder's running entry alone; so does a run whose lease another worker took:
+            # the entry is the new holder's, and takeover finds it there if that holder dies too.
+            if not counted and not shard.copy and not lease.lost:
                 _stopped(ledger, shard.shard)
             lease.release()
     except redis.RedisError as exc:

@@ -54,6 +54,7 @@ def test_one_holder_at_a_time(client: redis.Redis, job: str) -> None:
     other_shard = ShardLease(client, job, 1, "b/2", seconds=5)
     assert mine.acquire() and mine.acquire()  # ours already: refreshed
     assert not theirs.acquire() and not theirs.held()
+    assert theirs.lost  # a commit-time check that finds another holder marks the run as robbed
     assert other_shard.acquire()
     assert mine.held() and mine.current_holder() == "a/1" == theirs.current_holder()
     ttl = client.pttl(mine.key)

@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
+
+from jobs.protocol import lease_key, running_key
 from jobs.recovery import SCANS_PER_LEASE
 from jobs.settings import Settings
 from producer.submit import submit
@@ -72,3 +75,31 @@ def test_killed_worker_is_taken_over_at_its_lease_end(tmp_path: Path, settings: 
     assert_completed(submission.output, len(ids))
     wait_drained(settings.broker_url, settings.queue, submission.job_id)  # the dead worker's message came back
     assert len(starts(count)[shard]) == 2  # ... and was a no-op
+
+
+def test_a_run_that_lost_its_lease_leaves_the_running_entry_to_the_new_holder(tmp_path: Path, settings: Settings,
+                                                                             start_workers: Any) -> None:
+    """A run whose lease another worker took does not commit, and must not clear the shard's running entry
+    either: it is the new holder's, and the takeover scans find a dead holder only there (without it, only
+    the slower lost-message scan would ever bring the shard back)."""
+    count = tmp_path / "starts.txt"
+    ids = write_rows(tmp_path / "in.parquet", 10)
+    workers = start_workers(1, BATCHFORMERS_LEASE_SECONDS="4", **{FAULTS_ENV: f"sleep=3,count={count}"})
+    wait_until(lambda: pools_warm(workers.log_dir, 1), 60, "the pool process's imports")
+    submission = submit(tokenize_spec(tmp_path / "in.parquet", tmp_path / "out", shard_rows=10), settings)
+    shard, _, _ = first_held_shard(settings.broker_url, submission.job_id, started=count)
+    client = redis.Redis.from_url(settings.broker_url)
+    client.set(lease_key(submission.job_id, shard), "thief/1", px=60_000)  # a live worker took it over
+
+    wait_until(lambda: "'skipped': 'lease lost'" in worker_logs(workers.log_dir), 30, "the robbed run's end")
+    assert client.sismember(running_key(submission.job_id), str(shard)), "the new holder's running entry was cleared"
+    assert committed_markers(submission.output) == {}
+    client.delete(lease_key(submission.job_id, shard))  # ... and died: the worker's scan takes the shard over
+
+    status = wait(submission.output, timeout=60)
+    assert status.state == "complete", status
+    assert f"took over shard(s) {shard}" in worker_logs(workers.log_dir)
+    assert "no message, lease or marker" not in worker_logs(workers.log_dir)
+    assert committed_markers(submission.output)[shard]["attempt"] == 2
+    assert_exactly_once(submission.output, ids)
+    assert len(starts(count)[shard]) == 2
